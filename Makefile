@@ -1,0 +1,41 @@
+# dotsd: `make demo` runs dotsd on embedded defaults; `make test` runs every check.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: all venv peers demo test lint typecheck unit bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The independent peers the tests talk to (Debian packages); installs only as root.
+peers:
+	@scripts/install-peers.sh
+
+demo: venv
+	$(BIN)/dotsd demo
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv peers
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+bench: venv peers
+	$(BIN)/python -m bench coap
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
