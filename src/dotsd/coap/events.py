@@ -1,0 +1,58 @@
+"""Events the sans-IO CoAP endpoint reports to the layer above (aioquic style)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from dotsd.coap.message import Message
+
+if TYPE_CHECKING:
+    from dotsd.coap.endpoint import ClientRequest, Exchange
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived(Event):
+    """A complete request (Block1 reassembled); answer it with ``endpoint.respond``."""
+
+    exchange: Exchange
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived(Event):
+    """A response (or an Observe notification, Block2 reassembled) to one of our requests."""
+
+    request: ClientRequest
+    response: Message
+    notification: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed(Event):
+    """No response will come: retransmissions exhausted, deadline passed, RST, or cancelled."""
+
+    request: ClientRequest
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObserverRemoved(Event):
+    """Server side: an observer is gone (RST, deregistration, failed CON notification)."""
+
+    peer: Hashable
+    key: Hashable
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerReset(Event):
+    """The peer answered with RST to something that was not a request of ours."""
+
+    peer: Hashable
+    mid: int = field(default=0)
