@@ -161,7 +161,7 @@ def test_unknown_critical_option_is_4_02_elective_ignored() -> None:
     net.run(10.0)
     codes = sorted(r.response.code for r in responses(net))
     assert codes == [Code.CONTENT, Code.BAD_OPTION]
-    bad = [r.response for r in responses(net) if r.response.code == Code.BAD_OPTION][0]
+    bad = next(r.response for r in responses(net) if r.response.code == Code.BAD_OPTION)
     assert b"65001" in bad.payload
 
 
