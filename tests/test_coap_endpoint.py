@@ -373,3 +373,20 @@ def test_remove_peer_fails_requests() -> None:
     ep.remove_peer("p", "link down")
     ev = ep.next_event()
     assert isinstance(ev, RequestFailed) and ev.reason == "link down"
+
+
+def test_observation_renewed_after_max_age_and_lost_when_server_gone() -> None:
+    net = Net()
+    echo_server(net, b"v0", observe_key="res")
+    req = net.eps["a"].send_request("b", get("/res", observe=0), 0.0)
+    net.run(1.0)
+    # No notification for Max-Age (60 s) + margin: the client re-registers by itself.
+    net.run(70.0)
+    regs = [m for m in net.sent["a"] if m.code == Code.GET and m.observe == 0]
+    assert len(regs) == 2 and regs[0].token == regs[1].token
+    assert not req.done
+    # The server disappears: the next renewal gets no answer and the observation fails.
+    net.drop = lambda src, data: True
+    net.run(300.0)
+    assert req.done
+    assert any(isinstance(e, RequestFailed) and e.request is req for e in net.events["a"])

@@ -76,6 +76,7 @@ class EndpointConfig:
     dedup_entries_per_peer: int = 1024
     separate_ack_delay: float = 0.5  # empty ACK for a CON request not answered by then
     token_length: int = 4
+    reregister_margin: float = 5.0  # after Max-Age, before an observation is renewed
 
 
 class Exchange:
@@ -104,7 +105,8 @@ class ClientRequest:
     """A request this endpoint sent; its answer arrives as events naming this object."""
 
     __slots__ = ("_alias_tokens", "_block1_body", "_block1_num", "_block1_szx", "_block2_body",
-                 "_deadline_timer", "_internal", "_last_seq", "_last_seq_time", "_repeat_timer",
+                 "_deadline_timer", "_internal", "_last_seq", "_last_seq_time", "_refresh_timer",
+                 "_repeat_timer",
                  "attempts", "confirmable", "deadline", "done", "message", "observing",
                  "params", "peer", "repeat", "response", "sent_at", "token")
 
@@ -125,6 +127,7 @@ class ClientRequest:
         self._internal = False
         self._deadline_timer: TimerEntry | None = None
         self._repeat_timer: TimerEntry | None = None
+        self._refresh_timer: TimerEntry | None = None
         self._last_seq: int | None = None
         self._last_seq_time = 0.0
         self._block2_body: bytearray | None = None
@@ -884,6 +887,14 @@ class CoapEndpoint:
             if req._deadline_timer is not None:
                 req._deadline_timer.cancel()
                 req._deadline_timer = None
+            # RFC 7641 §3.3.1: when the representation's Max-Age passes without a fresh
+            # notification, re-register (same token) to learn whether it is still observed.
+            if req._refresh_timer is not None:
+                req._refresh_timer.cancel()
+            max_age = msg.max_age
+            req._refresh_timer = self._timers.schedule(
+                now + (60 if max_age is None else max_age) + self.config.reregister_margin,
+                partial(self._refresh, req))
             if not req._internal:
                 self._events.append(ResponseReceived(req, msg, notification=not first))
             return
@@ -909,7 +920,7 @@ class CoapEndpoint:
 
     def _finish(self, req: ClientRequest) -> None:
         req.done = True
-        for timer in (req._deadline_timer, req._repeat_timer):
+        for timer in (req._deadline_timer, req._repeat_timer, req._refresh_timer):
             if timer is not None:
                 timer.cancel()
         self._requests.pop((req.peer, req.token), None)
@@ -939,6 +950,13 @@ class CoapEndpoint:
             msg.mid = 0
             dereg = self.send_request(req.peer, msg, now, confirmable=req.confirmable)
             dereg._internal = True
+
+    def _refresh(self, req: ClientRequest, now: float) -> None:
+        self.reregister(req, now)
+        if not req.done:
+            # Give the renewal a deadline of its own: no answer means the observation is lost.
+            req._deadline_timer = self._timers.schedule(
+                now + req.params.max_transmit_wait, partial(self._expire, req))
 
     def reregister(self, req: ClientRequest, now: float) -> None:
         """RFC 7641 §3.3.1: renew an observation (same token) when notifications stopped."""
