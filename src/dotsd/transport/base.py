@@ -62,6 +62,8 @@ class Link(Protocol):
 
     def close(self) -> None: ...
 
+    def __hash__(self) -> int: ...
+
 
 class LinkHandler(Protocol):
     """Implemented by the layer above (the CoAP node); called by transports."""
