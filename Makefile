@@ -24,7 +24,7 @@ demo: venv
 	$(BIN)/dotsd demo
 
 lint: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
 
 typecheck: venv
 	$(BIN)/mypy

@@ -62,8 +62,10 @@ class Resource:
         return handler(request)
 
 
-_METHOD_NAMES: dict[int, str] = {Code.GET: "get", Code.POST: "post", Code.PUT: "put", Code.DELETE: "delete",
-                 Code.FETCH: "fetch", Code.PATCH: "patch", Code.IPATCH: "ipatch"}
+_METHOD_NAMES: dict[int, str] = {
+    Code.GET: "get", Code.POST: "post", Code.PUT: "put", Code.DELETE: "delete",
+    Code.FETCH: "fetch", Code.PATCH: "patch", Code.IPATCH: "ipatch",
+}
 
 
 class Site:
