@@ -136,8 +136,10 @@ def is_critical(number: int) -> bool:
 KNOWN_OPTIONS: frozenset[int] = frozenset(int(o) for o in OptionNumber)
 
 
-class SignalOption(IntEnum):
-    """RFC 8323 §5.3-5.6: options of signaling messages (numbers are per signaling code)."""
+class SignalOption:
+    """RFC 8323 §5.3-5.6: options of signaling messages. Numbers are per signaling code and
+    repeat across codes, so these are plain constants, not an enum (whose aliases would
+    print the wrong name)."""
 
     MAX_MESSAGE_SIZE = 2  # CSM
     BLOCK_WISE_TRANSFER = 4  # CSM
