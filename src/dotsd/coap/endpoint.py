@@ -30,7 +30,7 @@ from dotsd.coap.events import (
     RequestReceived,
     ResponseReceived,
 )
-from dotsd.coap.message import Block, Message, encode_uint
+from dotsd.coap.message import Block, Message, decode_uint, encode_uint
 from dotsd.coap.numbers import (
     KNOWN_OPTIONS,
     Code,
@@ -82,23 +82,28 @@ class EndpointConfig:
 class Exchange:
     """A request received from a peer, to be answered with ``CoapEndpoint.respond``."""
 
-    __slots__ = ("_dedup", "acked", "block1", "observe_key", "peer", "request", "responded",
-                 "timer")
+    __slots__ = ("_ack_due", "_dedup", "acked", "asked_block2", "block1", "observe",
+                 "observe_key", "path", "peer", "query", "request", "responded")
 
     def __init__(self, peer: Hashable, request: Message) -> None:
         self.peer = peer
         self.request = request
         self.acked = False  # an empty ACK went out: the response will be separate
         self.responded = False
-        self.block1: Block | None = None  # last Block1 of a reassembled request
-        self.timer: TimerEntry | None = None
+        self.block1: Block | None = None  # Block1 of the request (the last one, reassembled)
         self.observe_key: Hashable | None = None
+        # Parsed once from the request's options (see CoapEndpoint._parse_request).
+        self.path: tuple[str, ...] = ()
+        self.query: tuple[str, ...] = ()
+        self.observe: int | None = None
+        self.asked_block2: Block | None = None
+        self._ack_due = 0.0
         self._dedup: _DedupEntry | None = None
 
     @property
     def wants_observe(self) -> bool:
         """RFC 7641 §2: a GET with Observe=0 asks for registration."""
-        return self.request.code == Code.GET and self.request.observe == 0
+        return self.observe == 0 and self.request.code == Code.GET
 
 
 class ClientRequest:
@@ -179,8 +184,8 @@ class _Observer:
 class PeerState:
     """What the endpoint keeps per peer."""
 
-    __slots__ = ("con_in_flight", "con_queue", "dedup", "next_mid", "observers", "outgoing",
-                 "params", "recent_non", "reliable", "rttvar", "srtt")
+    __slots__ = ("_params", "con_in_flight", "con_queue", "dedup", "exchange_lifetime",
+                 "next_mid", "observers", "outgoing", "recent_non", "reliable", "rttvar", "srtt")
 
     def __init__(self, params: TransmissionParameters, reliable: bool, first_mid: int) -> None:
         self.params = params
@@ -194,6 +199,15 @@ class PeerState:
         self.recent_non: dict[int, ClientRequest | _Observer] = {}
         self.srtt: float | None = None
         self.rttvar = 0.0
+
+    @property
+    def params(self) -> TransmissionParameters:
+        return self._params
+
+    @params.setter
+    def params(self, params: TransmissionParameters) -> None:
+        self._params = params
+        self.exchange_lifetime = params.exchange_lifetime  # cached: used per request
 
     def new_mid(self) -> int:
         mid = self.next_mid
@@ -221,6 +235,7 @@ class CoapEndpoint:
         self._out: list[tuple[Hashable, Message]] = []
         self._events: deque[Event] = deque()
         self._timers = TimerHeap()
+        self._ack_queue: deque[Exchange] = deque()
         self._requests: dict[tuple[Hashable, bytes], ClientRequest] = {}
         self._observers: dict[Hashable, dict[tuple[Hashable, bytes], _Observer]] = {}
         self._block2_cache: dict[tuple[Hashable, bytes], tuple[float, Message]] = {}
@@ -281,9 +296,17 @@ class CoapEndpoint:
         return self._events.popleft() if self._events else None
 
     def next_timer(self) -> float | None:
-        return self._timers.next_deadline()
+        deadline = self._timers.next_deadline()
+        queue = self._ack_queue
+        while queue and queue[0].responded:
+            queue.popleft()
+        if queue and (deadline is None or queue[0]._ack_due < deadline):
+            return queue[0]._ack_due
+        return deadline
 
     def handle_timer(self, now: float) -> None:
+        if self._ack_queue:
+            self._send_due_acks(now)
         self._timers.run_due(now)
 
     # ------------------------------------------------------------------ input
@@ -361,12 +384,15 @@ class CoapEndpoint:
         """Record a received MID for deduplication for EXCHANGE_LIFETIME (RFC 7252 §4.5)."""
         dedup = state.dedup
         # Entries are inserted in time order: expire from the front, then cap the size.
-        while dedup:
-            first = next(iter(dedup))
-            if dedup[first].expires > now and len(dedup) < self.config.dedup_entries_per_peer:
-                break
-            del dedup[first]
-        entry = _DedupEntry(now + state.params.exchange_lifetime)
+        if dedup:
+            if len(dedup) >= self.config.dedup_entries_per_peer:
+                del dedup[next(iter(dedup))]
+            for first in dedup:
+                if dedup[first].expires > now:
+                    break
+                del dedup[first]
+                break  # at most one per insertion keeps the cost flat; the cap bounds size
+        entry = _DedupEntry(now + state.exchange_lifetime)
         dedup.pop(mid, None)
         dedup[mid] = entry
         return entry
@@ -376,51 +402,60 @@ class CoapEndpoint:
         entry = None if state.reliable else self._remember(state, msg.mid, now)
         exchange = Exchange(peer, msg)
         exchange._dedup = entry
-        error = self._check_request(msg)
+        error = self._parse_request(exchange) if msg.options else None
+        if error is None and len(msg.payload) > self.config.max_message_size:
+            error = self._too_large()
         if error is not None:
             self.respond(exchange, error, now)
             return
-        if msg.observe == 1:
+        if exchange.observe == 1:
             # RFC 7641 §3.6: GET with Observe=1 deregisters, then is served normally.
             obs = state.observers.get(msg.token)
             if obs is not None:
                 self._remove_observer(obs, "deregistered", state)
-        block1 = msg.block1
-        if block1 is not None and not self._reassemble_block1(state, exchange, block1, now):
+        if exchange.block1 is not None and not self._reassemble_block1(exchange, now):
             return
-        block2 = msg.block2
+        block2 = exchange.asked_block2
         if block2 is not None and block2.num > 0 and self._serve_cached_block(exchange, block2,
                                                                                now):
             return
         if msg.mtype == CON and not state.reliable:
-            exchange.timer = self._timers.schedule(
-                now + self.config.separate_ack_delay, partial(self._send_empty_ack, exchange))
+            # Unanswered by then, it gets an empty ACK (RFC 7252 §5.2.2). Deadlines grow in
+            # arrival order, so a FIFO replaces one heap timer per request.
+            exchange._ack_due = now + self.config.separate_ack_delay
+            self._ack_queue.append(exchange)
         self._events.append(RequestReceived(exchange))
 
-    def _check_request(self, msg: Message) -> Message | None:
-        """Request checks every resource shares; returns the error response, if any."""
-        if msg.options:
-            for number, _value in msg.options:
-                if number & 1 and number not in KNOWN_OPTIONS:
+    def _parse_request(self, exchange: Exchange) -> Message | None:
+        """Read the request's options in one pass; returns an error response, if any."""
+        path: list[str] = []
+        query: list[str] = []
+        try:
+            for number, value in exchange.request.options or ():
+                if number == 11:  # Uri-Path
+                    path.append(value.decode("utf-8"))
+                elif number == 15:  # Uri-Query
+                    query.append(value.decode("utf-8"))
+                elif number == 6:  # Observe
+                    exchange.observe = decode_uint(value)
+                elif number == 23:  # Block2
+                    exchange.asked_block2 = Block.decode(value)
+                elif number == 27:  # Block1
+                    exchange.block1 = Block.decode(value)
+                elif number == 60:  # Size1
+                    if decode_uint(value) > self.config.max_body_size:
+                        return self._too_large()
+                elif number in (35, 39):  # Proxy-Uri, Proxy-Scheme
+                    return error_response(Code.PROXYING_NOT_SUPPORTED, "not a proxy")
+                elif number & 1 and number not in KNOWN_OPTIONS:
                     # RFC 7252 §5.4.1: unrecognized critical option in a request → 4.02.
                     return error_response(Code.BAD_OPTION, f"unknown critical option {number}")
-                if number in (OptionNumber.PROXY_URI, OptionNumber.PROXY_SCHEME):
-                    return error_response(Code.PROXYING_NOT_SUPPORTED, "not a proxy")
-            try:
-                msg.uri_path  # noqa: B018 - validate the UTF-8 of every segment
-                msg.uri_query  # noqa: B018
-            except UnicodeDecodeError:
-                return error_response(Code.BAD_REQUEST, "Uri-Path or Uri-Query is not UTF-8")
-            try:
-                msg.block1  # noqa: B018
-                msg.block2  # noqa: B018
-            except ValueError as exc:
-                return error_response(Code.BAD_OPTION, str(exc))
-            size1 = msg.size1
-            if size1 is not None and size1 > self.config.max_body_size:
-                return self._too_large()
-        if len(msg.payload) > self.config.max_message_size:
-            return self._too_large()
+        except UnicodeDecodeError:
+            return error_response(Code.BAD_REQUEST, "Uri-Path or Uri-Query is not UTF-8")
+        except ValueError as exc:
+            return error_response(Code.BAD_OPTION, str(exc))
+        exchange.path = tuple(path)
+        exchange.query = tuple(query)
         return None
 
     def _too_large(self) -> Message:
@@ -428,16 +463,18 @@ class CoapEndpoint:
         err = error_response(Code.REQUEST_ENTITY_TOO_LARGE, "request body too large")
         return err.add(OptionNumber.SIZE1, self.config.max_body_size)
 
-    def _reassemble_block1(self, state: PeerState, exchange: Exchange, block: Block,
-                           now: float) -> bool:
+    def _reassemble_block1(self, exchange: Exchange, now: float) -> bool:
         """RFC 7959 §2.3: collect Block1 parts; True when the whole body is here."""
         msg = exchange.request
+        block = exchange.block1
+        assert block is not None
         key = (exchange.peer, _resource_key(msg))
         partial = self._block1_partial.get(key)
         if block.num == 0:
             body = bytearray()
         elif partial is None or partial[2] != block.num or partial[0] < now:
             self._block1_partial.pop(key, None)
+            exchange.block1 = None
             self.respond(exchange, error_response(
                 Code.REQUEST_ENTITY_INCOMPLETE, f"block {block.num} out of sequence"), now)
             return False
@@ -445,11 +482,13 @@ class CoapEndpoint:
             body = partial[1]
         if block.more and len(msg.payload) != block.size:
             self._block1_partial.pop(key, None)
+            exchange.block1 = None
             self.respond(exchange, error_response(Code.BAD_REQUEST, "block size mismatch"), now)
             return False
         body += msg.payload
         if len(body) > self.config.max_body_size:
             self._block1_partial.pop(key, None)
+            exchange.block1 = None
             self.respond(exchange, self._too_large(), now)
             return False
         if block.more:
@@ -457,12 +496,12 @@ class CoapEndpoint:
             szx = min(block.szx, self.config.preferred_szx)
             cont = Message(code=Code.CONTINUE).add(OptionNumber.BLOCK1,
                                                    Block(block.num, True, szx).encode())
+            exchange.block1 = None
             self.respond(exchange, cont, now)
             return False
         self._block1_partial.pop(key, None)
         msg.payload = bytes(body)
         msg.remove(OptionNumber.BLOCK1)
-        exchange.block1 = block
         return True
 
     def _serve_cached_block(self, exchange: Exchange, block: Block, now: float) -> bool:
@@ -473,7 +512,14 @@ class CoapEndpoint:
         self.respond(exchange, _copy(cached[1]), now)
         return True
 
-    def _send_empty_ack(self, exchange: Exchange, now: float = 0.0) -> None:
+    def _send_due_acks(self, now: float) -> None:
+        queue = self._ack_queue
+        while queue and (queue[0].responded or queue[0]._ack_due <= now):
+            exchange = queue.popleft()
+            if not exchange.responded:
+                self._send_empty_ack(exchange)
+
+    def _send_empty_ack(self, exchange: Exchange) -> None:
         """RFC 7252 §5.2.2: a separate response follows; stop the peer's retransmissions."""
         if exchange.responded or exchange.acked:
             return
@@ -490,8 +536,6 @@ class CoapEndpoint:
         if exchange.responded:
             raise CoapError("request already answered")
         exchange.responded = True
-        if exchange.timer is not None:
-            exchange.timer.cancel()
         req = exchange.request
         peer = exchange.peer
         state = self._peers.get(peer)
@@ -513,7 +557,7 @@ class CoapEndpoint:
             self._observers.setdefault(observe_key, {})[(peer, req.token)] = obs
             exchange.observe_key = observe_key
             response.set(OptionNumber.OBSERVE, obs.seq)
-        elif req.observe is not None:
+        elif exchange.observe is not None:
             response.remove(OptionNumber.OBSERVE)
         self._apply_block2(state, exchange, response, now)
         if state.reliable:
@@ -537,7 +581,7 @@ class CoapEndpoint:
                       now: float) -> None:
         """RFC 7959 §2.4: slice a body that does not fit into blocks; keep it for the rest."""
         req = exchange.request
-        asked = req.block2
+        asked = exchange.asked_block2
         szx = min(asked.szx if asked else self.config.preferred_szx, self.config.preferred_szx)
         size = 1 << (szx + 4)
         body = response.payload

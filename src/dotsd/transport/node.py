@@ -258,7 +258,7 @@ class CoapNode:
     def _dispatch(self, exchange: Exchange) -> None:
         link: Link = exchange.peer  # type: ignore[assignment]
         msg = exchange.request
-        route = self.site.resolve(msg.uri_path)
+        route = self.site.resolve(exchange.path)
         if route is None:
             self.endpoint.respond(exchange, error_response(
                 Code.NOT_FOUND, f"no resource at {msg.path_str}"), self.loop.time())
