@@ -390,3 +390,43 @@ def test_observation_renewed_after_max_age_and_lost_when_server_gone() -> None:
     net.run(300.0)
     assert req.done
     assert any(isinstance(e, RequestFailed) and e.request is req for e in net.events["a"])
+
+
+def test_fuzz_mutated_datagrams_into_endpoint() -> None:
+    """Random and mutated datagrams: nothing escapes, answers are well-formed, and peers that
+    only sent garbage (undecodable datagrams) leave no state behind."""
+    rng = random.Random(99)
+    ep = CoapEndpoint(rng=random.Random(1))
+    seeds = [
+        codec.encode(get("/res", observe=0)),
+        codec.encode(Message(MessageType.CON, Code.PUT, 3, b"tk", payload=b"x" * 70).set_path(
+            "/a/b").add(OptionNumber.BLOCK1, bytes([0x0A])).add(OptionNumber.SIZE1, 5000)),
+        codec.encode(Message(MessageType.NON, Code.CONTENT, 9, b"tok").add(
+            OptionNumber.OBSERVE, 5).add(OptionNumber.BLOCK2, bytes([0x0E]))),
+        codec.encode(Message(MessageType.ACK, 0, 7)),
+    ]
+    garbage_peers = 0
+    for i in range(20000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(0, 4)):
+            pos = rng.randrange(len(data))
+            data[pos] = rng.randrange(256)
+        peer = ("p", i % 50)
+        try:
+            codec.decode(bytes(data))
+            decodable = True
+        except codec.MessageFormatError:
+            decodable = False
+        if not decodable:
+            peer = ("garbage", i)
+            garbage_peers += 1
+        ep.receive_datagram(peer, bytes(data), i * 0.001)
+        while (ev := ep.next_event()) is not None:
+            if isinstance(ev, RequestReceived) and rng.random() < 0.9:
+                ep.respond(ev.exchange, Message(code=Code.CONTENT, payload=b"r" * rng.randrange(
+                    3000)), i * 0.001, observe_key="k" if rng.random() < 0.5 else None)
+        for _, out in ep.messages_to_send():
+            codec.decode(codec.encode(out))  # everything we send is well-formed
+        ep.handle_timer(i * 0.001)
+    assert garbage_peers > 1000
+    assert all(p[0] != "garbage" for p in ep._peers)
