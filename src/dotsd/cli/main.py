@@ -17,6 +17,7 @@ from typing import Final, Protocol
 
 from dotsd import __version__
 from dotsd.cli import EXIT_FAILURE, EXIT_USAGE, CommandError, Handler, Subparsers
+from dotsd.cli import demo as demo_command
 from dotsd.cli import pki as pki_command
 
 
@@ -28,6 +29,7 @@ class CommandModule(Protocol):
 # dotsd/cli/NAME.py with `register(subparsers)` (see the dotsd.cli docstring) and add it here.
 COMMANDS: Final[Sequence[CommandModule]] = (
     pki_command,
+    demo_command,
 )
 
 PROG: Final = "dotsd"

@@ -24,6 +24,7 @@ from functools import partial
 from dotsd.coap import codec
 from dotsd.coap.events import (
     Event,
+    MessageRejected,
     ObserverRemoved,
     PeerReset,
     RequestFailed,
@@ -185,7 +186,8 @@ class PeerState:
     """What the endpoint keeps per peer."""
 
     __slots__ = ("_params", "con_in_flight", "con_queue", "dedup", "exchange_lifetime",
-                 "next_mid", "observers", "outgoing", "recent_non", "reliable", "rttvar", "srtt")
+                 "max_payload", "next_mid", "observers", "outgoing", "recent_non", "reliable",
+                 "rttvar", "srtt")
 
     def __init__(self, params: TransmissionParameters, reliable: bool, first_mid: int) -> None:
         self.params = params
@@ -199,6 +201,9 @@ class PeerState:
         self.recent_non: dict[int, ClientRequest | _Observer] = {}
         self.srtt: float | None = None
         self.rttvar = 0.0
+        # Largest request body sent whole; above it Block1 is used (RFC 7959 §2.5). On TCP
+        # the layer below raises it once the peer's CSM tells its Max-Message-Size.
+        self.max_payload = 1024
 
     @property
     def params(self) -> TransmissionParameters:
@@ -265,6 +270,16 @@ class CoapEndpoint:
         state = self._peers.get(peer)
         return state.srtt if state else None
 
+    def set_max_payload(self, peer: Hashable, size: int) -> None:
+        """The largest request body the peer takes in one message (e.g. from its CSM)."""
+        self.add_peer(peer).max_payload = max(16, size)
+
+    def fail_token(self, peer: Hashable, token: bytes, reason: str) -> None:
+        """The layer below could not send our request: fail it now instead of at timeout."""
+        req = self._requests.get((peer, token))
+        if req is not None:
+            self._fail(req, reason)
+
     def remove_peer(self, peer: Hashable, reason: str = "peer gone") -> None:
         """Forget a peer: its pending requests fail, its observers are removed."""
         state = self._peers.pop(peer, None)
@@ -318,6 +333,7 @@ class CoapEndpoint:
             # RFC 7252 §4.2/§4.3: reject a malformed CON with RST, silently drop the rest.
             if exc.mtype == CON and exc.mid is not None:
                 self._out.append((peer, Message(RST, 0, exc.mid)))
+            self._events.append(MessageRejected(peer, exc.reason))
             return
         self.receive(peer, msg, now)
 
@@ -797,8 +813,7 @@ class CoapEndpoint:
         req.deadline = now + timeout
         req._deadline_timer = self._timers.schedule(req.deadline, partial(self._expire, req))
         wire = _copy(msg)
-        limit = 1 << (self.config.preferred_szx + 4)
-        if len(msg.payload) > limit and not state.reliable:
+        if len(msg.payload) > state.max_payload:
             # RFC 7959 §2.5: send the body in Block1 parts, one exchange each.
             req._block1_body = msg.payload
             req._block1_szx = self.config.preferred_szx

@@ -56,3 +56,11 @@ class PeerReset(Event):
 
     peer: Hashable
     mid: int = field(default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRejected(Event):
+    """A datagram that is not valid CoAP was dropped (and RST sent if it was a CON)."""
+
+    peer: Hashable
+    reason: str

@@ -24,23 +24,27 @@ from dotsd.coap.endpoint import (
     error_response,
 )
 from dotsd.coap.events import (
+    MessageRejected,
     ObserverRemoved,
     RequestFailed,
     RequestReceived,
     ResponseReceived,
 )
 from dotsd.coap.message import Message
-from dotsd.coap.numbers import Code, code_str
+from dotsd.coap.numbers import Code, code_str, is_request
 from dotsd.coap.params import TransmissionParameters
 from dotsd.coap.site import IncomingRequest, Site
 from dotsd.coap.tcp import (
     CoapTcpConnection,
     ConnectionAborted,
+    CsmReceived,
     MessageReceived,
+    ReleaseReceived,
 )
 from dotsd.transport.base import Link
 
 log = logging.getLogger("dotsd.coap")
+_REJECT_LOG_RATE = 10
 
 
 class RequestError(Exception):
@@ -99,6 +103,9 @@ class CoapNode:
         self._waiters: dict[ClientRequest, asyncio.Future[Message] | Observation] = {}
         self.links: set[Link] = set()
         self._tasks: set[asyncio.Future[None]] = set()
+        self._reject_window = 0.0
+        self._reject_logged = 0
+        self._reject_suppressed = 0
         self.on_link_up: Callable[[Link], None] | None = None
         self.on_link_down: Callable[[Link, str | None], None] | None = None
         self.on_observer_removed: Callable[[Hashable, Hashable, str], None] | None = None
@@ -131,6 +138,17 @@ class CoapNode:
             while (ev := conn.next_event()) is not None:
                 if isinstance(ev, MessageReceived):
                     self.endpoint.receive(link, ev.message, now)
+                elif isinstance(ev, CsmReceived):
+                    # Bodies that do not fit the peer's Max-Message-Size go block-wise.
+                    self.endpoint.set_max_payload(link, ev.max_message_size - 128)
+                elif isinstance(ev, ReleaseReceived):
+                    # RFC 8323 §5.5: the peer asks for an orderly close; we close.
+                    log.info("coap-tcp release peer=%s alternative=%s hold_off=%s",
+                             link.info.address, ",".join(ev.alternative_address),
+                             ev.hold_off)
+                    self._flush_stream(link, conn)
+                    link.close()
+                    break
                 elif isinstance(ev, ConnectionAborted):
                     log.info("coap-tcp abort peer=%s reason=%r by_peer=%s",
                              link.info.address, ev.reason, ev.by_peer)
@@ -217,6 +235,8 @@ class CoapNode:
                     self._reject(ev.request, ev.reason)
                 elif isinstance(ev, ObserverRemoved) and self.on_observer_removed is not None:
                     self.on_observer_removed(ev.peer, ev.key, ev.reason)
+                elif isinstance(ev, MessageRejected):
+                    self._log_rejected(ev)
                 ev = ep.next_event()
         self._arm_timer()
 
@@ -230,6 +250,22 @@ class CoapNode:
                 self._flush_stream(link, conn)
         except Exception as exc:  # a send failure must not break the node
             log.warning("send failed peer=%s error=%r", link.info.address, exc)
+            if is_request(msg.code):
+                self.endpoint.fail_token(link, msg.token, f"send failed: {exc}")
+
+    def _log_rejected(self, ev: MessageRejected) -> None:
+        """Log malformed datagrams, at most ``_REJECT_LOG_RATE`` lines a second."""
+        now = self.loop.time()
+        if now - self._reject_window >= 1.0:
+            if self._reject_suppressed:
+                log.info("malformed datagrams not logged count=%d", self._reject_suppressed)
+            self._reject_window, self._reject_logged, self._reject_suppressed = now, 0, 0
+        if self._reject_logged < _REJECT_LOG_RATE:
+            self._reject_logged += 1
+            link: Link = ev.peer  # type: ignore[assignment]
+            log.info("malformed datagram peer=%s reason=%r", link.info.address, ev.reason)
+        else:
+            self._reject_suppressed += 1
 
     @staticmethod
     def _flush_stream(link: Link, conn: CoapTcpConnection) -> None:

@@ -1,0 +1,85 @@
+"""``python -m bench coap [--quick] [--json] [--sessions N] ...`` (see bench/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from bench.build import BuildError
+from bench.coap import CELLS, SERVERS, Settings, run
+
+
+def _csv(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(t.strip() for t in text.split(",") if t.strip())
+        if not items or any(t not in allowed for t in items):
+            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)} (got {text!r})")
+        return items
+
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench",
+                                     description="dotsd benchmarks against libcoap")
+    sub = parser.add_subparsers(dest="bench", required=True)
+    coap = sub.add_parser("coap", help="CoAP over UDP and DTLS: requests/s, handshakes/s, "
+                                       "memory per idle session")
+    coap.add_argument("--quick", action="store_true",
+                      help="a short run (about 2 s per cell, 500 idle sessions)")
+    coap.add_argument("--json", action="store_true", help="print the report as JSON")
+    coap.add_argument("--sessions", type=int, metavar="N",
+                      help="idle DTLS sessions to open (2000; 500 with --quick)")
+    coap.add_argument("--duration", type=float, metavar="S",
+                      help="measured seconds per cell (5; 1.5 with --quick)")
+    coap.add_argument("--warmup", type=float, metavar="S",
+                      help="warm-up seconds per cell (1; 0.5 with --quick)")
+    coap.add_argument("--servers", type=_csv(SERVERS), default=SERVERS,
+                      help=f"comma-separated subset of {','.join(SERVERS)}")
+    coap.add_argument("--cells", type=_csv(CELLS), default=CELLS,
+                      help=f"comma-separated subset of {','.join(CELLS)}")
+    coap.add_argument("--rps-sessions", type=int, metavar="S",
+                      help="request-carrying sessions in the rps cells (4)")
+    coap.add_argument("--window", type=int, metavar="W",
+                      help="outstanding requests per session (16)")
+    coap.add_argument("--no-ceiling", action="store_true",
+                      help="skip measuring the generator against its own C reflector")
+    args = parser.parse_args(argv)
+
+    settings = Settings.quick_settings() if args.quick else Settings()
+    if args.sessions is not None:
+        if not 1 <= args.sessions <= 200000:
+            parser.error("--sessions must be 1..200000")
+        settings.idle_sessions = args.sessions
+    if args.duration is not None:
+        if not 0 < args.duration <= 600:
+            parser.error("--duration must be in (0, 600]")
+        settings.duration = args.duration
+    if args.warmup is not None:
+        if not 0 <= args.warmup <= 60:
+            parser.error("--warmup must be in [0, 60]")
+        settings.warmup = args.warmup
+    if args.rps_sessions is not None:
+        if not 1 <= args.rps_sessions <= 256:
+            parser.error("--rps-sessions must be 1..256")
+        settings.sessions = args.rps_sessions
+    if args.window is not None:
+        if not 1 <= args.window <= 256:
+            parser.error("--window must be 1..256")
+        settings.window = args.window
+    settings.servers = args.servers
+    settings.cells = args.cells
+    settings.ceiling = not args.no_ceiling
+    try:
+        return run(settings, as_json=args.json)
+    except BuildError as exc:
+        print(f"bench: cannot build the load generator: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,541 @@
+"""DTLS on loopback sockets: dotsd.transport.dtls (server, dialler) with dotsd.dtls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import multiprocessing
+import os
+import socket
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from cryptography.x509.oid import NameOID
+
+from dotsd.dtls import (
+    CookieJar,
+    DtlsConfig,
+    DtlsConnection,
+    DtlsContext,
+    HandshakeTimers,
+    client_context,
+    server_context,
+)
+from dotsd.pki import init_pki, issue_client
+from dotsd.transport.base import Link, spki_sha256
+from dotsd.transport.dtls import (
+    DtlsHandshakeError,
+    DtlsLink,
+    DtlsServer,
+    dtls_connect,
+    serve_dtls,
+)
+
+pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
+
+T = TypeVar("T")
+STEP = 5.0
+PSK_ID, PSK_KEY = b"dots-client-psk", b"0123456789abcdef"
+
+
+async def within(aw: Awaitable[T], limit: float = STEP) -> T:
+    return await asyncio.wait_for(aw, limit)
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+HOSTS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(
+    not ipv6_loopback(), reason="no IPv6 loopback"))]
+
+
+@dataclass(frozen=True)
+class Pki:
+    good: Path
+    rogue: Path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    good = init_pki(tmp_path_factory.mktemp("pki")).directory
+    issue_client(good, "alice")
+    rogue = init_pki(tmp_path_factory.mktemp("rogue")).directory
+    return Pki(good, rogue)
+
+
+@pytest.fixture(scope="module")
+def sctx(pki: Pki) -> DtlsContext:
+    return server_context(DtlsConfig.from_pki(pki.good))
+
+
+@pytest.fixture(scope="module")
+def cctx(pki: Pki) -> DtlsContext:
+    return client_context(DtlsConfig.from_pki(pki.good, client=True))
+
+
+def common_name(link: Link) -> str:
+    cert = link.info.certificate
+    assert cert is not None
+    (attr,) = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attr.value)
+
+
+class Node:
+    """A LinkHandler: records links and data; ``echo`` answers every datagram; ``greet``
+    sends a first datagram as soon as a link is up."""
+
+    def __init__(self, echo: bool = False, greet: bytes | None = None) -> None:
+        self.echo = echo
+        self.greet = greet
+        self.ups: asyncio.Queue[Link] = asyncio.Queue()
+        self.data: asyncio.Queue[tuple[Link, bytes]] = asyncio.Queue()
+        self.downs: asyncio.Queue[tuple[Link, str | None]] = asyncio.Queue()
+
+    def link_up(self, link: Link) -> None:
+        self.ups.put_nowait(link)
+        if self.greet is not None:
+            link.send(self.greet)
+
+    def data_received(self, link: Link, data: bytes) -> None:
+        if self.echo:
+            link.send(b"echo:" + data)
+        else:
+            self.data.put_nowait((link, data))
+
+    def link_down(self, link: Link, reason: str | None) -> None:
+        self.downs.put_nowait((link, reason))
+
+    async def next_data(self) -> tuple[Link, bytes]:
+        return await within(self.data.get())
+
+
+async def echo_once(node: Node, link: Link, payload: bytes) -> None:
+    link.send(payload)
+    got_link, data = await node.next_data()
+    assert got_link is link and data == b"echo:" + payload
+
+
+@contextlib.asynccontextmanager
+async def dtls_server(handler: Node, host: str, ctx: DtlsContext,
+                      **kwargs: Any) -> Any:
+    server = await serve_dtls(handler, host, 0, ctx, **kwargs)
+    try:
+        yield server
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# --- basics ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", HOSTS)
+async def test_handshake_and_echo(host: str, pki: Pki, sctx: DtlsContext,
+                                  cctx: DtlsContext) -> None:
+    server_node, client_node = Node(echo=True), Node()
+    async with dtls_server(server_node, host, sctx) as server:
+        link = await dtls_connect(client_node, (host, server.port), cctx, timeout=STEP,
+                                  server_hostname="localhost")
+        assert (await within(client_node.ups.get())) is link
+        info = link.info
+        assert info.transport == "dtls" and info.initiator and info.secure
+        assert not info.reliable and common_name(link) == "server"
+        server_link = await within(server_node.ups.get())
+        assert not server_link.info.initiator and common_name(server_link) == "client"
+        client_cert = server_link.info.certificate
+        assert client_cert is not None
+        assert server_link.info.spki_sha256 == spki_sha256(client_cert)
+        for i in range(20):
+            await echo_once(client_node, link, b"request %d" % i)
+        link.close()
+        down_link, reason = await within(server_node.downs.get())
+        assert down_link is server_link and reason == "closed by peer"
+        assert (await within(client_node.downs.get())) == (link, "closed")
+        assert server.session_count == 0
+
+
+@pytest.mark.parametrize("host", HOSTS)
+async def test_server_side_sends_first(host: str, sctx: DtlsContext,
+                                       cctx: DtlsContext) -> None:
+    """RFC 9066 Call Home: the DTLS server may be the CoAP client. Its first datagram goes
+    out from link_up; the DTLS client answers it."""
+    server_node = Node(greet=b"GET /hello from the DTLS server")
+    client_node = Node(echo=True)
+    async with dtls_server(server_node, host, sctx) as server:
+        link = await dtls_connect(client_node, (host, server.port), cctx, timeout=STEP)
+        server_link, data = await server_node.next_data()
+        assert data == b"echo:GET /hello from the DTLS server"
+        assert not server_link.info.initiator and link.info.initiator
+        server_link.send(b"another request")
+        _, data = await server_node.next_data()
+        assert data == b"echo:another request"
+
+
+async def test_psk_over_sockets() -> None:
+    sctx = server_context(DtlsConfig(psk_identity=PSK_ID, psk_key=PSK_KEY))
+    cctx = client_context(DtlsConfig(psk_identity=PSK_ID, psk_key=PSK_KEY))
+    server_node, client_node = Node(echo=True), Node()
+    async with dtls_server(server_node, "127.0.0.1", sctx) as server:
+        link = await dtls_connect(client_node, ("127.0.0.1", server.port), cctx)
+        server_link = await within(server_node.ups.get())
+        assert server_link.info.psk_identity == PSK_ID and server_link.info.certificate is None
+        assert link.info.psk_identity == PSK_ID
+        await echo_once(client_node, link, b"psk")
+
+
+# --- refusals --------------------------------------------------------------------------------
+
+async def test_wrong_ca_clients_are_refused_while_others_are_served(
+        pki: Pki, sctx: DtlsContext, cctx: DtlsContext) -> None:
+    rogue = client_context(DtlsConfig(cert=pki.rogue / "client.pem",
+                                      key=pki.rogue / "client.key", ca=pki.good / "ca.pem"))
+    alice = client_context(DtlsConfig(cert=pki.good / "alice.pem", key=pki.good / "alice.key",
+                                      ca=pki.good / "ca.pem"))
+    server_node, client_node = Node(echo=True), Node()
+    async with dtls_server(server_node, "127.0.0.1", sctx) as server:
+        good = await dtls_connect(client_node, ("127.0.0.1", server.port), cctx)
+        await within(server_node.ups.get())
+
+        async def keep_talking() -> int:
+            for i in range(30):
+                await echo_once(client_node, good, b"still here %d" % i)
+                await asyncio.sleep(0.005)
+            return 30
+
+        async def attack() -> list[BaseException]:
+            results = await asyncio.gather(*[
+                dtls_connect(Node(), ("127.0.0.1", server.port), rogue, timeout=3.0)
+                for _ in range(5)], return_exceptions=True)
+            return [r for r in results if isinstance(r, BaseException)]
+
+        talked, errors = await within(asyncio.gather(keep_talking(), attack()), 15)
+        assert talked == 30
+        assert len(errors) == 5 and all(isinstance(e, DtlsHandshakeError) for e in errors)
+        assert "alert" in str(errors[0])  # the server says why (unknown CA)
+        assert server_node.ups.empty()  # no link for the refused ones
+        late = await dtls_connect(Node(), ("127.0.0.1", server.port), alice)
+        assert common_name(await within(server_node.ups.get())) == "alice"
+        assert server.session_count == 2 and server.half_open == 0
+        late.close()
+
+
+async def test_client_refuses_a_server_of_another_ca(pki: Pki, cctx: DtlsContext) -> None:
+    rogue_server = server_context(DtlsConfig.from_pki(pki.rogue))
+    async with dtls_server(Node(), "127.0.0.1", rogue_server) as server:
+        with pytest.raises(DtlsHandshakeError, match="certificate verify failed"):
+            await dtls_connect(Node(), ("127.0.0.1", server.port), cctx)
+        await asyncio.sleep(0.05)
+        assert server.session_count == 0
+
+
+async def test_connect_timeout_when_nobody_answers(cctx: DtlsContext) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        port = black_hole.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await dtls_connect(Node(), ("127.0.0.1", port), cctx, timeout=0.6,
+                               timers=HandshakeTimers(initial=0.1))
+        assert time.monotonic() - started < 2.0
+        received = 0
+        black_hole.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                black_hole.recv(2048)
+                received += 1
+        assert received >= 3  # the ClientHello and its retransmissions
+
+
+async def recv(sock: socket.socket) -> bytes:
+    return await within(asyncio.get_running_loop().sock_recv(sock, 2048))
+
+
+# --- no state for strangers ------------------------------------------------------------------
+
+async def test_garbage_and_cookieless_hellos_create_no_state(pki: Pki, sctx: DtlsContext,
+                                                             cctx: DtlsContext) -> None:
+    async with dtls_server(Node(), "127.0.0.1", sctx) as server:
+        hello = DtlsConnection(cctx, 0.0).datagrams_to_send()[0]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            for junk in (b"", b"\x00" * 40, os.urandom(300), b"\x17\xfe\xfd" + bytes(20),
+                         hello[:30]):
+                s.sendto(junk, ("127.0.0.1", server.port))
+            for _ in range(20):
+                s.sendto(hello, ("127.0.0.1", server.port))
+            replies = [await recv(s) for _ in range(20)]
+        assert all(r[0] == 22 and r[13] == 3 for r in replies)  # HelloVerifyRequests
+        assert server.session_count == 0 and server.half_open == 0
+        assert server.hello_verify_sent == 20 and server.dropped == 5
+
+
+async def test_half_open_limit_and_handshake_deadline(pki: Pki, sctx: DtlsContext,
+                                                      cctx: DtlsContext) -> None:
+    """Clients that pass the cookie exchange and then go silent hold half-open state,
+    at most ``max_half_open`` of them, and only until the handshake deadline."""
+    jar = CookieJar(b"c" * 32)
+    async with dtls_server(Node(), "127.0.0.1", sctx, max_half_open=2,
+                           handshake_timeout=0.5, cookie_jar=jar) as server:
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        try:
+            for s in socks:
+                s.bind(("127.0.0.1", 0))
+                s.setblocking(False)
+                conn = DtlsConnection(cctx, 0.0)
+                s.sendto(conn.datagrams_to_send()[0], ("127.0.0.1", server.port))
+                conn.receive_datagram(await recv(s), 0.0)  # the HelloVerifyRequest
+                s.sendto(conn.datagrams_to_send()[0], ("127.0.0.1", server.port))
+            await asyncio.sleep(0.1)
+            assert server.half_open == 2 and server.dropped == 1
+            assert server.session_count == 2
+            await asyncio.sleep(0.8)
+            assert server.half_open == 0 and server.session_count == 0
+        finally:
+            for s in socks:
+                s.close()
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+async def test_resumption(sctx: DtlsContext, cctx: DtlsContext) -> None:
+    server_node, client_node = Node(echo=True), Node()
+    async with dtls_server(server_node, "127.0.0.1", sctx) as server:
+        first = await dtls_connect(client_node, ("127.0.0.1", server.port), cctx)
+        assert isinstance(first, DtlsLink) and first.session is not None
+        assert not first.connection.resumed
+        session = first.session
+        first.close()
+        second = await dtls_connect(client_node, ("127.0.0.1", server.port), cctx,
+                                    session=session)
+        assert second.connection.resumed
+        await within(server_node.ups.get())
+        server_second = await within(server_node.ups.get())
+        assert isinstance(server_second, DtlsLink) and server_second.connection.resumed
+        assert common_name(server_second) == "client"  # the certificate survives
+        await echo_once(client_node, second, b"resumed")
+
+
+async def test_idle_sessions_are_closed(sctx: DtlsContext, cctx: DtlsContext) -> None:
+    server_node, idle_node, busy_node = Node(echo=True), Node(), Node()
+    async with dtls_server(server_node, "127.0.0.1", sctx, idle_timeout=0.4,
+                           sweep_interval=0.05) as server:
+        idle = await dtls_connect(idle_node, ("127.0.0.1", server.port), cctx)
+        busy = await dtls_connect(busy_node, ("127.0.0.1", server.port), cctx)
+        for i in range(10):
+            await echo_once(busy_node, busy, b"%d" % i)
+            await asyncio.sleep(0.08)
+        _, reason = await within(server_node.downs.get())
+        assert reason == "idle timeout"
+        # The server said goodbye with close_notify.
+        assert (await within(idle_node.downs.get())) == (idle, "closed by peer")
+        assert server.session_count == 1
+        await echo_once(busy_node, busy, b"alive")
+
+
+async def test_new_handshake_from_same_address_replaces_session(
+        sctx: DtlsContext, cctx: DtlsContext) -> None:
+    """RFC 6347 §4.2.8: a client that lost its state dials again from the same port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        local = probe.getsockname()
+    server_node = Node(echo=True)
+    async with dtls_server(server_node, "127.0.0.1", sctx) as server:
+        first_node = Node()
+        first = await dtls_connect(first_node, ("127.0.0.1", server.port), cctx,
+                                   local_addr=local)
+        old = await within(server_node.ups.get())
+        first._owner._transport.close()  # type: ignore[union-attr]  # a crash: no close_notify
+        await within(first_node.downs.get())
+        second_node = Node()
+        second = await dtls_connect(second_node, ("127.0.0.1", server.port), cctx,
+                                    local_addr=local)
+        assert (await within(server_node.downs.get())) == (old, "replaced by a new handshake")
+        new = await within(server_node.ups.get())
+        assert new is not old and server.session_count == 1
+        await echo_once(second_node, second, b"again")
+
+
+async def test_hundred_concurrent_clients_on_one_socket(sctx: DtlsContext,
+                                                        cctx: DtlsContext) -> None:
+    server_node = Node(echo=True)
+    async with dtls_server(server_node, "127.0.0.1", sctx) as server:
+        nodes = [Node() for _ in range(100)]
+        links = await within(asyncio.gather(*[
+            dtls_connect(n, ("127.0.0.1", server.port), cctx, timeout=20) for n in nodes]), 30)
+        assert server.session_count == 100 and server.half_open == 0
+        for i, link in enumerate(links):
+            link.send(b"%d" % i)
+        for i, node in enumerate(nodes):
+            _, data = await node.next_data()
+            assert data == b"echo:%d" % i
+        for link in links:
+            link.close()
+        for _ in range(100):
+            await within(server_node.downs.get())
+        assert server.session_count == 0
+
+
+async def test_reuse_port(sctx: DtlsContext, cctx: DtlsContext) -> None:
+    first = await serve_dtls(Node(), "127.0.0.1", 0, sctx, reuse_port=True)
+    second = await serve_dtls(Node(), "127.0.0.1", first.port, sctx, reuse_port=True)
+    try:
+        assert second.port == first.port
+        link = await dtls_connect(Node(), ("127.0.0.1", first.port), cctx)
+        assert first.session_count + second.session_count == 1
+        link.close()
+    finally:
+        first.close()
+        second.close()
+
+
+async def test_server_close_tells_every_client(sctx: DtlsContext, cctx: DtlsContext) -> None:
+    server_node = Node()
+    server = await serve_dtls(server_node, "127.0.0.1", 0, sctx)
+    assert isinstance(server, DtlsServer)
+    nodes = [Node() for _ in range(3)]
+    links = [await dtls_connect(n, ("127.0.0.1", server.port), cctx) for n in nodes]
+    server.close()
+    await server.wait_closed()
+    for node, link in zip(nodes, links, strict=True):
+        assert (await within(node.downs.get())) == (link, "closed by peer")
+    downs = [await within(server_node.downs.get()) for _ in range(3)]
+    assert {reason for _, reason in downs} == {"closed"}
+
+
+# --- measurements (not assertions): DOTSD_MEASURE=1 pytest -s -k measure --------------------
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _heap_in_use() -> int:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _measured_server(pki_dir: str, pipe: Connection) -> None:
+    """Runs in a child process: a DTLS echo server that reports its own memory."""
+    import tracemalloc
+
+    class Echo:
+        def link_up(self, link: Link) -> None:
+            pass
+
+        def data_received(self, link: Link, data: bytes) -> None:
+            link.send(data)
+
+        def link_down(self, link: Link, reason: str | None) -> None:
+            pass
+
+    async def main() -> None:
+        ctx = server_context(DtlsConfig.from_pki(Path(pki_dir)))
+        server = await serve_dtls(Echo(), "127.0.0.1", 0, ctx, idle_timeout=None)
+        pipe.send(server.port)
+        loop = asyncio.get_running_loop()
+        while True:
+            command = await loop.run_in_executor(None, pipe.recv)
+            gc.collect()
+            if command == "mark":
+                traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
+                pipe.send((_heap_in_use(), _rss(), traced, server.session_count))
+            elif command == "trace":
+                tracemalloc.start()
+                pipe.send(None)
+            elif command == "untrace":
+                tracemalloc.stop()
+                pipe.send(None)
+            else:
+                server.close()
+                pipe.send(None)
+                return
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(not os.environ.get("DOTSD_MEASURE"), reason="set DOTSD_MEASURE=1")
+@pytest.mark.timeout(300)
+async def test_measure_handshakes_round_trips_and_memory(pki: Pki, cctx: DtlsContext) -> None:
+    idle_sessions = int(os.environ.get("DOTSD_MEASURE_SESSIONS", "2000"))
+    ours, theirs = multiprocessing.Pipe()
+    child = multiprocessing.get_context("fork").Process(
+        target=_measured_server, args=(str(pki.good), theirs))
+    child.start()
+    loop = asyncio.get_running_loop()
+
+    async def ask(command: str) -> Any:
+        ours.send(command)
+        return await loop.run_in_executor(None, ours.recv)
+
+    try:
+        port = await loop.run_in_executor(None, ours.recv)
+        node = Node()
+        addr = ("127.0.0.1", port)
+        for _ in range(10):
+            (await dtls_connect(node, addr, cctx)).close()
+        started = time.perf_counter()
+        links = [await dtls_connect(node, addr, cctx) for _ in range(200)]
+        sequential = 200 / (time.perf_counter() - started)
+        started = time.perf_counter()
+        links += await asyncio.gather(*[dtls_connect(node, addr, cctx) for _ in range(200)])
+        concurrent = 200 / (time.perf_counter() - started)
+        link, n = links[0], 5000
+        started = time.perf_counter()
+        for _ in range(n):
+            link.send(b"x" * 60)
+            await node.data.get()
+        rtt = (time.perf_counter() - started) / n
+        for lk in links:
+            lk.close()
+        await asyncio.sleep(0.3)
+        heap0, rss0, _, count0 = await ask("mark")
+        await ask("trace")
+        _, _, traced0, _ = await ask("mark")
+        idle: list[DtlsLink] = []
+        for _ in range(0, idle_sessions, 100):
+            idle += await asyncio.gather(*[dtls_connect(node, addr, cctx, timeout=30)
+                                           for _ in range(100)])
+        await asyncio.sleep(0.3)
+        _, _, traced1, _ = await ask("mark")
+        await ask("untrace")
+        heap1, rss1, _, count1 = await ask("mark")
+        started = time.perf_counter()
+        for i in range(n):
+            idle[i % 100].send(b"x" * 60)
+            await node.data.get()
+        rtt_loaded = (time.perf_counter() - started) / n
+        sessions = count1 - count0
+        print(f"\nmutual-certificate handshakes/s on loopback: {sequential:.0f} one at a time, "
+              f"{concurrent:.0f} with 200 dialling at once (client and server processes)")
+        print(f"echo round trips over one session: {1 / rtt:.0f}/s ({rtt * 1e6:.0f} us); "
+              f"with {count1} idle sessions: {rtt_loaded * 1e6:.0f} us")
+        print(f"server memory per idle session ({sessions} sessions): "
+              f"heap {(heap1 - heap0) / sessions / 1024:.1f} KiB, "
+              f"RSS {(rss1 - rss0) / sessions / 1024:.1f} KiB, "
+              f"Python objects (tracemalloc) {(traced1 - traced0) / sessions / 1024:.1f} KiB")
+        for lk in idle:
+            lk.close()
+    finally:
+        with contextlib.suppress(Exception):
+            await ask("stop")
+        child.join(10)
