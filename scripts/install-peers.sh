@@ -2,7 +2,8 @@
 # Install the Debian packages of the real peers dotsd's tests interoperate with.
 # As root, missing packages are installed; otherwise the tests that need them skip.
 set -euo pipefail
-want=(libcoap3-bin)
+# libcoap: CoAP peer; autoconf/automake: to build aiocoap's tinydtls binding (DTLSSocket).
+want=(libcoap3-bin autoconf automake)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
