@@ -28,7 +28,7 @@ demo: venv
 	$(BIN)/dotsd demo
 
 lint: venv
-	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff check src tests scripts $(wildcard bench)
 
 typecheck: venv
 	$(BIN)/mypy
