@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from bench.build import BuildError
-from bench.coap import CELLS, SERVERS, Settings, run
+from bench.coap import CELLS, SERVERS, Settings, run, show_saved
 
 
 def _csv(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
@@ -45,7 +46,16 @@ def main(argv: list[str] | None = None) -> int:
                       help="outstanding requests per session (16)")
     coap.add_argument("--no-ceiling", action="store_true",
                       help="skip measuring the generator against its own C reflector")
+    coap.add_argument("--retries", type=int, metavar="R",
+                      help="reruns of a cell that other processes disturbed (2)")
+    coap.add_argument("--show", type=Path, metavar="FILE",
+                      help="measure nothing: print the table of a report saved with --json")
     args = parser.parse_args(argv)
+    if args.show is not None:
+        try:
+            return show_saved(args.show, args.json)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            parser.error(f"cannot read {args.show}: {exc}")
 
     settings = Settings.quick_settings() if args.quick else Settings()
     if args.sessions is not None:
@@ -71,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     settings.servers = args.servers
     settings.cells = args.cells
     settings.ceiling = not args.no_ceiling
+    if args.retries is not None:
+        if not 0 <= args.retries <= 10:
+            parser.error("--retries must be 0..10")
+        settings.retries = args.retries
     try:
         return run(settings, as_json=args.json)
     except BuildError as exc:

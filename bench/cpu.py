@@ -41,21 +41,28 @@ def _children_cpu() -> float:
 
 
 class CpuWatch:
-    """Samples CPU use over a block. The generator must be reaped inside the block (its
-    time is counted from RUSAGE_CHILDREN); the server, still running, from /proc."""
+    """Samples CPU use over a block. The server runs throughout (read from /proc); the
+    generator too when ``generator_pid`` is given, else it must be started and reaped
+    inside the block (its time then comes from RUSAGE_CHILDREN)."""
 
     def __init__(self, server_pid: int, server_core: int | None,
-                 generator_core: int | None) -> None:
+                 generator_core: int | None, generator_pid: int | None = None) -> None:
         self.server_pid = server_pid
         self.server_core = server_core
         self.generator_core = generator_core
+        self.generator_pid = generator_pid
         self.result: dict[str, Any] = {}
+
+    def _generator_cpu(self) -> float:
+        if self.generator_pid is not None:
+            return cpu_seconds(self.generator_pid)
+        return _children_cpu()
 
     def __enter__(self) -> CpuWatch:
         self._t0 = time.monotonic()
         self._busy0 = busy_per_cpu()
         self._server0 = cpu_seconds(self.server_pid)
-        self._children0 = _children_cpu()
+        self._generator0 = self._generator_cpu()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -64,10 +71,10 @@ class CpuWatch:
             return
         try:
             server = cpu_seconds(self.server_pid) - self._server0
+            generator = self._generator_cpu() - self._generator0
         except OSError:
-            return  # the server is gone; the caller reports that
+            return  # a process is gone; the caller reports that
         busy1 = busy_per_cpu()
-        generator = _children_cpu() - self._children0
         self.result = {"server_cpu_whole_run": round(server / wall, 3),
                        "generator_cpu_whole_run": round(generator / wall, 3)}
         if self.server_core is not None and self.generator_core is not None:

@@ -45,7 +45,7 @@
 
 #define MAX_WINDOW 256       /* the slot index lives in the token's low byte */
 #define MAX_SESSIONS 4096    /* active (request-carrying) sessions */
-#define MAX_IDLE 200000
+#define MAX_IDLE 60000       /* source ports outside the ephemeral range, on one address */
 #define MAX_CONCURRENCY 1024
 #define READ_BURST 256       /* datagrams read per readiness event, per socket */
 #define EPOLL_BATCH 256
@@ -263,18 +263,76 @@ static int parse_peer(void) {
     return 0;
 }
 
-static int open_socket(int bufsize) {
+/* A connected UDP socket; with src_port > 0 bound to that port on the peer's (loopback)
+   address first. -1 with errno set on failure. */
+static int open_socket(int bufsize, int src_port) {
     int fd = socket(PEER.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
     if (bufsize > 0) {
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof bufsize);
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof bufsize);
     }
+    if (src_port > 0) {
+        struct sockaddr_storage local;
+        memcpy(&local, &PEER, sizeof local);
+        if (local.ss_family == AF_INET) ((struct sockaddr_in *)&local)->sin_port = htons((uint16_t)src_port);
+        else ((struct sockaddr_in6 *)&local)->sin6_port = htons((uint16_t)src_port);
+        if (bind(fd, (struct sockaddr *)&local, PEER_LEN) < 0) {
+            int e = errno;
+            close(fd);
+            errno = e;
+            return -1;
+        }
+    }
     if (connect(fd, (struct sockaddr *)&PEER, PEER_LEN) < 0) {
+        int e = errno;
         close(fd);
+        errno = e;
         return -1;
     }
     return fd;
+}
+
+/* Source ports for idle sessions: outside the kernel's ephemeral range, each used once, so
+   that no later socket (ours or the kernel's choice) ever reuses the address of a session
+   the server still holds. The idle sessions' sockets may then be closed (see mode_idle). */
+static int PORT_LO = 32768, PORT_HI = 60999, next_port_up, next_port_down;
+
+static void idle_ports_init(void) {
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+        int lo, hi;
+        if (fscanf(f, "%d %d", &lo, &hi) == 2 && lo > 1024 && hi >= lo && hi <= 65535) {
+            PORT_LO = lo;
+            PORT_HI = hi;
+        }
+        fclose(f);
+    }
+    next_port_up = PORT_HI + 1;  /* first above the range, */
+    next_port_down = PORT_LO - 1; /* then below it, down to 1024 */
+}
+
+static int idle_port_next(void) {
+    if (next_port_up <= 65535) return next_port_up++;
+    if (next_port_down >= 1024) return next_port_down--;
+    return -1;
+}
+
+/* A socket on a fresh source port (ports in use by anyone are skipped). */
+static int open_idle_socket(void) {
+    for (int guard = 0; guard < 65536; guard++) {
+        int port = idle_port_next();
+        if (port < 0) {
+            errno = EADDRNOTAVAIL;
+            return -1;
+        }
+        if (port == O.port) continue;
+        int fd = open_socket(0, port);
+        if (fd >= 0) return fd;
+        if (errno != EADDRINUSE && errno != EACCES) return -1;
+    }
+    errno = EADDRNOTAVAIL;
+    return -1;
 }
 
 static void ep_add(conn_t *c) {
@@ -299,9 +357,9 @@ static void conn_close(conn_t *c, int graceful) {
 }
 
 /* Start a connection: socket, and for DTLS the first handshake flight. 0 ok, -1 failed. */
-static int conn_open(conn_t *c, int bufsize) {
+static int conn_open(conn_t *c, int bufsize, int idle_port) {
     memset(c, 0, sizeof *c);
-    c->fd = open_socket(bufsize);
+    c->fd = idle_port ? open_idle_socket() : open_socket(bufsize, 0);
     c->mid = (uint16_t)(rand() & 0xffff);
     if (c->fd < 0) {
         if (first_errors_shown++ < 5) fprintf(stderr, "loadgen: socket: %s\n", strerror(errno));
@@ -605,7 +663,7 @@ static void run_rps(conn_t *conns, int n, const char *phase, int idle_sessions) 
 static int open_sessions(conn_t *conns, int n) {
     int pending = 0, up = 0;
     for (int i = 0; i < n; i++) {
-        if (conn_open(&conns[i], SOCKBUF) < 0) continue;
+        if (conn_open(&conns[i], SOCKBUF, 0) < 0) continue;
         if (conns[i].state == ST_UP) {
             up++;
             continue;
@@ -700,7 +758,7 @@ static int mode_handshakes(void) {
         for (int i = 0; i < C; i++) {
             conn_t *c = &conns[i];
             if (c->state != ST_FREE) continue;
-            if (conn_open(c, 0) < 0) {
+            if (conn_open(c, 0, 0) < 0) {
                 if (counting) failed++;
                 continue;
             }
@@ -804,7 +862,17 @@ static int mode_idle(void) {
     run_rps(active, O.sessions, "baseline", 0);
     if (!wait_go()) return 0;
 
-    /* Open N sessions, C at a time: handshake, one request, then keep only the socket. */
+    /* Open N sessions, C at a time: handshake, one request, then drop our TLS state without
+       close_notify (the server's session stays). Each uses a source port of its own that is
+       never reused (idle_port_next), and its socket is kept open while descriptors allow
+       (the hard RLIMIT_NOFILE may be out of reach) and closed otherwise: the server cannot
+       tell, as nothing more is sent on an idle session. */
+    struct rlimit rl;
+    int fd_budget = 0;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > (rlim_t)(O.sessions + C + 128))
+        fd_budget = (int)(rl.rlim_cur - (rlim_t)(O.sessions + C + 128));
+    int kept = 0, closed_early = 0;
+    idle_ports_init();
     engine_t g = {.conns = work, .n = C, .window = 1, .counting = 0, .sending = 0, .st = NULL};
     stats_t *st = calloc(1, sizeof *st);
     if (!st) die("out of memory");
@@ -826,7 +894,7 @@ static int mode_idle(void) {
             conn_t *c = &work[i];
             if (c->state != ST_FREE) continue;
             started++;
-            if (conn_open(c, 0) < 0) {
+            if (conn_open(c, 0, 1) < 0) {
                 failed++;
                 continue;
             }
@@ -872,12 +940,16 @@ static int mode_idle(void) {
                     }
                     if (n >= 8 && (buf[0] >> 6) == 1 && (buf[0] & 0x0f) == 4 && buf[1] != 0) {
                         if ((buf[1] >> 5) == 2) {
-                            /* Keep the socket (the server's session stays), drop our TLS state
-                               without close_notify. */
                             ep_del(c);
                             SSL_free(c->ssl);
                             c->ssl = NULL;
-                            idle_fds[opened++] = c->fd;
+                            if (kept < fd_budget) {
+                                idle_fds[kept++] = c->fd;
+                            } else {
+                                close(c->fd);
+                                closed_early++;
+                            }
+                            opened++;
                         } else {
                             failed++;
                             conn_close(c, 0);
@@ -914,11 +986,11 @@ static int mode_idle(void) {
         }
     double took = now_s() - t0;
     printf("{\"mode\":\"idle\",\"phase\":\"established\",\"idle_sessions\":%d,\"failed\":%d,"
-           "\"seconds\":%.2f,\"per_second\":%.1f}\n",
-           opened, failed, took, took > 0 ? opened / took : 0.0);
+           "\"seconds\":%.2f,\"per_second\":%.1f,\"sockets_kept\":%d,\"sockets_closed\":%d}\n",
+           opened, failed, took, took > 0 ? opened / took : 0.0, kept, closed_early);
     fflush(stdout);
     if (wait_go()) run_rps(active, O.sessions, "loaded", opened);
-    for (int i = 0; i < opened; i++) close(idle_fds[i]);
+    for (int i = 0; i < kept; i++) close(idle_fds[i]);
     for (int i = 0; i < O.sessions; i++)
         if (active[i].state != ST_FREE) conn_close(&active[i], 1);
     free(st);

@@ -33,9 +33,11 @@ from dotsd.dtls.cookie import CookieJar, Verdict
 from dotsd.dtls.events import ConnectionClosed, DataReceived, HandshakeCompleted
 from dotsd.dtls.records import CT_HANDSHAKE
 from dotsd.transport.base import Address, LinkHandler, PeerInfo, make_peer_info
+from dotsd.transport.datagram import open_datagram
 from dotsd.transport.udp import (
     DEFAULT_SNDBUF,
     PeerKey,
+    datagram_transport_made,
     make_socket,
     peer_key,
 )
@@ -137,12 +139,11 @@ class _DtlsProtocol(asyncio.DatagramProtocol):
         return self._address[1]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._transport, address = datagram_transport_made(transport)
         self._loop = asyncio.get_running_loop()
         self.closed_event = asyncio.Event()
-        sockname = transport.get_extra_info("sockname")
-        if sockname:
-            self._address = cast(Address, tuple(sockname))
+        if address is not None:
+            self._address = address
 
     def error_received(self, exc: Exception) -> None:
         log.debug("DTLS socket error: %s", exc)
@@ -458,14 +459,14 @@ async def serve_dtls(handler: LinkHandler, host: str | None, port: int, context:
     ``idle_timeout`` seconds are closed (reason "idle timeout"); handshakes that do not
     complete within ``handshake_timeout`` are dropped.
     """
-    loop = asyncio.get_running_loop()
+
     sock = make_socket(host, port, reuse_port=reuse_port, rcvbuf=rcvbuf, sndbuf=sndbuf)
     server = DtlsServer(handler, context, idle_timeout=idle_timeout,
                         handshake_timeout=handshake_timeout, timers=timers,
                         max_sessions=max_sessions, max_half_open=max_half_open,
                         sweep_interval=sweep_interval, cookie_jar=cookie_jar)
     try:
-        await loop.create_datagram_endpoint(lambda: server, sock=sock)
+        open_datagram(server, sock)
     except BaseException:
         sock.close()
         raise

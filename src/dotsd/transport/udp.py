@@ -16,6 +16,7 @@ import socket
 from typing import Final, cast
 
 from dotsd.transport.base import Address, LinkHandler, PeerInfo, make_peer_info
+from dotsd.transport.datagram import open_datagram
 
 log = logging.getLogger("dotsd.transport.udp")
 
@@ -38,6 +39,24 @@ def peer_key(addr: Address) -> PeerKey:
     if len(addr) == 2 or not addr[3]:
         return (addr[0], addr[1])
     return (addr[0], addr[1], addr[3])
+
+
+# asyncio reads each datagram into a fresh buffer of the transport's ``max_size`` (256 KiB by
+# default): above glibc's mmap threshold, so every datagram costs an mmap/munmap and page
+# faults (measured by bench/: 12k → 22k requests/s on plain UDP). A datagram over UDP is at
+# most 65,507 bytes, so 64 KiB loses nothing.
+DATAGRAM_READ_SIZE: Final = 65536
+
+
+def datagram_transport_made(transport: asyncio.BaseTransport) -> tuple[
+        asyncio.DatagramTransport, Address | None]:
+    """What every datagram protocol does in ``connection_made``: cap the read size and
+    learn the local address."""
+    if hasattr(transport, "max_size"):
+        transport.max_size = DATAGRAM_READ_SIZE
+    sockname = transport.get_extra_info("sockname")
+    address = cast(Address, tuple(sockname)) if sockname else None
+    return cast(asyncio.DatagramTransport, transport), address
 
 
 def make_socket(host: str | None, port: int, *, reuse_port: bool = False,
@@ -188,12 +207,11 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
     # ----------------------------------------------------------------- protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._transport, address = datagram_transport_made(transport)
         self._loop = asyncio.get_running_loop()
         self.closed_event = asyncio.Event()
-        sockname = transport.get_extra_info("sockname")
-        if sockname:
-            self._address = cast(Address, tuple(sockname))
+        if address is not None:
+            self._address = address
         if self._sweep_interval is not None:
             self._sweeper = self._loop.call_later(self._sweep_interval, self._sweep)
 
@@ -281,13 +299,13 @@ async def open_udp(handler: LinkHandler, local_addr: tuple[str | None, int],
     ``idle_timeout`` (seconds, None: never) closes links that received nothing for that
     long, with reason "idle timeout".
     """
-    loop = asyncio.get_running_loop()
+
     sock = make_socket(local_addr[0], local_addr[1], reuse_port=reuse_port, rcvbuf=rcvbuf,
                        sndbuf=sndbuf)
     endpoint = UdpEndpoint(handler, max_links=max_links, idle_timeout=idle_timeout,
                            sweep_interval=sweep_interval)
     try:
-        await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+        open_datagram(endpoint, sock)
     except BaseException:
         sock.close()
         raise

@@ -1,0 +1,130 @@
+"""A lean asyncio datagram transport that drains the socket in batches.
+
+asyncio's own datagram transport reads one datagram per readiness event, so under load
+every request costs a trip through the selector and the event loop (measured with bench/:
+one ``epoll`` call per datagram). This one reads up to ``batch`` datagrams per event, sends
+straight on the non-blocking socket, and queues only when the socket buffer is full.
+It implements the part of ``asyncio.DatagramTransport`` that dotsd's protocols use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+from typing import Any
+
+log = logging.getLogger("dotsd.transport")
+
+DEFAULT_BATCH = 64
+MAX_QUEUED = 4096  # datagrams held while the socket buffer is full; beyond, dropped (UDP)
+READ_SIZE = 65536  # the largest UDP payload fits
+
+
+class BatchDatagramTransport(asyncio.DatagramTransport):
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 protocol: asyncio.DatagramProtocol, batch: int = DEFAULT_BATCH) -> None:
+        super().__init__()
+        self._loop = loop
+        self._sock = sock
+        self._protocol = protocol
+        self._batch = batch
+        self._fd = sock.fileno()
+        self._queue: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self._closing = False
+        self._dropped = 0
+        sock.setblocking(False)
+        self._extra = {"socket": sock, "sockname": sock.getsockname()}
+        with contextlib.suppress(OSError):
+            self._extra["peername"] = sock.getpeername()
+        protocol.connection_made(self)
+        loop.add_reader(self._fd, self._read_ready)
+
+    def _read_ready(self) -> None:
+        recvfrom = self._sock.recvfrom
+        received = self._protocol.datagram_received
+        for _ in range(self._batch):
+            if self._closing:
+                return
+            try:
+                data, addr = recvfrom(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable on a connected socket
+                self._protocol.error_received(exc)
+                return
+            try:
+                received(data, addr)
+            except Exception:  # a protocol bug must not stop the socket
+                log.exception("datagram handler failed")
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        if self._closing:
+            return
+        if not self._queue:
+            try:
+                if addr is None:
+                    self._sock.send(data)
+                else:
+                    self._sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._loop.add_writer(self._fd, self._write_ready)
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                return
+        if len(self._queue) >= MAX_QUEUED:
+            self._dropped += 1  # datagram semantics: a full buffer loses the newest
+            return
+        self._queue.append((bytes(data), addr))
+
+    def _write_ready(self) -> None:
+        while self._queue:
+            data, addr = self._queue[0]
+            try:
+                if addr is None:
+                    self._sock.send(data)
+                else:
+                    self._sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._protocol.error_received(exc)
+            self._queue.popleft()
+        self._loop.remove_writer(self._fd)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        if self._queue:
+            self._loop.remove_writer(self._fd)
+            self._queue.clear()
+        self._loop.call_soon(self._finish)
+
+    def abort(self) -> None:
+        self.close()
+
+    def _finish(self) -> None:
+        try:
+            self._protocol.connection_lost(None)
+        finally:
+            self._sock.close()
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._queue)
+
+
+def open_datagram(protocol: asyncio.DatagramProtocol, sock: socket.socket,
+                  batch: int = DEFAULT_BATCH) -> BatchDatagramTransport:
+    """Serve ``protocol`` on an already bound (or connected) socket."""
+    return BatchDatagramTransport(asyncio.get_running_loop(), sock, protocol, batch)

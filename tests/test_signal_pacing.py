@@ -1,0 +1,148 @@
+"""Pacing of NON mitigation requests (RFC 9132 §4.4) and the RTT estimator, in fake time."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from dotsd.coap.endpoint import CoapEndpoint, RepeatPolicy
+from dotsd.coap.message import Message
+from dotsd.coap.numbers import Code
+from dotsd.coap.params import TransmissionParameters
+from dotsd.signal.heartbeat import HeartbeatMonitor
+from dotsd.signal.pacing import (
+    NO_ESTIMATE_INTERVAL,
+    MitigationRepeatPolicy,
+    RttEstimator,
+)
+
+# ------------------------------------------------------------------------------- estimator
+
+
+def test_rfc6298_first_and_next_samples() -> None:
+    est = RttEstimator(min_rto=0.0)
+    assert not est.has_estimate and est.rto is None
+    est.sample(0.2)
+    assert est.srtt == pytest.approx(0.2)
+    assert est.rttvar == pytest.approx(0.1)
+    assert est.rto == pytest.approx(0.2 + 4 * 0.1)
+    est.sample(0.4)
+    assert est.rttvar == pytest.approx(0.75 * 0.1 + 0.25 * 0.2)
+    assert est.srtt == pytest.approx(0.875 * 0.2 + 0.125 * 0.4)
+    assert est.samples == 2
+
+
+def test_rto_bounds_and_negative_samples() -> None:
+    est = RttEstimator()
+    est.sample(-1.0)
+    assert not est.has_estimate
+    est.sample(0.01)
+    assert est.rto == 1.0  # RFC 6298 §2.4 minimum
+    big = RttEstimator(max_rto=60.0)
+    big.sample(50.0)
+    assert big.rto == 60.0  # RFC 6298 §2.5 maximum
+    with pytest.raises(ValueError):
+        RttEstimator(min_rto=2.0, max_rto=1.0)
+
+
+def test_karn_rule_on_exchanges() -> None:
+    est = RttEstimator()
+    est.on_exchange(10.0, 13.0, repeated=True)
+    assert not est.has_estimate
+    est.on_exchange(10.0, 10.3, repeated=False)
+    assert est.srtt == pytest.approx(0.3)
+
+
+def test_estimator_fed_from_heartbeats() -> None:
+    est = RttEstimator(min_rto=0.0)
+    mon = HeartbeatMonitor(30, 15, 0.0)
+    for k in range(1, 9):
+        t = 30.0 * k
+        mon.handle_timer(t)
+        mon.on_heartbeat_sent(t)
+        sample = mon.on_heartbeat_response(t + 0.08)
+        assert sample is not None
+        est.sample(sample)
+    assert est.srtt == pytest.approx(0.08)
+    assert est.rto is not None and est.rto < 0.15
+
+
+# ------------------------------------------------------------------------------- policy
+
+
+def test_no_estimate_three_seconds() -> None:
+    policy = MitigationRepeatPolicy()
+    assert policy.delay(0) == NO_ESTIMATE_INTERVAL == 3.0
+    assert policy.delay(10) == 3.0  # regular intervals, until answered
+    assert MitigationRepeatPolicy(no_estimate_interval=5.0).delay(0) == 5.0
+    with pytest.raises(ValueError):
+        MitigationRepeatPolicy(no_estimate_interval=2.9)  # RFC 9132 §4.4 MUST NOT
+
+
+def test_with_estimate_one_per_rtt_at_most() -> None:
+    est = RttEstimator(min_rto=0.0)
+    est.sample(0.5)
+    policy = MitigationRepeatPolicy(est)
+    assert policy.delay(0) == pytest.approx(0.5 + 4 * 0.25)
+    # The endpoint's own (larger) RTT is never undercut.
+    assert policy.delay(0, rtt=3.5) == pytest.approx(3.5)
+    # A steady RTT makes RTTVAR shrink; the interval never falls below SRTT.
+    for _ in range(200):
+        est.sample(0.5)
+    delay = policy.delay(0)
+    assert delay is not None and est.srtt is not None and delay >= est.srtt
+    assert policy.delay(0) == pytest.approx(0.5 + est.granularity, abs=1e-6)
+
+
+def test_endpoint_rtt_used_without_own_estimate() -> None:
+    policy = MitigationRepeatPolicy(RttEstimator(), min_interval=0.2)
+    assert policy.delay(0, rtt=0.05) == 0.2
+    assert policy.delay(0, rtt=0.7) == 0.7
+    assert policy.delay(0, rtt=None) == 3.0
+
+
+def test_backoff_and_cap_and_max_repeats() -> None:
+    policy = MitigationRepeatPolicy(backoff=2.0, max_interval=20.0, max_repeats=5)
+    assert [policy.delay(a) for a in range(6)] == [3.0, 6.0, 12.0, 20.0, 20.0, None]
+    with pytest.raises(ValueError):
+        MitigationRepeatPolicy(max_interval=1.0)
+    with pytest.raises(ValueError):
+        MitigationRepeatPolicy(backoff=0.5)
+
+
+def test_probing_rate_is_ignored() -> None:
+    """RFC 9132 §4.4: mitigation requests MUST NOT be delayed by probing-rate checks."""
+    ep = CoapEndpoint(default_params=TransmissionParameters(probing_rate=1.0))
+    policy: RepeatPolicy = MitigationRepeatPolicy()
+    msg = Message(code=Code.PUT, payload=b"x" * 400).set_path(
+        "/.well-known/dots/mitigate/cuid=abc/mid=1")
+    ep.send_request("srv", msg, 0.0, confirmable=False, timeout=100.0, repeat=policy)
+    ep.messages_to_send()
+    assert ep.next_timer() == 3.0  # not 400+ s as probing-rate 1 B/s would ask
+
+
+def test_repeats_with_endpoint_in_fake_time() -> None:
+    """Unanswered NON request: repeated every 3 s without an estimate; with an estimate from
+    heartbeats, once per RTO."""
+    for est, expected in ((None, 3.0), (RttEstimator(), 1.0)):
+        if est is not None:
+            est.sample(0.1)  # RTO rounds up to RFC 6298's 1 s minimum
+        ep = CoapEndpoint()
+        msg = Message(code=Code.PUT, payload=b"{}").set_path("/.well-known/dots/mitigate")
+        ep.send_request("srv", msg, 0.0, confirmable=False, timeout=30.0,
+                        repeat=MitigationRepeatPolicy(est))
+        times: list[float] = []
+        now = 0.0
+        while True:
+            times.extend(now for _ in ep.messages_to_send())
+            timer = ep.next_timer()
+            if timer is None or timer > 29.9:
+                break
+            now = timer
+            ep.handle_timer(now)
+            while ep.next_event() is not None:
+                pass
+        gaps = {round(b - a, 6) for a, b in itertools.pairwise(times)}
+        assert gaps == {expected}
+        assert len(times) == int(29.9 // expected) + 1
