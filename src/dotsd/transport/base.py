@@ -52,6 +52,24 @@ def make_peer_info(address: Address, transport: str, initiator: bool,
                     spki_sha256(certificate) if certificate is not None else None)
 
 
+class LinkBase:
+    """What every concrete link shares: who the peer is, and whether the link is closed."""
+
+    __slots__ = ("_closed", "_info")
+
+    def __init__(self, info: PeerInfo) -> None:
+        self._info = info
+        self._closed = False
+
+    @property
+    def info(self) -> PeerInfo:
+        return self._info
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
 class Link(Protocol):
     """One path to a peer. ``send`` takes one datagram (UDP, DTLS) or stream bytes (TCP, TLS)."""
 

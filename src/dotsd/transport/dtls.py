@@ -32,7 +32,7 @@ from dotsd.dtls.context import DtlsContext
 from dotsd.dtls.cookie import CookieJar, Verdict
 from dotsd.dtls.events import ConnectionClosed, DataReceived, HandshakeCompleted
 from dotsd.dtls.records import CT_HANDSHAKE
-from dotsd.transport.base import Address, LinkHandler, PeerInfo, make_peer_info
+from dotsd.transport.base import Address, LinkBase, LinkHandler, PeerInfo, make_peer_info
 from dotsd.transport.datagram import open_datagram
 from dotsd.transport.udp import (
     DEFAULT_SNDBUF,
@@ -59,24 +59,15 @@ class DtlsHandshakeError(ConnectionError):
         self.reason = reason
 
 
-class DtlsLink:
+class DtlsLink(LinkBase):
     """One DTLS session, as the CoAP layer sees it (implements ``Link``)."""
 
-    __slots__ = ("_closed", "_info", "_owner", "_peer")
+    __slots__ = ("_owner", "_peer")
 
     def __init__(self, owner: _DtlsProtocol, peer: _Peer, info: PeerInfo) -> None:
         self._owner = owner
         self._peer = peer
-        self._info = info
-        self._closed = False
-
-    @property
-    def info(self) -> PeerInfo:
-        return self._info
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+        super().__init__(info)
 
     @property
     def connection(self) -> DtlsConnection:

@@ -23,7 +23,7 @@ from typing import Final, cast
 
 from cryptography import x509
 
-from dotsd.transport.base import Address, Link, LinkHandler, PeerInfo, make_peer_info
+from dotsd.transport.base import Address, Link, LinkBase, LinkHandler, PeerInfo, make_peer_info
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +31,16 @@ DEFAULT_TIMEOUT: Final = 10.0  # seconds for the TCP connect plus the TLS handsh
 _READ_SIZE: Final = 65536
 
 
-class TcpLink:
+class TcpLink(LinkBase):
     """One TCP or TLS connection, as the CoAP layer sees it (implements ``Link``)."""
 
-    __slots__ = ("_closed", "_info", "_proto", "_write")
+    __slots__ = ("_proto", "_write")
 
     def __init__(self, proto: _StreamProtocol, info: PeerInfo,
                  write: Callable[[bytes], None]) -> None:
         self._proto = proto
-        self._info = info
+        super().__init__(info)
         self._write = write
-        self._closed = False
-
-    @property
-    def info(self) -> PeerInfo:
-        return self._info
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def send(self, data: bytes) -> None:
         """Write stream bytes; dropped once the link is closed."""

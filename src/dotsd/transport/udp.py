@@ -15,7 +15,7 @@ import logging
 import socket
 from typing import Final, cast
 
-from dotsd.transport.base import Address, LinkHandler, PeerInfo, make_peer_info
+from dotsd.transport.base import Address, LinkBase, LinkHandler, PeerInfo, make_peer_info
 from dotsd.transport.datagram import open_datagram
 
 log = logging.getLogger("dotsd.transport.udp")
@@ -96,26 +96,17 @@ def make_socket(host: str | None, port: int, *, reuse_port: bool = False,
     return sock
 
 
-class UdpLink:
+class UdpLink(LinkBase):
     """One peer address on a :class:`UdpEndpoint` (implements ``Link``)."""
 
-    __slots__ = ("_closed", "_endpoint", "_info", "_key", "last_active")
+    __slots__ = ("_endpoint", "_key", "last_active")
 
     def __init__(self, endpoint: UdpEndpoint, info: PeerInfo, key: PeerKey,
                  now: float) -> None:
         self._endpoint = endpoint
-        self._info = info
+        super().__init__(info)
         self._key = key
-        self._closed = False
         self.last_active = now
-
-    @property
-    def info(self) -> PeerInfo:
-        return self._info
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def send(self, data: bytes) -> None:
         """Send one datagram; dropped once the link is closed."""
