@@ -304,8 +304,13 @@ class CoapEndpoint:
     # ------------------------------------------------------------------ outputs
     def messages_to_send(self) -> list[tuple[Hashable, Message]]:
         out = self._out
-        self._out = []
+        if out:
+            self._out = []
         return out
+
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None

@@ -42,12 +42,18 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum, IntEnum
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from dotsd.coap.numbers import Code
 from dotsd.model import yang
 from dotsd.model.errors import ModelError
-from dotsd.signal.errors import BadRequest, Conflict, NotFound, from_model_error
+from dotsd.signal.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    from_model_error,
+)
 from dotsd.signal.policy import INDEFINITE, LAB, IPNetwork, Policy
 from dotsd.signal.uri import MAX_MID, Content
 
@@ -88,7 +94,6 @@ MEMBER: Final = "ietf-dots-signal-channel:mitigation-scope"  # RFC 9132 §6 Tabl
 
 DEFAULT_ACTIVE_BUT_TERMINATING: Final = 120.0  # RFC 9132 §4.4.4 "SHOULD be ... 120 seconds"
 DEFAULT_ABT_MAX: Final = 300.0  # RFC 9132 §4.4.4 "up to a maximum of 300 seconds"
-RETRY_EXTRA: Final = 45  # RFC 9132 §4.4.1.3 "'retry-timer + 45 seconds'"
 PRECONFIGURED_REPEATS: Final = 4  # RFC 9132 §4.4.2 Table 3 "transmitted four times"
 MID_ROLLOVER: Final = 3221225471  # RFC 9132 §4.4.1.1: 3/4 of (2^32 - 1), then 'mid' restarts
 
@@ -103,7 +108,7 @@ class _Labelled(IntEnum):
         return self.name.lower().replace("_", "-")
 
     @classmethod
-    def from_label(cls, label: str) -> Any:
+    def from_label(cls, label: str) -> Self:
         return cls[label.upper().replace("-", "_")]
 
 
@@ -766,6 +771,7 @@ class Reason(Enum):
     TRIGGERED = "triggered"  # preconfigured request activated by signal loss
     REARMED = "rearmed"  # preconfigured request back to 8 (Table 3)
     CONFLICT = "conflict"  # conflict-information set (RFC 9132 §4.4.2.1)
+    CONFLICT_RESOLVED = "conflict-resolved"  # the other client's request is no longer active
 
 
 @dataclass(frozen=True, slots=True)
@@ -935,6 +941,26 @@ class MitigationTable:
         self._records[m.key] = after
         return Change(reason, after, before=m.status)
 
+    def _resolve_conflicts(self) -> list[Change]:
+        """Clear the conflict information of requests whose conflict with another client's
+        active request (cause 1, RFC 9132 §4.4.1.3) is over, so their observers learn it."""
+        changes: list[Change] = []
+        for m in list(self):
+            info = m.conflict
+            if info is None or info.cause is not ConflictCause.OVERLAPPING_TARGETS:
+                continue
+            if info.mid is not None:  # same-client conflicts are never stored; be safe
+                continue
+            still = any(
+                o.cuid != m.cuid and o.status in ACTIVE and self._overlap(m.scope, o.scope)
+                for o in self._records.values()
+            )
+            if not still:
+                after = replace(m, conflict=None)
+                self._records[m.key] = after
+                changes.append(Change(Reason.CONFLICT_RESOLVED, after, before=m.status))
+        return changes
+
     # -- PUT --------------------------------------------------------------------------------
 
     def put(
@@ -952,7 +978,10 @@ class MitigationTable:
 
         ``identity`` is the authenticated client identity (e.g. its SPKI hash) used to detect
         'cuid' collisions; ``if_match`` tells whether the request carried an empty If-Match
-        Option. Raises :class:`~dotsd.signal.errors.SignalError` (4.00, 4.09).
+        Option. ``cdid`` is stored as given: the caller passes it only when the request came
+        from a trusted server-domain DOTS gateway ("DOTS servers MUST ignore 'cdid' attributes
+        that are directly supplied by source DOTS clients", RFC 9132 §4.4.1.2).
+        Raises :class:`~dotsd.signal.errors.SignalError` (4.00, 4.09, 5.03).
         """
         if not 0 <= mid <= MAX_MID:
             raise BadRequest(f"'mid' {mid} out of range", rule="RFC 9132 §4.4.1.1")
@@ -1032,6 +1061,17 @@ class MitigationTable:
                         f"alias {alias!r} was not created by this DOTS client",
                         rule="RFC 9132 §4.4.1.3",
                     )
+
+        limit = self.policy.max_mitigations_per_client
+        if limit is not None and previous is None and len(self.of_client(cuid)) >= limit:
+            # RFC 9132 §4.4.1.3: "A DOTS server MAY reject mitigation requests when it is
+            # near capacity or needs to rate-limit a particular client"; §9: 5.03 when
+            # "unable to handle the request".
+            raise ServiceUnavailable(
+                f"at most {limit} mitigations per DOTS client",
+                max_age=self.policy.retry_after,
+                rule="RFC 9132 §4.4.1.3, §9",
+            )
 
         # Same client (RFC 9132 §4.4.1.3).
         overridden: list[Mitigation] = []
@@ -1143,6 +1183,8 @@ class MitigationTable:
         changes.append(
             Change(Reason.CREATED, m, before=None if previous is None else previous.status)
         )
+        if overridden or preempted:
+            changes.extend(self._resolve_conflicts())
         return PutOutcome(Code.CREATED, self._put_body(m), m, tuple(changes))
 
     # -- GET --------------------------------------------------------------------------------
@@ -1197,7 +1239,7 @@ class MitigationTable:
             )
         else:
             change = self._move(m, Event.CLIENT_WITHDRAW, now, Reason.TERMINATED)
-        return DeleteOutcome(Code.DELETED, (change,))
+        return DeleteOutcome(Code.DELETED, (change, *self._resolve_conflicts()))
 
     # -- time -------------------------------------------------------------------------------
 
@@ -1212,6 +1254,8 @@ class MitigationTable:
                 changes.append(self._move(m, Event.TERMINATING_ELAPSED, now, Reason.TERMINATED))
             elif m.expires_at is not None and m.expires_at <= now:
                 changes.append(self._move(m, Event.LIFETIME_EXPIRED, now, Reason.EXPIRED))
+        if changes:
+            changes.extend(self._resolve_conflicts())
         return changes
 
     # -- session ----------------------------------------------------------------------------
@@ -1236,6 +1280,8 @@ class MitigationTable:
                 continue
             if any(self._overlap(m.scope, t.scope) is not None for t in triggered):
                 changes.append(self._move(m, Event.SERVER_WITHDRAW, now, Reason.PREEMPTED))
+        if changes:
+            changes.extend(self._resolve_conflicts())
         return changes
 
     def on_notified(self, cuid: str, mid: int, now: float) -> list[Change]:

@@ -78,12 +78,17 @@ class Policy:
     (RFC 9132 §4.4.1.1: "the granted lifetime value is returned in the response").
     ``allow_indefinite``: "The DOTS server MAY refuse an indefinite lifetime, for policy
     reasons" (RFC 9132 §4.4.1.1); when refused, ``max_lifetime`` is granted instead.
+    ``max_mitigations_per_client``: more new requests of one client are refused with 5.03
+    (RFC 9132 §4.4.1.3 "MAY reject mitigation requests when it is near capacity or needs to
+    rate-limit a particular client"), with Max-Age ``retry_after``.
     """
 
     allowed_prefixes: tuple[IPNetwork, ...] = DOCUMENTATION_PREFIXES
     allowed_domains: tuple[str, ...] = EXAMPLE_DOMAINS
     max_lifetime: int = DEFAULT_MAX_LIFETIME
     allow_indefinite: bool = False
+    max_mitigations_per_client: int | None = None
+    retry_after: int = 60
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:

@@ -217,15 +217,10 @@ class CoapNode:
 
     # ----------------------------------------------------------------- the pump
     def _pump(self) -> None:
-        """Send what is due, dispatch events, re-arm the timer."""
+        """Dispatch events, send what is due, re-arm the timer."""
         ep = self.endpoint
-        for _ in range(10000):  # bounded: handlers may produce more output
-            out = ep.messages_to_send()
-            for link, msg in out:
-                self._send(link, msg)  # type: ignore[arg-type]
+        for _ in range(10000):  # bounded: handlers may produce more events and output
             ev = ep.next_event()
-            if ev is None and not out:
-                break
             while ev is not None:
                 if isinstance(ev, RequestReceived):
                     self._dispatch(ev.exchange)
@@ -238,6 +233,10 @@ class CoapNode:
                 elif isinstance(ev, MessageRejected):
                     self._log_rejected(ev)
                 ev = ep.next_event()
+            for link, msg in ep.messages_to_send():
+                self._send(link, msg)  # type: ignore[arg-type]
+            if not ep.has_events:
+                break
         self._arm_timer()
 
     def _send(self, link: Link, msg: Message) -> None:
