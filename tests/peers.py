@@ -78,19 +78,6 @@ def scheme_params(*marks_by_scheme: tuple[str, Any]) -> list[Any]:
 
 # --- addresses -----------------------------------------------------------------------------
 
-def ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-HOSTS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(
-    not ipv6_loopback(), reason="no IPv6 loopback"))]
 
 
 def free_port(host: str = "127.0.0.1", count: int = 1) -> int:

@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from loopback import HOSTS
 from peers import (
     BIG_BODY,
     COAP,
@@ -20,7 +21,6 @@ from peers import (
     COAPS,
     COAPS_PSK,
     COAPS_TCP,
-    HOSTS,
     SCHEMES,
     Completed,
     Creds,

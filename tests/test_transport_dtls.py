@@ -10,14 +10,14 @@ import multiprocessing
 import os
 import socket
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from cryptography.x509.oid import NameOID
+from loopback import HOSTS, STEP, within
 
 from dotsd.dtls import (
     CookieJar,
@@ -40,26 +40,11 @@ from dotsd.transport.dtls import (
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
-T = TypeVar("T")
-STEP = 5.0
 PSK_ID, PSK_KEY = b"dots-client-psk", b"0123456789abcdef"
 
 
-async def within(aw: Awaitable[T], limit: float = STEP) -> T:
-    return await asyncio.wait_for(aw, limit)
 
 
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-HOSTS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(
-    not ipv6_loopback(), reason="no IPv6 loopback"))]
 
 
 @dataclass(frozen=True)

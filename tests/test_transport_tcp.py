@@ -10,15 +10,16 @@ import logging
 import shutil
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from loopback import HOSTS, STEP, within
 
 from dotsd.coap.codec import TcpFramer, encode_tcp
 from dotsd.coap.message import Message
@@ -30,31 +31,14 @@ from dotsd.transport.tcp import TcpServer, connect_tcp, serve_tcp
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(30)]
 
-T = TypeVar("T")
-STEP = 5.0  # seconds any single wait may take
 
 
 def run(coro: Coroutine[Any, Any, None], limit: float = 20.0) -> None:
     asyncio.run(asyncio.wait_for(coro, limit))
 
 
-async def within(aw: Awaitable[T]) -> T:
-    return await asyncio.wait_for(aw, STEP)
 
 
-def ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-HOSTS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(
-    not ipv6_loopback(), reason="no IPv6 loopback"))]
 
 
 # --- certificates ----------------------------------------------------------------------------

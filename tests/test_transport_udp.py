@@ -4,35 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable
-from typing import TypeVar
 
 import pytest
+from loopback import HOSTS, within
 
 from dotsd.transport.base import Link
 from dotsd.transport.udp import UdpEndpoint, open_udp, peer_key
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(30)]
 
-T = TypeVar("T")
-STEP = 5.0
 
 
-async def within(aw: Awaitable[T]) -> T:
-    return await asyncio.wait_for(aw, STEP)
 
 
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-HOSTS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(
-    not ipv6_loopback(), reason="no IPv6 loopback"))]
 
 
 class Recorder:

@@ -7,9 +7,11 @@ both may send requests on any link (RFC 9066 Call Home reverses the usual roles)
 
 from __future__ import annotations
 
+import abc
+import asyncio
 import hashlib
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -94,3 +96,29 @@ class LinkHandler(Protocol):
 
     def link_down(self, link: Link, reason: str | None) -> None:
         """The link is gone (closed, idle timeout, alert, connection reset)."""
+
+
+class Listener(abc.ABC):
+    """What every listening transport offers: ``close()``, ``await wait_closed()`` and
+    ``async with``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop serving and close every link."""
+
+    @abc.abstractmethod
+    async def wait_closed(self, timeout: float = 5.0) -> None:
+        """Wait until everything is closed (at most ``timeout`` seconds)."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def wait_event(event: asyncio.Event | None, timeout: float) -> None:
+    """Wait for ``event`` if there is one (``wait_closed`` of the datagram listeners)."""
+    if event is not None:
+        await asyncio.wait_for(event.wait(), timeout)

@@ -21,6 +21,7 @@ sweep.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 from typing import Final, cast
@@ -32,7 +33,15 @@ from dotsd.dtls.context import DtlsContext
 from dotsd.dtls.cookie import CookieJar, Verdict
 from dotsd.dtls.events import ConnectionClosed, DataReceived, HandshakeCompleted
 from dotsd.dtls.records import CT_HANDSHAKE
-from dotsd.transport.base import Address, LinkBase, LinkHandler, PeerInfo, make_peer_info
+from dotsd.transport.base import (
+    Address,
+    LinkBase,
+    LinkHandler,
+    Listener,
+    PeerInfo,
+    make_peer_info,
+    wait_event,
+)
 from dotsd.transport.datagram import open_datagram
 from dotsd.transport.udp import (
     DEFAULT_SNDBUF,
@@ -109,7 +118,7 @@ class _Peer:
         self.gone = False
 
 
-class _DtlsProtocol(asyncio.DatagramProtocol):
+class _DtlsProtocol(asyncio.DatagramProtocol, abc.ABC):
     """What the server and the dialling side share: events, sending, timers."""
 
     _initiator: bool = False
@@ -232,14 +241,15 @@ class _DtlsProtocol(asyncio.DatagramProtocol):
                 log.exception("link handler failed on link_down of %s", link)
         self._session_over(peer, reason)
 
+    @abc.abstractmethod
     def _remove(self, peer: _Peer) -> None:
-        raise NotImplementedError
+        """Forget the peer's state (server: its address entry; client: the only peer)."""
 
     def _session_over(self, peer: _Peer, reason: str) -> None:
         pass
 
 
-class DtlsServer(_DtlsProtocol):
+class DtlsServer(_DtlsProtocol, Listener):
     """One UDP socket serving DTLS to many peers (see :func:`serve_dtls`)."""
 
     def __init__(self, handler: LinkHandler, context: DtlsContext, *,
@@ -421,15 +431,7 @@ class DtlsServer(_DtlsProtocol):
             self._transport.close()
 
     async def wait_closed(self, timeout: float = 5.0) -> None:
-        if self.closed_event is not None:
-            await asyncio.wait_for(self.closed_event.wait(), timeout)
-
-    async def __aenter__(self) -> DtlsServer:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-        await self.wait_closed()
+        await wait_event(self.closed_event, timeout)
 
 
 async def serve_dtls(handler: LinkHandler, host: str | None, port: int, context: DtlsContext,

@@ -23,7 +23,15 @@ from typing import Final, cast
 
 from cryptography import x509
 
-from dotsd.transport.base import Address, Link, LinkBase, LinkHandler, PeerInfo, make_peer_info
+from dotsd.transport.base import (
+    Address,
+    Link,
+    LinkBase,
+    LinkHandler,
+    Listener,
+    PeerInfo,
+    make_peer_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +317,7 @@ class _StreamProtocol(asyncio.Protocol):
         self._flush()
 
 
-class TcpServer:
+class TcpServer(Listener):
     """What :func:`serve_tcp` returns: the listening sockets and the accepted links."""
 
     def __init__(self, handler: LinkHandler, ssl_context: ssl.SSLContext | None,
@@ -363,13 +371,6 @@ class TcpServer:
             proto.abort()
         if self._server is not None:
             await asyncio.wait_for(self._server.wait_closed(), timeout)
-
-    async def __aenter__(self) -> TcpServer:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-        await self.wait_closed()
 
 
 async def serve_tcp(handler: LinkHandler, host: str | Sequence[str] | None, port: int,

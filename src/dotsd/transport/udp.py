@@ -15,7 +15,15 @@ import logging
 import socket
 from typing import Final, cast
 
-from dotsd.transport.base import Address, LinkBase, LinkHandler, PeerInfo, make_peer_info
+from dotsd.transport.base import (
+    Address,
+    LinkBase,
+    LinkHandler,
+    Listener,
+    PeerInfo,
+    make_peer_info,
+    wait_event,
+)
 from dotsd.transport.datagram import open_datagram
 
 log = logging.getLogger("dotsd.transport.udp")
@@ -121,7 +129,7 @@ class UdpLink(LinkBase):
         return f"<UdpLink {self._info.address!r}>"
 
 
-class UdpEndpoint(asyncio.DatagramProtocol):
+class UdpEndpoint(asyncio.DatagramProtocol, Listener):
     """One UDP socket and its links, keyed by peer address."""
 
     def __init__(self, handler: LinkHandler, *, max_links: int = DEFAULT_MAX_LINKS,
@@ -186,15 +194,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             self._transport.close()
 
     async def wait_closed(self, timeout: float = 5.0) -> None:
-        if self.closed_event is not None:
-            await asyncio.wait_for(self.closed_event.wait(), timeout)
-
-    async def __aenter__(self) -> UdpEndpoint:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-        await self.wait_closed()
+        await wait_event(self.closed_event, timeout)
 
     # ----------------------------------------------------------------- protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
