@@ -45,8 +45,8 @@ from dotsd.transport.base import (
 from dotsd.transport.datagram import open_datagram
 from dotsd.transport.udp import (
     DEFAULT_SNDBUF,
+    DatagramProtocolBase,
     PeerKey,
-    datagram_transport_made,
     make_socket,
     peer_key,
 )
@@ -118,32 +118,14 @@ class _Peer:
         self.gone = False
 
 
-class _DtlsProtocol(asyncio.DatagramProtocol, abc.ABC):
+class _DtlsProtocol(DatagramProtocolBase, abc.ABC):
     """What the server and the dialling side share: events, sending, timers."""
 
     _initiator: bool = False
 
     def __init__(self, handler: LinkHandler) -> None:
+        super().__init__()
         self._handler = handler
-        self._transport: asyncio.DatagramTransport | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._address: Address = ("", 0)
-        self.closed_event: asyncio.Event | None = None
-
-    @property
-    def address(self) -> Address:
-        return self._address
-
-    @property
-    def port(self) -> int:
-        return self._address[1]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport, address = datagram_transport_made(transport)
-        self._loop = asyncio.get_running_loop()
-        self.closed_event = asyncio.Event()
-        if address is not None:
-            self._address = address
 
     def error_received(self, exc: Exception) -> None:
         log.debug("DTLS socket error: %s", exc)

@@ -67,6 +67,31 @@ def datagram_transport_made(transport: asyncio.BaseTransport) -> tuple[
     return cast(asyncio.DatagramTransport, transport), address
 
 
+class DatagramProtocolBase(asyncio.DatagramProtocol):
+    """What every dotsd datagram protocol (UDP, DTLS) keeps about its socket."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.DatagramTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._address: Address = ("", 0)
+        self.closed_event: asyncio.Event | None = None
+
+    @property
+    def address(self) -> Address:
+        return self._address
+
+    @property
+    def port(self) -> int:
+        return self._address[1]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport, address = datagram_transport_made(transport)
+        self._loop = asyncio.get_running_loop()
+        self.closed_event = asyncio.Event()
+        if address is not None:
+            self._address = address
+
+
 def make_socket(host: str | None, port: int, *, reuse_port: bool = False,
                 rcvbuf: int | None = DEFAULT_RCVBUF,
                 sndbuf: int | None = DEFAULT_SNDBUF) -> socket.socket:
@@ -129,7 +154,7 @@ class UdpLink(LinkBase):
         return f"<UdpLink {self._info.address!r}>"
 
 
-class UdpEndpoint(asyncio.DatagramProtocol, Listener):
+class UdpEndpoint(DatagramProtocolBase, Listener):
     """One UDP socket and its links, keyed by peer address."""
 
     def __init__(self, handler: LinkHandler, *, max_links: int = DEFAULT_MAX_LINKS,
@@ -137,29 +162,18 @@ class UdpEndpoint(asyncio.DatagramProtocol, Listener):
                  sweep_interval: float | None = None) -> None:
         if max_links < 1:
             raise ValueError("max_links must be at least 1")
+        super().__init__()
         self._handler = handler
         self._max_links = max_links
         self._idle_timeout = idle_timeout
         self._sweep_interval = sweep_interval if sweep_interval is not None else (
             None if idle_timeout is None else max(0.05, min(idle_timeout / 2, 30.0)))
         self._links: dict[PeerKey, UdpLink] = {}
-        self._transport: asyncio.DatagramTransport | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self._address: Address = ("", 0)
         self._closed = False
         self.dropped = 0  # datagrams dropped because max_links was reached
-        self.closed_event: asyncio.Event | None = None
 
     # ----------------------------------------------------------------- properties
-    @property
-    def address(self) -> Address:
-        return self._address
-
-    @property
-    def port(self) -> int:
-        return self._address[1]
-
     @property
     def links(self) -> list[UdpLink]:
         return list(self._links.values())
@@ -198,12 +212,8 @@ class UdpEndpoint(asyncio.DatagramProtocol, Listener):
 
     # ----------------------------------------------------------------- protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport, address = datagram_transport_made(transport)
-        self._loop = asyncio.get_running_loop()
-        self.closed_event = asyncio.Event()
-        if address is not None:
-            self._address = address
-        if self._sweep_interval is not None:
+        super().connection_made(transport)
+        if self._sweep_interval is not None and self._loop is not None:
             self._sweeper = self._loop.call_later(self._sweep_interval, self._sweep)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
