@@ -25,7 +25,8 @@ from dotsd.model.yang import Direction, validate
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = Path(os.environ.get("DOTS_SPEC_DIR", REPO.parent / "shared" / "spec"))
-EXAMPLES = SPEC / "examples"
+# The RFC figures are vendored under tests/spec (DOTS_EXAMPLES_DIR overrides).
+EXAMPLES = Path(os.environ.get("DOTS_EXAMPLES_DIR", Path(__file__).parent / "spec" / "examples"))
 
 pytestmark = pytest.mark.skipif(not EXAMPLES.is_dir(), reason="spec pack examples not present")
 

@@ -48,7 +48,8 @@ from dotsd.signal.policy import LAB, Policy
 from dotsd.signal.uri import Content
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = Path(os.environ.get("DOTS_SPEC_DIR", REPO.parent / "shared" / "spec")) / "examples"
+# The RFC figures are vendored under tests/spec (DOTS_EXAMPLES_DIR overrides).
+EXAMPLES = Path(os.environ.get("DOTS_EXAMPLES_DIR", Path(__file__).parent / "spec" / "examples"))
 needs_examples = pytest.mark.skipif(not EXAMPLES.is_dir(), reason="spec pack not present")
 
 CUID = "dz6pHjaADkaFTbjr0JGBpw"

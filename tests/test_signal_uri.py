@@ -22,7 +22,8 @@ from dotsd.signal.uri import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = Path(os.environ.get("DOTS_SPEC_DIR", REPO.parent / "shared" / "spec")) / "examples"
+# The RFC figures are vendored under tests/spec (DOTS_EXAMPLES_DIR overrides).
+EXAMPLES = Path(os.environ.get("DOTS_EXAMPLES_DIR", Path(__file__).parent / "spec" / "examples"))
 CUID = "dz6pHjaADkaFTbjr0JGBpw"
 
 
