@@ -45,3 +45,11 @@ def test_rps_against_libcoap_plain(loadgen: Path, tmp_path: Path) -> None:
     assert result["ok"] > 0
     assert result["errors"] == 0, result
     assert result["p50_us"] > 0
+
+
+async def test_dtls_path_harness_measures_real_responses() -> None:
+    """bench.dtls_path drives a real DtlsServer; it fails if any request goes unanswered."""
+    from bench.dtls_path import measure
+
+    cost = await measure(200)
+    assert 0 < cost < 10_000
