@@ -203,3 +203,16 @@ def test_console_entry_point(tmp_path: Path) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1 and done.stdout == ""
     assert_one_error_line(done.stderr)
+
+
+def test_closed_stdout_ends_quietly(tmp_path: Path) -> None:
+    """`dotsd … | head`: a reader that goes away is no error worth a message."""
+
+    proc = subprocess.Popen([sys.executable, "-m", "dotsd.cli.main", "--json", "pki", "init",
+                             str(tmp_path / "p")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # nobody reads the answer
+    err = proc.stderr.read()
+    assert proc.wait(timeout=30) in (0, 141)
+    assert b"Traceback" not in err and b"Broken pipe" not in err

@@ -7,9 +7,11 @@ Exit codes: 0 success, 1 operational failure (one ``dotsd: error: ...`` line on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -63,10 +65,18 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except CommandError as exc:
         return _fail(str(exc))
+    except BrokenPipeError:
+        # The reader went away (`dotsd … | head`): stop quietly, as other tools do.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         return _fail(_os_error_text(exc))
     except KeyboardInterrupt:
         return 130
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 
 
 def _fail(message: str) -> int:
