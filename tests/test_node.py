@@ -111,3 +111,24 @@ async def test_timeout_when_peer_is_silent() -> None:
     with pytest.raises(RequestError, match="timeout"):
         await a.request(la, Message(code=Code.GET).set_path("/x"), confirmable=False,
                         timeout=0.3)
+
+
+class BadKey(Resource):
+    observable = True
+
+    def observe_key(self, request: IncomingRequest) -> str:
+        raise RuntimeError("bug")
+
+    def get(self, req: IncomingRequest) -> Message:
+        return Message(code=Code.CONTENT, payload=b"x")
+
+
+async def test_failing_observe_key_still_answers() -> None:
+    site = Site()
+    site.add("/bad", BadKey())
+    a, b = CoapNode(Site()), CoapNode(site)
+    la, _ = link_pair(a, b, "udp")
+    obs = a.observe(la, Message(code=Code.GET).set_path("/bad"), timeout=5)
+    resp = await obs.next(5)
+    assert resp.code == Code.INTERNAL_SERVER_ERROR
+    assert b.endpoint.observer_count() == 0

@@ -329,8 +329,15 @@ class CoapNode:
         self._pump()
 
     def _answer(self, resource: Any, request: IncomingRequest, response: Message) -> None:
-        key = resource.observe_key(request) if (
-            resource.observable and request.exchange.wants_observe) else None
+        key = None
+        if resource.observable and request.exchange.wants_observe and \
+                64 <= response.code < 96:  # only a 2.xx registers (RFC 7641 §4.1)
+            try:
+                key = resource.observe_key(request)
+            except Exception:
+                log.exception("observe_key failed path=%s", request.message.path_str)
+                response = error_response(Code.INTERNAL_SERVER_ERROR,
+                                          "internal error: observe registration")
         self.endpoint.respond(request.exchange, response, self.loop.time(), key)
 
     def _resolve(self, req: ClientRequest, response: Message) -> None:

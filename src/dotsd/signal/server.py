@@ -1,0 +1,721 @@
+"""The DOTS signal channel server (RFC 9132): the sans-IO rules of ``dotsd.signal`` on a
+:class:`~dotsd.transport.node.CoapNode`, with durable state in a ``dotsd.store`` store.
+
+    server = SignalServer(store=SqliteStore.open(state_dir), on_change=mitigator.apply)
+    await serve_dtls(server.node, "::", 4646, context)
+    server.start()          # lifetime expiry / heartbeat timer task
+
+Resources (RFC 9132 §4.2 Table 1):
+
+* ``/.well-known/dots/mitigate/...`` (prefix route): PUT, GET (with Observe), DELETE
+  (RFC 9132 §4.4), on :class:`~dotsd.signal.mitigation.MitigationTable`;
+* ``/.well-known/dots/config[/sid=N]``: GET, PUT, DELETE (RFC 9132 §4.5);
+* ``/.well-known/dots/hb``: heartbeat PUT (RFC 9132 §4.7).
+
+Rules applied here (the rest lives in the sans-IO modules):
+
+* the client must be authenticated (RFC 9132 §8: mutual (D)TLS); its identity and the 'cuid'
+  it must use come from :mod:`dotsd.signal.identity`; a request from an unauthenticated peer,
+  or (``strict_cuid``) naming a 'cuid' that is not the one derived from the client's
+  credentials, is 4.01 (RFC 9132 §9: "the DOTS client is not authorized");
+* the first PUT binds a 'cuid' to the client identity in the store; a PUT with a 'cuid' bound
+  to another identity is a cuid collision: 4.09 with conflict-cause 3 (RFC 9132 §4.4.1.3,
+  Figure 11); a GET / DELETE of it is 4.01 (RFC 9132 §4.1: "A DOTS client is entitled to
+  access only the resources it creates");
+* "nothing acknowledged is lost": every change is written to the store in one transaction
+  before the response is sent (RFC 9132 §4.4.1: a 2.01 means the request is installed); if
+  the write fails the in-memory table is reloaded from the store and the answer is 5.00;
+* request bodies must be ``application/dots+cbor`` (Content-Format 271): anything else is
+  4.15 (RFC 9132 §9, RFC 7252 §5.10.3); an Accept other than 271 is 4.06 (RFC 7252 §5.10.4);
+* 'cdid' Uri-Paths are ignored: "DOTS servers MUST ignore 'cdid' attributes that are directly
+  supplied by source DOTS clients" (RFC 9132 §4.4.1.2); no gateway is trusted here;
+* every status change is notified to the observers of the client's mitigations (RFC 9132
+  §4.4.2.1) — of the mitigation (key ``("mitigate", cuid, mid)``) and of all the client's
+  mitigations (key ``("mitigate", cuid)``), each notification carrying the changed
+  mitigation's status entry; for a preconfigured request, status 3 and 7 are sent four times
+  and the request returns to 8 (RFC 9132 §4.4.2 Table 3);
+* a heartbeat monitor per client session (RFC 9132 §4.7, server role: only the absence of any
+  traffic counts); on session loss the client's preconfigured requests are triggered
+  (RFC 9132 §4.4.1.3);
+* times are wall-clock epoch seconds (``clock``, default :func:`time.time`): expiry is an
+  absolute instant that keeps counting across restarts (RFC 9132 §4.4.1.1 lifetime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from dotsd.coap.endpoint import error_response
+from dotsd.coap.message import Message
+from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
+from dotsd.coap.params import TransmissionParameters, dots_defaults
+from dotsd.coap.site import IncomingRequest, Resource, Site
+from dotsd.model import codec
+from dotsd.model.errors import ModelError
+from dotsd.signal.config import (
+    CONFIG_PATH,
+    ConfigError,
+    ConfigPolicy,
+    SessionConfig,
+    parse_config_path,
+)
+from dotsd.signal.errors import Conflict, SignalError, Unauthorized, from_model_error
+from dotsd.signal.heartbeat import (
+    HEARTBEAT_PATH,
+    HeartbeatMonitor,
+    PeerReachable,
+    Role,
+    SessionLost,
+    ThresholdReached,
+    check_heartbeat_path,
+    parse_heartbeat_body,
+)
+from dotsd.signal.identity import ClientIdentity, client_identity
+from dotsd.signal.mitigation import (
+    PRECONFIGURED_REPEATS,
+    Change,
+    ConflictCause,
+    ConflictInfo,
+    ConflictPolicy,
+    Counters,
+    Event,
+    Ignored,
+    Mitigation,
+    MitigationTable,
+    Reason,
+    Status,
+    conflict_body,
+)
+from dotsd.signal.policy import LAB, Policy
+from dotsd.signal.uri import MITIGATE_PATH, parse_mitigate_uri
+from dotsd.store import base as store_base
+from dotsd.store.base import Store, StoreError
+from dotsd.transport.base import Link
+from dotsd.transport.node import CoapNode
+
+__all__ = [
+    "ChangeHook",
+    "ConfigResource",
+    "HeartbeatResource",
+    "MitigateResource",
+    "SignalServer",
+    "mitigation_from_record",
+    "mitigation_record",
+]
+
+log = logging.getLogger("dotsd.signal.server")
+
+ChangeHook = Callable[[Change], None]
+"""Called for every accepted / changed / withdrawn / expired mitigation (the mitigator)."""
+
+_REPEATED: Final = frozenset({Status.ATTACK_STOPPED, Status.ATTACK_MITIGATION_WITHDRAWN})
+_EXTRA_KEY: Final = "signal"  # store record 'extra': the full signal-layer record
+_MAX_SLEEP: Final = 30.0  # re-check at least this often (wall clock may jump)
+
+
+# ---------------------------------------------------------------------------------------------
+# Store records
+
+
+def mitigation_record(m: Mitigation, now: float) -> store_base.Mitigation:
+    """The store record of a signal-layer mitigation (the whole record kept in ``extra``)."""
+    return store_base.Mitigation(
+        cuid=m.cuid,
+        mid=m.mid,
+        scope=m.scope.to_json(),
+        status=int(m.status),
+        lifetime=m.lifetime,
+        expires_at=m.expires_at,
+        trigger_mitigation=m.scope.trigger_mitigation,
+        cdid=m.cdid,
+        created=m.created_at,
+        updated=now,
+        extra={_EXTRA_KEY: m.to_dict()},
+    )
+
+
+def mitigation_from_record(record: store_base.Mitigation) -> Mitigation:
+    """The signal-layer mitigation of a store record (also one written by other tools, with
+    no ``extra``: then rebuilt from the plain columns)."""
+    data = record.extra.get(_EXTRA_KEY)
+    if isinstance(data, dict):
+        return Mitigation.from_dict(data)
+    return Mitigation.from_dict({
+        "cuid": record.cuid,
+        "mid": record.mid,
+        "cdid": record.cdid,
+        "scope": {**record.scope, "trigger-mitigation": record.trigger_mitigation},
+        "lifetime": record.lifetime,
+        "expires_at": record.expires_at,
+        "status": record.status,
+        "created_at": record.created,
+        "mitigation_start": record.created,
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+def _cbor_response(code: Code, body: dict[str, Any] | None) -> Message:
+    msg = Message(code=code)
+    if body is not None:
+        msg.payload = codec.to_cbor(body)
+        msg.add(OptionNumber.CONTENT_FORMAT, ContentFormat.DOTS_CBOR)
+    return msg
+
+
+def _error(exc: SignalError) -> Message:
+    """A SignalError as its response: the RFC-defined body as dots+cbor (4.09 conflict
+    information, RFC 9132 §4.4.1.3; 5.03 redirection, §4.6), else a plain-text diagnostic
+    payload (RFC 7252 §5.5.2, RFC 9132 §9)."""
+    if exc.body is not None:
+        msg = _cbor_response(exc.code, exc.body)
+    else:
+        msg = error_response(exc.code, exc.diagnostic)
+    if exc.max_age is not None:
+        msg.add(OptionNumber.MAX_AGE, exc.max_age)  # RFC 7252 §5.9.3.4: when to retry
+    return msg
+
+
+def _model_error(exc: ModelError) -> Message:
+    return _error(from_model_error(exc))
+
+
+def _check_content_format(msg: Message) -> None:
+    """RFC 9132 §9 / RFC 7252 §5.10.3: bodies are application/dots+cbor, else 4.15."""
+    if msg.content_format != ContentFormat.DOTS_CBOR:
+        raise SignalError(Code.UNSUPPORTED_CONTENT_FORMAT,
+                          f"Content-Format must be application/dots+cbor "
+                          f"({int(ContentFormat.DOTS_CBOR)}), got {msg.content_format}",
+                          rule="RFC 9132 §9")
+
+
+def _check_accept(msg: Message) -> None:
+    """RFC 7252 §5.10.4: an Accept we cannot satisfy is 4.06."""
+    accept = msg.accept
+    if accept is not None and accept != ContentFormat.DOTS_CBOR:
+        raise SignalError(Code.NOT_ACCEPTABLE,
+                          f"only application/dots+cbor ({int(ContentFormat.DOTS_CBOR)}) "
+                          f"is served, Accept was {accept}", rule="RFC 7252 §5.10.4")
+
+
+def _decode(msg: Message) -> dict[str, Any]:
+    _check_content_format(msg)
+    try:
+        return codec.from_cbor(msg.payload)
+    except ModelError as exc:
+        raise from_model_error(exc) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions
+
+
+@dataclass(slots=True)
+class _Session:
+    """One client's signal channel session state (keyed by its 'cuid')."""
+
+    client: ClientIdentity
+    link: Link
+    config: SessionConfig
+    monitor: HeartbeatMonitor
+    mitigating: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+
+
+class SignalServer:
+    """RFC 9132 server side on a :class:`CoapNode` (see the module docstring).
+
+    ``store``: durable state (None: memory only, for tests); ``policy``: which targets and
+    lifetimes are allowed (default :data:`~dotsd.signal.policy.LAB`); ``config_policy``: the
+    session configuration bounds (RFC 9132 §4.5); ``on_change``: the mitigator hook;
+    ``strict_cuid``: require the 'cuid' derived from the client's credentials (RFC 9132
+    §4.4.1.1); ``clock``: wall-clock epoch seconds. ``node``: an existing node to add the
+    resources to (default: a new one with the DOTS transmission defaults, RFC 9132 §4.5.2).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store | None = None,
+        policy: Policy = LAB,
+        config_policy: ConfigPolicy | None = None,
+        conflict_policy: ConflictPolicy = ConflictPolicy.ACCEPT,
+        on_change: ChangeHook | None = None,
+        strict_cuid: bool = True,
+        clock: Callable[[], float] = time.time,
+        node: CoapNode | None = None,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.config_policy = config_policy or ConfigPolicy()
+        self.conflict_policy = conflict_policy
+        self.on_change = on_change
+        self.strict_cuid = strict_cuid
+        self.clock = clock
+        self.node = node if node is not None else CoapNode(Site(), params=dots_defaults())
+        self.site = self.node.site
+        self.site.add("/" + "/".join(MITIGATE_PATH), MitigateResource(self), prefix=True)
+        self.site.add("/" + "/".join(CONFIG_PATH), ConfigResource(self), prefix=True)
+        self.site.add("/" + "/".join(HEARTBEAT_PATH), HeartbeatResource(self), prefix=True)
+        self.sessions: dict[str, _Session] = {}  # by client identity
+        self.table = self._load_table()
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+
+    # -- table and store --------------------------------------------------------------------
+
+    def _new_table(self, records: Iterable[Mitigation] = ()) -> MitigationTable:
+        return MitigationTable(self.policy, conflict_policy=self.conflict_policy,
+                               records=records)
+
+    def _load_table(self) -> MitigationTable:
+        """RFC 9132 §4.4.1: acknowledged requests survive a restart; expiry is absolute, so
+        what expired while the server was down goes at the first :meth:`tick`."""
+        if self.store is None:
+            return self._new_table()
+        return self._new_table(mitigation_from_record(r) for r in self.store.all_mitigations())
+
+    def _persist(self, changes: Iterable[Change], now: float,
+                 bind: ClientIdentity | None = None, cuid: str | None = None) -> None:
+        """Write ``changes`` (and the binding of ``cuid``) in one transaction; on failure the
+        table is reloaded from the store, so memory never holds what was not kept."""
+        if self.store is None:
+            return
+        try:
+            with self.store.transaction():
+                if bind is not None and cuid is not None:
+                    other = self.store.bind_cuid(cuid, bind.identity, now)
+                    if other is not None:
+                        raise _Collision(cuid)
+                for change in changes:
+                    m = change.mitigation
+                    if change.removed:
+                        self.store.delete_mitigation(m.cuid, m.mid)
+                    else:
+                        self.store.put_mitigation(mitigation_record(m, now))
+        except BaseException:
+            self.table = self._load_table()
+            raise
+
+    def _publish(self, changes: Iterable[Change], now: float) -> None:
+        """After the changes are kept: notify observers (RFC 9132 §4.4.2.1), call the
+        mitigator hook, switch sessions between idle and mitigating configuration (§4.5)."""
+        touched: set[str] = set()
+        follow_up: list[Change] = []
+        for change in changes:
+            m = change.mitigation
+            touched.add(m.cuid)
+            if m.owner is not None:
+                touched.add(m.owner)
+            # RFC 9132 §4.4.2.1: status changes, and conflict information appearing or going
+            # (also for the other client's request) and mitigator counters; a refresh /
+            # efficacy update is answered to the client itself (2.04) only.
+            if change.before is not m.status or change.removed or change.reason in (
+                    Reason.CONFLICT, Reason.CONFLICT_RESOLVED, Reason.MITIGATOR):
+                self._notify(m, now)
+                if m.preconfigured and m.status in _REPEATED and not change.removed:
+                    follow_up.extend(self._repeat_notifications(m, now))
+            if self.on_change is not None:
+                try:
+                    self.on_change(change)
+                except Exception:  # the mitigator must not break the signal channel
+                    log.exception("on_change hook failed for %s/%d", m.cuid, m.mid)
+        for session in list(self.sessions.values()):
+            if session.client.cuid in touched or session.client.identity in touched:
+                self._apply_session_params(session, now)
+        if self._wake is not None:
+            self._wake.set()
+        self._commit(follow_up, now)
+
+    def _repeat_notifications(self, m: Mitigation, now: float) -> list[Change]:
+        """RFC 9132 §4.4.2 Table 3: for a preconfigured request, status 3 and 7 are
+        "transmitted four times and then transition to '8'". The notification was sent once;
+        it is repeated (Non-confirmable, so repetition is what makes it reach the client)
+        until the table re-arms the request. Counted even without observers, so that the
+        request always returns to 8 and a later signal loss triggers it again."""
+        for _ in range(PRECONFIGURED_REPEATS):
+            changes = self.table.on_notified(m.cuid, m.mid, now)
+            if changes:
+                return changes
+            self._notify(m, now)
+        return []
+
+    def _commit(self, changes: Iterable[Change], now: float) -> None:
+        changes = list(changes)
+        if changes:
+            self._persist(changes, now)
+            self._publish(changes, now)
+
+    def _notify(self, m: Mitigation, now: float) -> None:
+        body = self.table.status_body(m, now)
+
+        def make(peer: Hashable, request: Message) -> Message:
+            return _cbor_response(Code.CONTENT, body)
+
+        self.node.notify(("mitigate", m.cuid, m.mid), make)
+        self.node.notify(("mitigate", m.cuid), make)
+
+    # -- identity / cuid --------------------------------------------------------------------
+
+    def authenticate(self, req: IncomingRequest) -> ClientIdentity:
+        """RFC 9132 §8: the DOTS client is authenticated by the (D)TLS layer; else 4.01."""
+        ident = client_identity(req.peer)
+        if ident is None:
+            raise Unauthorized("the DOTS signal channel requires an authenticated (D)TLS "
+                               "session", rule="RFC 9132 §8")
+        return ident
+
+    def check_cuid(self, ident: ClientIdentity, cuid: str, method: Code) -> None:
+        """The client may only use its own 'cuid' (module docstring)."""
+        if self.strict_cuid and cuid != ident.cuid:
+            raise Unauthorized(f"cuid {cuid!r} is not the one derived from the client's "
+                               f"credentials ({ident.cuid})", rule="RFC 9132 §4.4.1.1")
+        if self.store is None:
+            owners = {m.owner for m in self.table.of_client(cuid)} - {None, ident.identity}
+            bound_other = bool(owners)
+        else:
+            binding = self.store.get_binding(cuid)
+            bound_other = binding is not None and binding.identity != ident.identity
+        if bound_other:
+            if method == Code.PUT:
+                raise _collision(cuid)
+            raise Unauthorized(f"cuid {cuid!r} belongs to another DOTS client",
+                               rule="RFC 9132 §4.1")
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def session(self, ident: ClientIdentity, link: Link, now: float) -> _Session:
+        """The session of the client (created at its first request; RFC 9132 §4.5: the
+        session configuration stored for it is reapplied)."""
+        session = self.sessions.get(ident.identity)
+        if session is not None:
+            if session.link is not link:  # a new (D)TLS session of the same client
+                session.link = link
+                self._apply_session_params(session, now, force=True)
+            return session
+        config = SessionConfig(self.config_policy, reliable=link.info.reliable)
+        stored = self.store.get_session_config(ident.cuid) if self.store is not None else None
+        if stored is not None:
+            try:
+                config.put(stored.sid, stored.config)
+            except ConfigError as exc:  # the policy changed since: back to the defaults
+                log.warning("stored session configuration of %s not applied: %s",
+                            ident.cuid, exc)
+        mitigating = self._mitigating(ident)
+        effective = config.effective(mitigating)
+        monitor = HeartbeatMonitor(effective.heartbeat_interval, effective.missing_hb_allowed,
+                                   now, role=Role.SERVER, reliable=link.info.reliable,
+                                   send_heartbeats=False)
+        session = _Session(ident, link, config, monitor, mitigating)
+        self.sessions[ident.identity] = session
+        self._apply_session_params(session, now, force=True)
+        return session
+
+    def _mitigating(self, ident: ClientIdentity) -> bool:
+        """Whether the client has an active mitigation (its own 'cuid', or another 'cuid'
+        it owns when ``strict_cuid`` is off)."""
+        return any(m.is_active for m in self.table
+                   if m.cuid == ident.cuid or m.owner == ident.identity)
+
+    def _apply_session_params(self, session: _Session, now: float,
+                              force: bool = False) -> None:
+        """RFC 9132 §4.5: 'mitigating-config' while the client has an active mitigation,
+        'idle-config' otherwise, switched automatically; negotiated values for the CoAP
+        transmission parameters (§4.5.2) and the heartbeat monitor."""
+        mitigating = self._mitigating(session.client)
+        if not force and mitigating == session.mitigating:
+            return
+        session.mitigating = mitigating
+        effective = session.config.effective(mitigating)
+        self._set_params(session.link, effective.params)
+        session.monitor.set_interval(effective.heartbeat_interval,
+                                     effective.missing_hb_allowed, now)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _set_params(self, link: Link, params: TransmissionParameters) -> None:
+        if link in self.node.links:
+            self.node.set_params(link, params)
+
+    def _heard(self, ident: ClientIdentity, link: Link, now: float) -> _Session:
+        """Any request of the client is traffic for its heartbeat monitor (RFC 9132 §4.7)."""
+        session = self.session(ident, link, now)
+        session.monitor.on_traffic(now)
+        return session
+
+    # -- mitigator API ----------------------------------------------------------------------
+
+    def report(self, cuid: str, mid: int, event: Event, *,
+               counters: Counters | None = None) -> list[Change]:
+        """Mitigator feedback (RFC 9132 §4.4.1.1); persisted and notified (§4.4.2.1)."""
+        now = self.clock()
+        changes = self.table.mitigator_report(cuid, mid, event, now, counters=counters)
+        self._commit(changes, now)
+        return changes
+
+    def report_conflict(self, cuid: str, mid: int, info: ConflictInfo) -> list[Change]:
+        """Record a conflict found after acceptance (status 7 when inactive, §4.4.2.1)."""
+        now = self.clock()
+        changes = self.table.report_conflict(cuid, mid, info, now)
+        self._commit(changes, now)
+        return changes
+
+    # -- time -------------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> list[Change]:
+        """Do what is due at ``now``: lifetime and active-but-terminating expiry (RFC 9132
+        §4.4.1.1, §4.4.4) and heartbeat timers (§4.7). Changes are persisted and notified."""
+        now = self.clock() if now is None else now
+        changes = self.table.expire(now)
+        self._commit(changes, now)
+        done = list(changes)
+        for key, session in list(self.sessions.items()):
+            cuid = session.client.cuid
+            due = session.monitor.get_timer()
+            if due is None or due > now:
+                continue
+            for action in session.monitor.handle_timer(now):
+                if isinstance(action, SessionLost):
+                    # RFC 9132 §4.4.1.3 / §4.7: preconfigured mitigations are triggered.
+                    log.info("signal channel session lost cuid=%s: %s", cuid, action.reason)
+                    lost = self.table.on_session_lost(cuid, now)
+                    self._commit(lost, now)
+                    done.extend(lost)
+                    del self.sessions[key]
+                elif isinstance(action, ThresholdReached):
+                    log.info("cuid=%s: %d heartbeats missed but traffic still seen",
+                             cuid, action.missed)
+                elif isinstance(action, PeerReachable):
+                    log.info("cuid=%s: reachable again", cuid)
+        return done
+
+    def next_deadline(self) -> float | None:
+        times = [t for t in (self.table.next_deadline(),
+                             *(s.monitor.get_timer() for s in self.sessions.values()))
+                 if t is not None]
+        return min(times) if times else None
+
+    def start(self) -> asyncio.Task[None]:
+        """Start the timer task (call from the running loop); expired records go at once."""
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return self._task
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                log.exception("signal server tick failed")
+            deadline = self.next_deadline()
+            delay = _MAX_SLEEP if deadline is None else deadline - self.clock()
+            delay = min(max(delay, 0.0), _MAX_SLEEP)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def close(self) -> None:
+        """Stop the timer task (the store and the node are the caller's)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+class _Collision(Exception):
+    """The store found the cuid bound to another identity inside the write transaction."""
+
+    def __init__(self, cuid: str) -> None:
+        super().__init__(cuid)
+        self.cuid = cuid
+
+
+def _collision(cuid: str) -> Conflict:
+    # RFC 9132 §4.4.1.3, Figure 11: conflict-cause 3, no status, scope or retry-timer.
+    return Conflict(f"cuid {cuid!r} is already in use by another DOTS client",
+                    body=conflict_body(ConflictInfo(ConflictCause.CUID_COLLISION)),
+                    rule="RFC 9132 §4.4.1.1, §4.4.1.3")
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources
+
+
+def _guard(handler: Callable[[IncomingRequest], Message]
+           ) -> Callable[[IncomingRequest], Message]:
+    """Every error as its CoAP response (RFC 9132 §9)."""
+
+    def run(req: IncomingRequest) -> Message:
+        try:
+            return handler(req)
+        except SignalError as exc:
+            log.info("%s %s → %s", req.message.path_str, exc.rule or "", exc)
+            return _error(exc)
+        except ModelError as exc:
+            return _model_error(exc)
+        except _Collision as exc:
+            return _error(_collision(exc.cuid))
+        except StoreError as exc:
+            log.error("store failure: %s", exc)
+            return error_response(Code.INTERNAL_SERVER_ERROR,
+                                  "the request could not be stored; nothing was changed")
+
+    return run
+
+
+class MitigateResource(Resource):
+    """``/.well-known/dots/mitigate`` (RFC 9132 §4.4)."""
+
+    observable = True
+
+    def __init__(self, server: SignalServer) -> None:
+        self.server = server
+        self.put = _guard(self._put)
+        self.get = _guard(self._get)
+        self.delete = _guard(self._delete)
+
+    def observe_key(self, request: IncomingRequest) -> Hashable:
+        # RFC 9132 §4.4.2.1: one mitigation (Figure 13) or all of the client's (Figure 12).
+        # Called for error responses too (which register nothing): it must not raise.
+        try:
+            uri = parse_mitigate_uri(request.message.uri_path, method=Code.GET)
+        except SignalError:
+            return ("mitigate-invalid", request.message.path_str)
+        if uri.mid is None:
+            return ("mitigate", uri.cuid)
+        return ("mitigate", uri.cuid, uri.mid)
+
+    def _put(self, req: IncomingRequest) -> Message:
+        s = self.server
+        msg = req.message
+        uri = parse_mitigate_uri(msg.uri_path, msg.uri_query, method=Code.PUT)
+        ident = s.authenticate(req)
+        s.check_cuid(ident, uri.cuid, Code.PUT)
+        body = _decode(msg)
+        now = s.clock()
+        s._heard(ident, req.link, now)
+        # RFC 9132 §4.4.3: an efficacy update carries an empty If-Match Option.
+        if_match = msg.opt(OptionNumber.IF_MATCH) == b""
+        assert uri.mid is not None  # parse_mitigate_uri: mandatory for PUT (§4.4.1.3)
+        outcome = s.table.put(uri.cuid, uri.mid, None, body, now,
+                              identity=ident.identity, if_match=if_match)
+        if isinstance(outcome, Ignored):
+            # RFC 9132 §4.4.3 "silently ignored"; a CoAP request still gets an answer: the
+            # precondition failed (RFC 7252 §5.10.8.1).
+            return error_response(Code.PRECONDITION_FAILED, outcome.reason)
+        s._persist(outcome.changes, now, bind=ident, cuid=uri.cuid)
+        s._publish(outcome.changes, now)
+        return _cbor_response(outcome.code, outcome.body)
+
+    def _get(self, req: IncomingRequest) -> Message:
+        s = self.server
+        msg = req.message
+        uri = parse_mitigate_uri(msg.uri_path, msg.uri_query, method=Code.GET)
+        ident = s.authenticate(req)
+        s.check_cuid(ident, uri.cuid, Code.GET)
+        _check_accept(msg)
+        now = s.clock()
+        s._heard(ident, req.link, now)
+        outcome = s.table.get(uri.cuid, uri.mid, now, identity=ident.identity,
+                              content=uri.content)
+        return _cbor_response(outcome.code, outcome.body)
+
+    def _delete(self, req: IncomingRequest) -> Message:
+        s = self.server
+        msg = req.message
+        uri = parse_mitigate_uri(msg.uri_path, msg.uri_query, method=Code.DELETE)
+        ident = s.authenticate(req)
+        s.check_cuid(ident, uri.cuid, Code.DELETE)
+        now = s.clock()
+        s._heard(ident, req.link, now)
+        assert uri.mid is not None  # parse_mitigate_uri: mandatory for DELETE (§4.4.4)
+        outcome = s.table.delete(uri.cuid, uri.mid, now, identity=ident.identity)
+        s._commit(outcome.changes, now)
+        return Message(code=outcome.code)  # RFC 9132 §4.4.4: 2.02 without payload
+
+
+class ConfigResource(Resource):
+    """``/.well-known/dots/config`` (RFC 9132 §4.5)."""
+
+    def __init__(self, server: SignalServer) -> None:
+        self.server = server
+        self.put = _guard(self._put)
+        self.get = _guard(self._get)
+        self.delete = _guard(self._delete)
+
+    def _start(self, req: IncomingRequest) -> tuple[int | None, _Session, float]:
+        s = self.server
+        sid = parse_config_path(req.message.uri_path)
+        ident = s.authenticate(req)
+        now = s.clock()
+        return sid, s._heard(ident, req.link, now), now
+
+    def _get(self, req: IncomingRequest) -> Message:
+        _check_accept(req.message)
+        sid, session, _ = self._start(req)
+        body = session.config.get(sid)  # RFC 9132 §4.5.1 discovery / §4.5.2 with 'sid'
+        msg = _cbor_response(Code.CONTENT, body)
+        if self.server.config_policy.max_age is not None:  # RFC 9132 §4.5.3
+            msg.add(OptionNumber.MAX_AGE, self.server.config_policy.max_age)
+        return msg
+
+    def _put(self, req: IncomingRequest) -> Message:
+        s = self.server
+        body = _decode(req.message)
+        sid, session, now = self._start(req)
+        outcome = session.config.put(sid, body)
+        if s.store is not None:
+            try:
+                with s.store.transaction():
+                    other = s.store.bind_cuid(session.client.cuid, session.client.identity, now)
+                    if other is not None:
+                        raise _collision(session.client.cuid)
+                    s.store.put_session_config(store_base.SessionConfig(
+                        cuid=session.client.cuid, sid=outcome.sid, config=body, updated=now))
+            except BaseException:
+                s.sessions.pop(session.client.identity, None)  # rebuilt from the store
+                raise
+        s._apply_session_params(session, now, force=True)
+        return Message(code=outcome.code)
+
+    def _delete(self, req: IncomingRequest) -> Message:
+        s = self.server
+        sid, session, now = self._start(req)
+        if s.store is not None:
+            s.store.delete_session_config(session.client.cuid)
+        code = session.config.delete(sid)  # RFC 9132 §4.5.4: back to the defaults
+        s._apply_session_params(session, now, force=True)
+        return Message(code=code)
+
+
+class HeartbeatResource(Resource):
+    """``/.well-known/dots/hb`` (RFC 9132 §4.7): answer 2.04 without payload (Figure 28)."""
+
+    def __init__(self, server: SignalServer) -> None:
+        self.server = server
+        self.put = _guard(self._put)
+
+    def _put(self, req: IncomingRequest) -> Message:
+        s = self.server
+        check_heartbeat_path(req.message.uri_path)
+        body = _decode(req.message)
+        status = parse_heartbeat_body(body)
+        ident = s.authenticate(req)
+        now = s.clock()
+        session = s.session(ident, req.link, now)
+        session.monitor.on_peer_heartbeat(now, status)
+        return Message(code=Code.CHANGED)

@@ -1,0 +1,504 @@
+"""The DOTS signal channel server (dotsd.signal.server) end to end: CoAP nodes over in-memory
+links carrying certificate identities, and once over real DTLS sockets on ::1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from memlinks import MemLink
+
+from dotsd.coap.message import Message
+from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
+from dotsd.model.codec import from_cbor, to_cbor
+from dotsd.pki import PkiPaths, init_pki, issue_client, load_certificate
+from dotsd.signal.config import config_path
+from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
+from dotsd.signal.identity import client_identity, cuid_from_psk_identity
+from dotsd.signal.mitigation import MEMBER, Change, Event
+from dotsd.signal.server import SignalServer
+from dotsd.signal.uri import mitigate_path
+from dotsd.store import SqliteStore
+from dotsd.transport.base import LinkHandler, make_peer_info, spki_sha256
+from dotsd.transport.node import CoapNode, Observation
+
+T0 = 1_700_000_000.0
+TIMEOUT = 5.0
+
+FIG7: dict[str, Any] = {  # RFC 9132 Figure 7
+    MEMBER: {
+        "scope": [
+            {
+                "target-prefix": ["2001:db8:6401::1/128", "2001:db8:6401::2/128"],
+                "target-port-range": [
+                    {"lower-port": 80},
+                    {"lower-port": 443},
+                    {"lower-port": 8080},
+                ],
+                "target-protocol": [6],
+                "lifetime": 3600,
+            }
+        ]
+    }
+}
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
+    paths = init_pki(tmp_path_factory.mktemp("pki"))
+    issue_client(paths.directory, "other")
+    return paths
+
+
+def cert_links(client: LinkHandler, server: LinkHandler, cert_path: Path,
+               transport: str = "dtls") -> tuple[MemLink, MemLink]:
+    """In-memory links where the server sees the client's certificate (as DTLS gives it)."""
+    cert = load_certificate(cert_path)
+    la = MemLink(make_peer_info(("::1", 2), transport, True))
+    lb = MemLink(make_peer_info(("::1", 1), transport, False, certificate=cert))
+    la.peer, lb.peer = lb, la
+    la.handler, lb.handler = client, server
+    client.link_up(la)
+    server.link_up(lb)
+    return la, lb
+
+
+def cuid_of(cert_path: Path) -> str:
+    digest = spki_sha256(load_certificate(cert_path))
+    return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
+
+
+def request(code: Code, path: tuple[str, ...], body: dict[str, Any] | None = None, *,
+            content_format: int | None = ContentFormat.DOTS_CBOR,
+            payload: bytes | None = None) -> Message:
+    msg = Message(code=code).set_path("/".join(path))
+    if body is not None or payload is not None:
+        msg.payload = payload if payload is not None else to_cbor(body or {})
+        if content_format is not None:
+            msg.add(OptionNumber.CONTENT_FORMAT, content_format)
+    return msg
+
+
+def entry(msg: Message) -> dict[str, Any]:
+    assert msg.content_format == ContentFormat.DOTS_CBOR
+    scopes = from_cbor(msg.payload)[MEMBER]["scope"]
+    assert len(scopes) == 1
+    result: dict[str, Any] = scopes[0]
+    return result
+
+
+class Env:
+    def __init__(self, pki: PkiPaths, server: SignalServer, clock: Clock) -> None:
+        self.pki = pki
+        self.server = server
+        self.clock = clock
+        self.client = CoapNode()
+        self.link, self.server_link = cert_links(self.client, server.node, pki.client_cert)
+        self.cuid = cuid_of(pki.client_cert)
+
+    async def ask(self, msg: Message, link: MemLink | None = None,
+                  node: CoapNode | None = None) -> Message:
+        return await (node or self.client).request(link or self.link, msg, timeout=TIMEOUT)
+
+    async def put(self, mid: int, body: dict[str, Any] = FIG7, **kw: Any) -> Message:
+        return await self.ask(request(Code.PUT, mitigate_path(self.cuid, mid), body, **kw))
+
+    async def get(self, mid: int | None = None) -> Message:
+        return await self.ask(request(Code.GET, mitigate_path(self.cuid, mid)))
+
+    def observe(self, mid: int | None = None) -> Observation:
+        return self.client.observe(self.link, request(Code.GET, mitigate_path(self.cuid, mid)),
+                                   timeout=TIMEOUT)
+
+
+def make_env(pki: PkiPaths, tmp_path: Path | None = None,
+             changes: list[Change] | None = None, **kw: Any) -> Env:
+    clock = Clock()
+    store = SqliteStore.open(tmp_path / "state") if tmp_path is not None else None
+    server = SignalServer(store=store, clock=clock,
+                          on_change=None if changes is None else changes.append, **kw)
+    return Env(pki, server, clock)
+
+
+# ---------------------------------------------------------------------------------------------
+# identity
+
+
+def test_cuid_derivation(pki: PkiPaths) -> None:
+    cert = load_certificate(pki.client_cert)
+    ident = client_identity(make_peer_info(("::1", 1), "dtls", False, certificate=cert))
+    assert ident is not None
+    assert len(ident.cuid) == 22  # RFC 9132 §4.4.1.1
+    assert ident.cuid == cuid_of(pki.client_cert)
+    assert ident.identity == "spki-sha256:" + spki_sha256(cert).hex()
+    psk = client_identity(make_peer_info(("::1", 1), "dtls", False, psk_identity=b"dots"))
+    assert psk is not None and psk.cuid == cuid_from_psk_identity(b"dots")
+    assert psk.cuid == base64.urlsafe_b64encode(
+        hashlib.sha256(b"dots").digest()[:16]).decode().rstrip("=")
+    assert client_identity(make_peer_info(("::1", 1), "udp", False)) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# mitigation resource
+
+
+async def test_create_read_persist(pki: PkiPaths, tmp_path: Path) -> None:
+    changes: list[Change] = []
+    env = make_env(pki, tmp_path, changes)
+    resp = await env.put(123)
+    assert resp.code == Code.CREATED, resp.payload
+    assert entry(resp) == {"mid": 123, "lifetime": 3600}
+    assert [c.mitigation.mid for c in changes] == [123]
+    assert changes[0].mitigation.is_active
+    # Persisted before the answer, with the cuid bound to the client's identity.
+    assert env.server.store is not None
+    stored = env.server.store.get_mitigation(env.cuid, 123)
+    assert stored is not None and stored.status == 1 and stored.expires_at == T0 + 3600
+    binding = env.server.store.get_binding(env.cuid)
+    assert binding is not None and binding.identity.startswith("spki-sha256:")
+
+    env.clock.now += 100
+    one = await env.get(123)
+    assert one.code == Code.CONTENT
+    got = entry(one)
+    assert got["status"] == "attack-mitigation-in-progress"
+    assert got["lifetime"] == 3500
+    assert got["target-protocol"] == [6]
+    every = await env.get()
+    assert every.code == Code.CONTENT and entry(every)["mid"] == 123
+    missing = await env.get(999)
+    assert missing.code == Code.NOT_FOUND
+
+
+async def test_observe_efficacy_withdraw(pki: PkiPaths) -> None:
+    changes: list[Change] = []
+    env = make_env(pki, None, changes)
+    assert (await env.put(123)).code == Code.CREATED
+    one = env.observe(123)
+    every = env.observe()
+    first = await one.next(TIMEOUT)
+    assert first.observe is not None and entry(first)["status"] == "attack-mitigation-in-progress"
+    await every.next(TIMEOUT)
+
+    # Mitigator feedback: a status change is notified to both observations (§4.4.2.1).
+    env.server.report(env.cuid, 123, Event.MITIGATING)
+    for obs in (one, every):
+        note = await obs.next(TIMEOUT)
+        assert entry(note)["status"] == "attack-successfully-mitigated"
+
+    # Efficacy update (RFC 9132 §4.4.3, Figure 16): If-Match empty, no lifetime.
+    env.clock.now += 60
+    update = request(Code.PUT, mitigate_path(env.cuid, 123), {
+        MEMBER: {"scope": [{**{k: v for k, v in FIG7[MEMBER]["scope"][0].items()
+                               if k != "lifetime"}, "attack-status": "under-attack"}]}})
+    update.add(OptionNumber.IF_MATCH, b"")
+    resp = await env.ask(update)
+    assert resp.code == Code.CHANGED, resp.payload
+    assert entry(resp)["lifetime"] == 3600
+    # Unknown mid with If-Match: not created.
+    update.set_path("/".join(mitigate_path(env.cuid, 5)))
+    assert (await env.ask(update)).code == Code.PRECONDITION_FAILED
+
+    # Withdraw: 2.02, status 5 (active but terminating), then removal (§4.4.4).
+    resp = await env.ask(request(Code.DELETE, mitigate_path(env.cuid, 123)))
+    assert resp.code == Code.DELETED and resp.payload == b""
+    note = await one.next(TIMEOUT)
+    assert entry(note)["status"] == "dots-client-withdrawn-mitigation"
+    assert entry(await every.next(TIMEOUT))["status"] == "dots-client-withdrawn-mitigation"
+    assert (await env.get(123)).code == Code.CONTENT
+    gone = env.server.tick(env.clock.now + 121)
+    assert [c.removed for c in gone] == [True]
+    note = await one.next(TIMEOUT)
+    assert entry(note)["status"] == "attack-mitigation-terminated"
+    assert (await env.get(123)).code == Code.NOT_FOUND
+    assert changes[-1].removed
+    one.cancel()
+    every.cancel()
+
+
+async def test_other_client_cannot_touch(pki: PkiPaths, tmp_path: Path) -> None:
+    env = make_env(pki, tmp_path)
+    assert (await env.put(123)).code == Code.CREATED
+    other_cert = pki.directory / "other.pem"
+    other = CoapNode()
+    lo, _ = cert_links(other, env.server.node, other_cert)
+    path = mitigate_path(env.cuid, 123)
+    for msg in (request(Code.GET, path), request(Code.DELETE, path),
+                request(Code.PUT, path, FIG7)):
+        resp = await env.ask(msg, lo, other)
+        assert resp.code == Code.UNAUTHORIZED, msg
+        assert resp.payload  # diagnostic
+    assert (await env.get(123)).code == Code.CONTENT  # untouched
+    # Its own derived cuid works.
+    own = mitigate_path(cuid_of(other_cert), 1)
+    body = {MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 60}]}}
+    assert (await env.ask(request(Code.PUT, own, body), lo, other)).code == Code.CREATED
+
+
+async def test_cuid_collision_non_strict(pki: PkiPaths, tmp_path: Path) -> None:
+    env = make_env(pki, tmp_path, strict_cuid=False)
+    assert (await env.put(123)).code == Code.CREATED
+    other = CoapNode()
+    lo, _ = cert_links(other, env.server.node, pki.directory / "other.pem")
+    resp = await env.ask(request(Code.PUT, mitigate_path(env.cuid, 200), FIG7), lo, other)
+    assert resp.code == Code.CONFLICT  # RFC 9132 §4.4.1.3, Figure 11
+    info = entry(resp)["conflict-information"]
+    assert info == {"conflict-cause": "cuid-collision"}
+    resp = await env.ask(request(Code.GET, mitigate_path(env.cuid)), lo, other)
+    assert resp.code == Code.UNAUTHORIZED
+
+
+async def test_unauthenticated_peer(pki: PkiPaths) -> None:
+    env = make_env(pki)
+    anon = CoapNode()
+    la = MemLink(make_peer_info(("::1", 2), "udp", True))
+    lb = MemLink(make_peer_info(("::1", 1), "udp", False))
+    la.peer, lb.peer = lb, la
+    la.handler, lb.handler = anon, env.server.node
+    anon.link_up(la)
+    env.server.node.link_up(lb)
+    resp = await env.ask(request(Code.PUT, mitigate_path(env.cuid, 1), FIG7), la, anon)
+    assert resp.code == Code.UNAUTHORIZED
+
+
+async def test_request_errors(pki: PkiPaths) -> None:
+    env = make_env(pki)
+    bad = await env.put(1, payload=b"\xff\x00garbage")
+    assert bad.code == Code.BAD_REQUEST
+    assert bad.content_format == ContentFormat.TEXT_PLAIN and b"CBOR" in bad.payload
+    wrong = await env.put(1, content_format=ContentFormat.CBOR)
+    assert wrong.code == Code.UNSUPPORTED_CONTENT_FORMAT and wrong.payload
+    none = await env.put(1, content_format=None)
+    assert none.code == Code.UNSUPPORTED_CONTENT_FORMAT
+    outside = {MEMBER: {"scope": [{"target-prefix": ["8.8.8.0/24"], "lifetime": 60}]}}
+    rejected = await env.put(2, outside)
+    assert rejected.code == Code.BAD_REQUEST and b"outside" in rejected.payload
+    no_mid = await env.ask(request(Code.PUT, mitigate_path(env.cuid), FIG7))
+    assert no_mid.code == Code.BAD_REQUEST
+    # Observe on an invalid path: an error response, no registration, the node keeps going.
+    obs = env.client.observe(env.link, request(Code.GET, (*mitigate_path(env.cuid), "x=1")),
+                             timeout=TIMEOUT)
+    assert (await obs.next(TIMEOUT)).code == Code.BAD_REQUEST
+    assert env.server.node.endpoint.observer_count() == 0
+    accept = request(Code.GET, mitigate_path(env.cuid))
+    accept.add(OptionNumber.ACCEPT, ContentFormat.JSON)
+    assert (await env.ask(accept)).code == Code.NOT_ACCEPTABLE
+    assert len(env.server.table) == 0
+
+
+async def test_restart_keeps_lifetime_counting(pki: PkiPaths, tmp_path: Path) -> None:
+    env = make_env(pki, tmp_path)
+    assert (await env.put(123)).code == Code.CREATED
+    assert env.server.store is not None
+    env.server.store.close()
+    await env.client.close()
+
+    clock = Clock(T0 + 1000)  # the server was down for 1000 s
+    changes: list[Change] = []
+    server = SignalServer(store=SqliteStore.open(tmp_path / "state"), clock=clock,
+                          on_change=changes.append)
+    env2 = Env(pki, server, clock)
+    resp = await env2.get(123)
+    assert resp.code == Code.CONTENT
+    assert entry(resp)["lifetime"] == 2600
+    assert entry(resp)["status"] == "attack-mitigation-in-progress"
+    assert server.table.next_deadline() == T0 + 3600
+    gone = server.tick(T0 + 3600)
+    assert [c.removed for c in gone] == [True] and changes == gone
+    assert (await env2.get(123)).code == Code.NOT_FOUND
+    assert server.store is not None and server.store.get_mitigation(env2.cuid, 123) is None
+    server.store.close()
+
+
+async def test_expiry_task(pki: PkiPaths) -> None:
+    env = make_env(pki)
+    env.server.clock = time.time
+    body = {MEMBER: {"scope": [{"target-prefix": ["192.0.2.1/32"], "lifetime": 1}]}}
+    assert (await env.put(7, body)).code == Code.CREATED
+    obs = env.observe(7)
+    await obs.next(TIMEOUT)
+    env.server.start()
+    try:
+        note = await obs.next(TIMEOUT)
+        assert entry(note)["status"] == "attack-mitigation-terminated"
+        assert len(env.server.table) == 0
+    finally:
+        await env.server.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration and heartbeat
+
+
+async def test_session_config(pki: PkiPaths, tmp_path: Path) -> None:
+    env = make_env(pki, tmp_path)
+    resp = await env.ask(request(Code.GET, config_path()))
+    assert resp.code == Code.CONTENT
+    discovery = from_cbor(resp.payload)["ietf-dots-signal-channel:signal-config"]
+    assert discovery["idle-config"]["heartbeat-interval"]["current-value"] == 30
+
+    body = {"ietf-dots-signal-channel:signal-config": {
+        "mitigating-config": {"max-retransmit": {"current-value": 4},
+                              "ack-timeout": {"current-value-decimal": "3.00"}},
+        "idle-config": {"heartbeat-interval": {"current-value": 60},
+                        "max-retransmit": {"current-value": 5},
+                        "ack-timeout": {"current-value-decimal": "4.00"}}}}
+    resp = await env.ask(request(Code.PUT, config_path(1), body))
+    assert resp.code == Code.CREATED, resp.payload
+    params = env.server.node.endpoint.peer_state(env.server_link)
+    assert params is not None
+    assert params.params.max_retransmit == 5 and params.params.ack_timeout == 4.0  # idle
+    assert next(iter(env.server.sessions.values())).monitor.interval == 60
+    # A mitigation switches to 'mitigating-config' (RFC 9132 §4.5).
+    assert (await env.put(1)).code == Code.CREATED
+    assert params.params.max_retransmit == 4 and params.params.ack_timeout == 3.0
+    got = await env.ask(request(Code.GET, config_path(1)))
+    assert got.code == Code.CONTENT
+    assert (await env.ask(request(Code.GET, config_path(2)))).code == Code.NOT_FOUND
+    refused = {"ietf-dots-signal-channel:signal-config": {
+        "idle-config": {"heartbeat-interval": {"current-value": 5000}}}}
+    assert (await env.ask(request(Code.PUT, config_path(2), refused))).code == \
+        Code.UNPROCESSABLE_ENTITY
+    assert env.server.store is not None
+    stored = env.server.store.get_session_config(env.cuid)
+    assert stored is not None and stored.sid == 1
+
+    # Restart: the stored configuration applies to the client's new session.
+    env.server.store.close()
+    clock = Clock(T0 + 10)
+    server = SignalServer(store=SqliteStore.open(tmp_path / "state"), clock=clock)
+    env2 = Env(pki, server, clock)
+    assert (await env2.get(1)).code == Code.CONTENT
+    state = server.node.endpoint.peer_state(env2.server_link)
+    assert state is not None and state.params.max_retransmit == 4
+    resp = await env2.ask(request(Code.DELETE, config_path()))
+    assert resp.code == Code.DELETED
+    assert state.params.max_retransmit == 3 and state.params.ack_timeout == 2.0
+    assert server.store is not None and server.store.get_session_config(env2.cuid) is None
+    server.store.close()
+
+
+async def test_heartbeat_and_signal_loss(pki: PkiPaths, tmp_path: Path) -> None:
+    changes: list[Change] = []
+    env = make_env(pki, tmp_path, changes)
+    hb = request(Code.PUT, HEARTBEAT_PATH, build_heartbeat_body(True))
+    resp = await env.ask(hb)
+    assert resp.code == Code.CHANGED and resp.payload == b""
+    bad = request(Code.PUT, (*HEARTBEAT_PATH, "cuid=x"), build_heartbeat_body(True))
+    assert (await env.ask(bad)).code == Code.BAD_REQUEST
+
+    # A preconfigured mitigation waits for a signal loss (status 8).
+    pre = {MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 86400,
+                               "trigger-mitigation": False}]}}
+    assert (await env.put(10, pre)).code == Code.CREATED
+    assert (await env.get(10)).code == Code.CONTENT
+    assert entry(await env.get(10))["status"] == "attack-mitigation-signal-loss"
+    # Heartbeats keep the session: nothing happens within the allowance.
+    assert env.server.tick(T0 + 400) == []
+    # 30 s x 15 missing heartbeats without any traffic: the session is lost (§4.7) and the
+    # preconfigured request is triggered (§4.4.1.3).
+    lost = env.server.tick(T0 + 30 * 15 + 1)
+    assert [c.mitigation.status.label for c in lost] == ["attack-mitigation-in-progress"]
+    assert not env.server.sessions
+    assert env.server.store is not None
+    stored = env.server.store.get_mitigation(env.cuid, 10)
+    assert stored is not None and stored.status == 1
+    assert changes[-1].mitigation.is_active
+
+    # The attack stops: status 3 is sent four times, then the request is re-armed (8)
+    # (RFC 9132 §4.4.2 Table 3), ready for the next signal loss.
+    obs = env.observe(10)
+    assert entry(await obs.next(TIMEOUT))["status"] == "attack-mitigation-in-progress"
+    env.server.report(env.cuid, 10, Event.ATTACK_STOPPED)
+    seen = [entry(await obs.next(TIMEOUT))["status"] for _ in range(5)]
+    assert seen == ["attack-stopped"] * 4 + ["attack-mitigation-signal-loss"]
+    stored = env.server.store.get_mitigation(env.cuid, 10)
+    assert stored is not None and stored.status == 8
+    obs.cancel()
+
+
+# ---------------------------------------------------------------------------------------------
+# real DTLS
+
+
+@pytest.mark.network
+async def test_over_dtls(pki: PkiPaths, tmp_path: Path) -> None:
+    from dotsd.dtls.context import DtlsConfig, client_context, server_context
+    from dotsd.transport.dtls import dtls_connect, serve_dtls
+
+    server = SignalServer(store=SqliteStore.open(tmp_path / "state"))
+    listener = await serve_dtls(server.node, "::1", 0,
+                                server_context(DtlsConfig.from_pki(pki)))
+    client = CoapNode()
+    try:
+        link = await dtls_connect(client, ("::1", listener.port),
+                                  client_context(DtlsConfig.from_pki(pki, client=True)),
+                                  timeout=10.0)
+        cuid = cuid_of(pki.client_cert)
+        resp = await client.request(link, request(Code.PUT, mitigate_path(cuid, 123), FIG7),
+                                    timeout=10)
+        assert resp.code == Code.CREATED, resp.payload
+        obs = client.observe(link, request(Code.GET, mitigate_path(cuid, 123)), timeout=10)
+        assert entry(await obs.next(10))["status"] == "attack-mitigation-in-progress"
+        server.report(cuid, 123, Event.EXCEEDED)
+        assert entry(await obs.next(10))["status"] == "attack-exceeded-capability"
+        obs.cancel()
+        wrong = await client.request(link, request(Code.GET, mitigate_path("x" * 22)),
+                                     timeout=10)
+        assert wrong.code == Code.UNAUTHORIZED
+        assert server.store is not None and server.store.get_mitigation(cuid, 123) is not None
+    finally:
+        await client.close()
+        await server.node.close()
+        listener.close()
+        await listener.wait_closed()
+        await asyncio.sleep(0)
+        if server.store is not None:
+            server.store.close()
+
+
+async def test_conflict_body_and_store_failure(pki: PkiPaths, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_hook(change: Change) -> None:
+        raise RuntimeError("mitigator bug")
+
+    env = make_env(pki, tmp_path)
+    env.server.on_change = broken_hook  # a failing mitigator must not fail the request
+    assert (await env.put(123)).code == Code.CREATED
+    # A lower 'mid' overlapping a higher one: 4.09, conflict-information as dots+cbor
+    # (RFC 9132 §4.4.1.3).
+    resp = await env.put(100)
+    assert resp.code == Code.CONFLICT
+    info = entry(resp)["conflict-information"]
+    assert info["conflict-cause"] == "overlapping-targets"
+    assert info["conflict-scope"]["mid"] == 123
+
+    # The store refuses the write: 5.00, and nothing of the request remains in memory.
+    from dotsd.store import StoreError
+
+    assert env.server.store is not None
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(env.server.store, "put_mitigation", refuse)
+    body = {MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 60}]}}
+    resp = await env.put(200, body)
+    assert resp.code == Code.INTERNAL_SERVER_ERROR
+    assert env.server.table.lookup(env.cuid, 200) is None
+    assert env.server.table.lookup(env.cuid, 123) is not None
+    monkeypatch.undo()
+    assert (await env.get(200)).code == Code.NOT_FOUND
