@@ -1,0 +1,732 @@
+"""The DOTS signal channel client (RFC 9132): what a network under attack runs, on a
+:class:`~dotsd.transport.node.CoapNode` with one :class:`~dotsd.transport.base.Link` to its
+DOTS server.
+
+    client = SignalClient.for_certificate(cert, connect=dial)
+    await client.start()                       # dials, starts the heartbeat task
+    reply = await client.mitigate({"target-prefix": ["2001:db8:6401::1/128"],
+                                   "lifetime": 3600})
+    async with contextlib.aclosing(client.watch(reply.mid)) as notes:
+        async for note in notes: ...
+    await client.withdraw(reply.mid)
+
+Rules applied here:
+
+* 'cuid' is derived from the client's own credentials (SPKI of its certificate, or its PSK
+  identity) as RFC 9132 §4.4.1.1 says (:mod:`dotsd.signal.identity`);
+* mitigation requests and efficacy updates are Non-confirmable PUTs, "sent at regular
+  intervals until a response is received" (RFC 9132 §4.4, §4.4.1, §4.4.3), paced by
+  :class:`~dotsd.signal.pacing.MitigationRepeatPolicy` fed by an RTT estimate (RFC 6298,
+  Karn's rule: only unrepeated exchanges are sampled); bodies are ``application/dots+cbor``
+  (Content-Format 271, RFC 9132 §9);
+* 'mid' values of new requests increase (RFC 9132 §4.4.1.1: "the DOTS client MUST use a
+  'mid' value greater than ... any of its previous mitigation requests");
+* an efficacy update carries an empty If-Match Option (RFC 9132 §4.4.3) and repeats the
+  scope of the original request (§4.4.1.3 / §4.4.3: "MUST repeat all the other parameters");
+* status (GET, with Observe for :meth:`SignalClient.watch`, RFC 9132 §4.4.2), withdrawal
+  (DELETE, §4.4.4) and session configuration (§4.5) are Confirmable;
+* the negotiated configuration applies to this link: 'mitigating-config' while the client
+  has an active mitigation, 'idle-config' otherwise (RFC 9132 §4.5), as CoAP transmission
+  parameters (§4.5.2, :meth:`CoapNode.set_params`) and heartbeat values;
+* heartbeats (RFC 9132 §4.7): Non-confirmable PUTs every 'heartbeat-interval', the server's
+  own heartbeats answered with 2.04 (Figure 28); after 'missing-hb-allowed' unanswered ones
+  the session is lost (unless an attack is ongoing: then the client keeps the session) and
+  ``on_session_lost`` is called; with a ``connect`` factory the client redials ("the DOTS
+  client MUST try to re-establish the DOTS signal channel session", §4.7);
+* every failure is a :class:`ClientError` carrying the CoAP code and the server's diagnostic
+  payload (plain text, RFC 7252 §5.5.2, or the dots+cbor body RFC 9132 §9 defines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography import x509
+
+from dotsd.coap.endpoint import ClientRequest, error_response
+from dotsd.coap.message import Message
+from dotsd.coap.numbers import Code, ContentFormat, OptionNumber, code_str
+from dotsd.coap.params import dots_defaults
+from dotsd.coap.site import IncomingRequest, Resource, Site
+from dotsd.model import codec
+from dotsd.model.errors import ModelError
+from dotsd.signal.config import (
+    Attribute,
+    ConfigError,
+    ConfigSet,
+    ConfigSetKind,
+    ServerConfig,
+    SidAllocator,
+    Value,
+    build_put_body,
+    choose_values,
+    config_path,
+    parse_config_response,
+)
+from dotsd.signal.heartbeat import (
+    HEARTBEAT_PATH,
+    HeartbeatMonitor,
+    PeerReachable,
+    Role,
+    SendHeartbeat,
+    SessionLost,
+    ThresholdReached,
+    build_heartbeat_body,
+    check_heartbeat_path,
+    parse_heartbeat_body,
+)
+from dotsd.signal.identity import cuid_from_psk_identity, cuid_from_spki_sha256
+from dotsd.signal.mitigation import MEMBER
+from dotsd.signal.pacing import MitigationRepeatPolicy, RttEstimator
+from dotsd.signal.uri import MAX_MID, mitigate_path
+from dotsd.transport.base import Link, spki_sha256
+from dotsd.transport.node import CoapNode, RequestError
+
+__all__ = [
+    "ClientError",
+    "MidAllocator",
+    "Reply",
+    "SignalClient",
+]
+
+log = logging.getLogger("dotsd.signal.client")
+
+SessionLostHook = Callable[[str], object]
+"""Called with the reason when the session is lost (may return an awaitable)."""
+
+_RECONNECT_MAX: Final = 60.0  # seconds between two redial attempts at most
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors and replies
+
+
+class ClientError(Exception):
+    """A request that did not succeed.
+
+    ``code``: the CoAP response code (None when no response came: timeout, link lost);
+    ``diagnostic``: the server's diagnostic payload — text (RFC 7252 §5.5.2) or the decoded
+    dots+cbor body (4.09 conflict information, RFC 9132 §4.4.1.3; 5.03 redirection, §4.6) —
+    or our own explanation when there was no response.
+    """
+
+    def __init__(self, code: int | None, diagnostic: str | dict[str, Any] | None) -> None:
+        self.code = code
+        self.diagnostic = diagnostic
+        super().__init__(f"{self.code_text}: {diagnostic}" if diagnostic else self.code_text)
+
+    @property
+    def code_text(self) -> str:
+        """``"4.00 BAD_REQUEST"``, or ``"no response"``."""
+        return code_str(self.code) if self.code is not None else "no response"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful response: its code, its decoded dots+cbor body (None without one), the
+    'mid' the request was about and the Max-Age option."""
+
+    code: int
+    body: dict[str, Any] | None = None
+    mid: int | None = None
+    max_age: int | None = None
+
+    @property
+    def scopes(self) -> list[dict[str, Any]]:
+        """The mitigation scope entries of the body (RFC 9132 §4.4.1.1, §4.4.2)."""
+        if not self.body:
+            return []
+        content = self.body.get(MEMBER)
+        if not isinstance(content, dict):
+            return []
+        scopes = content.get("scope")
+        return [s for s in scopes if isinstance(s, dict)] if isinstance(scopes, list) else []
+
+    def _first(self, name: str) -> Any:
+        scopes = self.scopes
+        return scopes[0].get(name) if scopes else None
+
+    @property
+    def lifetime(self) -> int | None:
+        """The lifetime the server granted (RFC 9132 §4.4.1.3, Figure 10), or the remaining
+        lifetime in a status (§4.4.2)."""
+        value = self._first("lifetime")
+        return value if isinstance(value, int) else None
+
+    @property
+    def status(self) -> str | None:
+        """The 'status' of the first scope entry (RFC 9132 §4.4.2 Table 3)."""
+        value = self._first("status")
+        return value if isinstance(value, str) else None
+
+
+def _decode_payload(msg: Message) -> str | dict[str, Any] | None:
+    """The payload as the server meant it: dots+cbor decoded, else text."""
+    if not msg.payload:
+        return None
+    if msg.content_format == ContentFormat.DOTS_CBOR:
+        try:
+            return codec.from_cbor(msg.payload)
+        except ModelError as exc:
+            return f"undecodable dots+cbor payload ({exc})"
+    return msg.payload.decode("utf-8", errors="replace")
+
+
+def _reply(msg: Message, ok: tuple[Code, ...], mid: int | None = None) -> Reply:
+    """The response as a :class:`Reply`, or :class:`ClientError` when its code is not one of
+    ``ok`` (RFC 9132 §9: errors carry a diagnostic payload)."""
+    if msg.code not in ok:
+        raise ClientError(msg.code, _decode_payload(msg))
+    body: dict[str, Any] | None = None
+    if msg.payload:
+        if msg.content_format != ContentFormat.DOTS_CBOR:
+            raise ClientError(msg.code, f"unexpected Content-Format {msg.content_format} "
+                                        f"(expected {int(ContentFormat.DOTS_CBOR)}, "
+                                        "RFC 9132 §9)")
+        try:
+            body = codec.from_cbor(msg.payload)
+        except ModelError as exc:
+            raise ClientError(msg.code, f"malformed response body: {exc}") from None
+    return Reply(msg.code, body, mid, msg.max_age)
+
+
+# ---------------------------------------------------------------------------------------------
+# Identifiers
+
+
+class MidAllocator:
+    """'mid' values of new mitigation requests: RFC 9132 §4.4.1.1, a new request uses a 'mid'
+    greater than those of the client's previous requests. Nothing is persisted: a client
+    restarting must pass a ``first`` value above what it used before (e.g. from a clock)."""
+
+    def __init__(self, first: int = 1) -> None:
+        if not 0 <= first <= MAX_MID:
+            raise ValueError(f"'mid' must be within 0..{MAX_MID}")
+        self._next = first
+
+    @property
+    def peek(self) -> int:
+        return self._next
+
+    def next(self) -> int:
+        mid = self._next
+        if mid > MAX_MID:
+            # RFC 9132 §4.4.1.1 describes the rollover (withdraw everything, restart at 0);
+            # not automated here.
+            raise ValueError("'mid' space exhausted: withdraw all requests and restart at 0")
+        self._next += 1
+        return mid
+
+    def seen(self, mid: int) -> None:
+        """A 'mid' chosen by the caller: later allocations go above it."""
+        self._next = max(self._next, mid + 1)
+
+
+class _TrackedRepeat:
+    """A repeat policy that remembers whether the request was repeated (Karn's rule,
+    RFC 6298 §3: a repeated exchange gives no RTT sample)."""
+
+    def __init__(self, policy: Callable[[ClientRequest, int, float | None], float | None]
+                 ) -> None:
+        self.policy = policy
+        self.repeated = False
+
+    def __call__(self, request: ClientRequest, attempts: int, rtt: float | None
+                 ) -> float | None:
+        if attempts:  # called after repetition number ``attempts`` went out
+            self.repeated = True
+        return self.policy(request, attempts, rtt)
+
+
+# ---------------------------------------------------------------------------------------------
+# The server's heartbeats
+
+
+class _HeartbeatResource(Resource):
+    """``/.well-known/dots/hb`` on the client: the server's heartbeats (RFC 9132 §4.7), answered
+    with 2.04 without payload (Figure 28)."""
+
+    def __init__(self, client: SignalClient) -> None:
+        self.client = client
+
+    def put(self, req: IncomingRequest) -> Message:
+        msg = req.message
+        if msg.content_format != ContentFormat.DOTS_CBOR:  # RFC 9132 §9 / RFC 7252 §5.10.3
+            return error_response(Code.UNSUPPORTED_CONTENT_FORMAT,
+                                  "Content-Format must be application/dots+cbor")
+        try:
+            check_heartbeat_path(msg.uri_path)
+            status = parse_heartbeat_body(codec.from_cbor(msg.payload))
+        except ModelError as exc:
+            return error_response(Code.BAD_REQUEST, str(exc))
+        self.client._peer_heartbeat(req.link, status)
+        return Message(code=Code.CHANGED)
+
+
+# ---------------------------------------------------------------------------------------------
+# The client
+
+
+class SignalClient:
+    """RFC 9132 client side (see the module docstring).
+
+    ``cuid``: the client identifier (see :meth:`for_certificate`, :meth:`for_psk`);
+    ``node``: the CoAP node to use (default: a new one with the DOTS defaults, RFC 9132
+    §4.5.2; the heartbeat resource is added to its site); ``connect``: dials the server and
+    returns the link (used by :meth:`start` without a link and to redial after a session
+    loss); ``first_mid``: the first 'mid' to allocate; ``timeout``: how long a request waits
+    for its response (None: the CoAP MAX_TRANSMIT_WAIT); ``heartbeat``: a fixed
+    ('heartbeat-interval', 'missing-hb-allowed') overriding the negotiated values (tests,
+    or 'heartbeat-interval' 0 to turn heartbeats off); ``estimator``: the RTT estimate pacing
+    the repetitions (default: a new :class:`RttEstimator`); ``on_session_lost``: called with
+    the reason when the session is lost (RFC 9132 §4.7).
+    """
+
+    def __init__(
+        self,
+        cuid: str,
+        *,
+        node: CoapNode | None = None,
+        connect: Callable[[], Awaitable[Link]] | None = None,
+        first_mid: int = 1,
+        first_sid: int = 1,
+        timeout: float | None = None,
+        heartbeat: tuple[float, int] | None = None,
+        estimator: RttEstimator | None = None,
+        repeat: MitigationRepeatPolicy | None = None,
+        on_session_lost: SessionLostHook | None = None,
+        reconnect_delay: float = 1.0,
+    ) -> None:
+        self.cuid = cuid
+        self._own_node = node is None
+        self.node = node if node is not None else CoapNode(Site(), params=dots_defaults())
+        self.node.site.add("/" + "/".join(HEARTBEAT_PATH), _HeartbeatResource(self))
+        if self.node.on_link_down is None:
+            self.node.on_link_down = self._link_down
+        self.connect = connect
+        self.mids = MidAllocator(first_mid)
+        self.sids = SidAllocator(first_sid)
+        self.timeout = timeout
+        self.heartbeat_override = heartbeat
+        self.estimator = estimator if estimator is not None else RttEstimator()
+        self.repeat = repeat if repeat is not None else MitigationRepeatPolicy(self.estimator)
+        self.on_session_lost = on_session_lost
+        self.reconnect_delay = reconnect_delay
+        self.link: Link | None = None
+        self.monitor: HeartbeatMonitor | None = None
+        self.server_config: ServerConfig | None = None
+        self.config_max_age: int | None = None
+        self.sid: int | None = None
+        self._config: dict[ConfigSetKind, ConfigSet] = {k: ConfigSet() for k in ConfigSetKind}
+        self._scopes: dict[int, dict[str, Any]] = {}  # mid -> scope entry as sent
+        self._active: set[int] = set()  # mids not withdrawn
+        self._attack_ongoing: bool | None = None  # None: "has an active mitigation"
+        self.connected = asyncio.Event()
+        self.session_lost = asyncio.Event()
+        self.lost_reason: str | None = None
+        self.heartbeats_sent = 0
+        self.heartbeats_answered = 0
+        self.peer_heartbeats = 0
+        self.reconnects = 0
+        self._down: str | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def for_certificate(cls, certificate: x509.Certificate, **kw: Any) -> SignalClient:
+        """A client whose 'cuid' is derived from its certificate's SPKI (RFC 9132 §4.4.1.1)."""
+        return cls(cuid_from_spki_sha256(spki_sha256(certificate)), **kw)
+
+    @classmethod
+    def for_psk(cls, psk_identity: bytes, **kw: Any) -> SignalClient:
+        """A client whose 'cuid' is derived from its PSK identity (RFC 9132 §4.4.1.1)."""
+        return cls(cuid_from_psk_identity(psk_identity), **kw)
+
+    # -- session --------------------------------------------------------------------------------
+
+    async def start(self, link: Link | None = None) -> None:
+        """Use ``link`` (or dial with ``connect``) and start the heartbeat task."""
+        if link is None:
+            if self.connect is None:
+                raise ValueError("no link and no connect factory")
+            link = await self.connect()
+        self._attach(link)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _attach(self, link: Link) -> None:
+        self.link = link
+        self._down = None
+        interval, missing = self._heartbeat_values(self._config[ConfigSetKind.IDLE])
+        self.monitor = HeartbeatMonitor(interval, missing, self._now(), role=Role.CLIENT,
+                                        reliable=link.info.reliable)
+        self.lost_reason = None
+        self.session_lost.clear()
+        self.connected.set()
+        self._apply_config()
+
+    def _heartbeat_values(self, values: ConfigSet) -> tuple[float, int]:
+        if self.heartbeat_override is not None:
+            return self.heartbeat_override
+        return float(values.heartbeat_interval), values.missing_hb_allowed
+
+    @property
+    def mitigating(self) -> bool:
+        """Whether the client has an active mitigation (RFC 9132 §4.5: 'mitigating-config')."""
+        return bool(self._active)
+
+    @property
+    def active_mids(self) -> frozenset[int]:
+        return frozenset(self._active)
+
+    def set_attack_ongoing(self, ongoing: bool | None) -> None:
+        """Tell whether an attack is ongoing (None: assume so while a mitigation is active).
+        RFC 9132 §4.7: under attack the session is not declared lost on missing heartbeats."""
+        self._attack_ongoing = ongoing
+        self._apply_config()
+
+    def _apply_config(self) -> None:
+        """RFC 9132 §4.5: the set that applies now, on this link's CoAP parameters (§4.5.2)
+        and on the heartbeat monitor."""
+        link, monitor = self.link, self.monitor
+        if link is None or monitor is None:
+            return
+        kind = ConfigSetKind.MITIGATING if self._active else ConfigSetKind.IDLE
+        values = self._config[kind]
+        if link in self.node.links:
+            self.node.set_params(link, values.transmission_parameters())
+        interval, missing = self._heartbeat_values(values)
+        monitor.set_interval(interval, missing, self._now())
+        attack = self._attack_ongoing if self._attack_ongoing is not None else self.mitigating
+        monitor.set_attack_ongoing(attack)
+        self._wake.set()
+
+    def _require_link(self) -> Link:
+        if self.link is None or self._closed:
+            raise ClientError(None, "not connected to a DOTS server")
+        return self.link
+
+    def _heard(self) -> None:
+        """Any response from the server is traffic for the heartbeat monitor (RFC 9132 §4.7)."""
+        if self.monitor is not None:
+            self.monitor.on_traffic(self._now())
+            self._wake.set()
+
+    def _peer_heartbeat(self, link: Link, status: bool) -> None:
+        if link is not self.link or self.monitor is None:
+            return
+        self.peer_heartbeats += 1
+        self.monitor.on_peer_heartbeat(self._now(), status)
+        self._wake.set()
+
+    def _link_down(self, link: Link, reason: str | None) -> None:
+        if link is self.link and not self._closed:
+            self._down = f"link down: {reason or 'closed'}"
+            self._wake.set()
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _message(self, code: Code, path: tuple[str, ...],
+                 body: Mapping[str, Any] | None = None) -> Message:
+        msg = Message(code=code).set_path("/".join(path))
+        if body is not None:
+            msg.payload = codec.to_cbor(dict(body))
+            msg.add(OptionNumber.CONTENT_FORMAT, ContentFormat.DOTS_CBOR)  # RFC 9132 §9
+        return msg
+
+    async def _request(self, msg: Message) -> Message:
+        """A Confirmable request (status, withdrawal, configuration)."""
+        link = self._require_link()
+        try:
+            resp = await self.node.request(link, msg, timeout=self.timeout)
+        except RequestError as exc:
+            raise ClientError(None, f"{msg.path_str}: {exc}") from None
+        self._heard()
+        return resp
+
+    async def _request_non(self, msg: Message) -> Message:
+        """A Non-confirmable request repeated until answered (RFC 9132 §4.4), sampled for the
+        RTT estimate when it was not repeated (RFC 6298 §3)."""
+        link = self._require_link()
+        tracked = _TrackedRepeat(self.repeat)
+        sent_at = self._now()
+        try:
+            resp = await self.node.request(link, msg, confirmable=False, timeout=self.timeout,
+                                           repeat=tracked)
+        except RequestError as exc:
+            raise ClientError(None, f"{msg.path_str}: {exc}") from None
+        self.estimator.on_exchange(sent_at, self._now(), repeated=tracked.repeated)
+        self._heard()
+        return resp
+
+    # -- mitigation (RFC 9132 §4.4) ---------------------------------------------------------------
+
+    async def mitigate(self, scope: Mapping[str, Any], mid: int | None = None) -> Reply:
+        """Request (or, with an existing ``mid``, refresh) a mitigation (RFC 9132 §4.4.1).
+
+        ``scope``: one scope entry, JSON-shaped ('target-prefix', 'target-port-range',
+        'target-protocol', 'lifetime', 'trigger-mitigation', ...). Returns the 2.01 / 2.04
+        reply, whose :attr:`Reply.lifetime` is the granted lifetime."""
+        if mid is None:
+            mid = self.mids.next()  # RFC 9132 §4.4.1.1: greater than the previous ones
+        elif not 0 <= mid <= MAX_MID:
+            raise ValueError(f"'mid' must be within 0..{MAX_MID}")
+        else:
+            self.mids.seen(mid)
+        entry = {k: v for k, v in scope.items() if k != "mid"}  # 'mid' goes in the Uri-Path
+        msg = self._message(Code.PUT, mitigate_path(self.cuid, mid),
+                            {MEMBER: {"scope": [entry]}})
+        reply = _reply(await self._request_non(msg), (Code.CREATED, Code.CHANGED), mid)
+        self._scopes[mid] = entry
+        self._active.add(mid)
+        self._apply_config()  # RFC 9132 §4.5: now 'mitigating-config'
+        return reply
+
+    async def efficacy(self, mid: int, attack_status: str, *,
+                       scope: Mapping[str, Any] | None = None) -> Reply:
+        """Efficacy update (RFC 9132 §4.4.3): a PUT with an empty If-Match Option repeating the
+        request's scope (default: as this client sent it) with 'attack-status' ("under-attack",
+        "attack-successfully-mitigated"). 2.04 expected; 4.12 when the server no longer has
+        the request."""
+        base = scope if scope is not None else self._scopes.get(mid)
+        if base is None:
+            raise ValueError(f"no scope known for mid {mid}: pass scope=")
+        entry = {k: v for k, v in base.items() if k not in ("mid", "lifetime")}
+        entry["attack-status"] = attack_status
+        msg = self._message(Code.PUT, mitigate_path(self.cuid, mid),
+                            {MEMBER: {"scope": [entry]}})
+        msg.add(OptionNumber.IF_MATCH, b"")  # RFC 9132 §4.4.3
+        return _reply(await self._request_non(msg), (Code.CHANGED,), mid)
+
+    async def status(self, mid: int | None = None) -> Reply:
+        """The status of one mitigation, or of all of the client's (RFC 9132 §4.4.2)."""
+        msg = self._message(Code.GET, mitigate_path(self.cuid, mid))
+        return _reply(await self._request(msg), (Code.CONTENT,), mid)
+
+    async def watch(self, mid: int | None = None) -> AsyncGenerator[Reply, None]:
+        """Observe one mitigation or all of the client's (RFC 9132 §4.4.2.1, RFC 7641): the
+        current status first, then every notification. An error answer to the registration is
+        a :class:`ClientError`; the iteration ends when the observation ends. Close the
+        iterator (``contextlib.aclosing``) to deregister."""
+        link = self._require_link()
+        msg = self._message(Code.GET, mitigate_path(self.cuid, mid))
+        obs = self.node.observe(link, msg, timeout=self.timeout)
+        first = True
+        try:
+            while True:
+                try:
+                    note = await obs.next()
+                except RequestError as exc:
+                    if first:
+                        raise ClientError(None, f"{msg.path_str}: {exc}") from None
+                    return
+                self._heard()
+                if not first and note.code != Code.CONTENT:
+                    return  # RFC 7641 §3.2: a non-2.05 notification ends the observation
+                first = False
+                yield _reply(note, (Code.CONTENT,), mid)
+        finally:
+            obs.cancel()
+
+    async def withdraw(self, mid: int) -> Reply:
+        """Withdraw a mitigation (RFC 9132 §4.4.4): DELETE, 2.02 expected."""
+        msg = self._message(Code.DELETE, mitigate_path(self.cuid, mid))
+        reply = _reply(await self._request(msg), (Code.DELETED,), mid)
+        self._active.discard(mid)
+        self._scopes.pop(mid, None)
+        self._apply_config()  # RFC 9132 §4.5: back to 'idle-config' when none is left
+        return reply
+
+    # -- session configuration (RFC 9132 §4.5) ----------------------------------------------------
+
+    async def session_config_get(self, sid: int | None = None) -> ServerConfig:
+        """Discover (or, with ``sid``, read) the session configuration (RFC 9132 §4.5.1) and
+        apply the server's current values to this link."""
+        msg = self._message(Code.GET, config_path(sid))
+        resp = await self._request(msg)
+        reply = _reply(resp, (Code.CONTENT,))
+        try:
+            config = parse_config_response(reply.body or {})
+        except ConfigError as exc:
+            raise ClientError(resp.code, f"malformed configuration: {exc}") from None
+        self.server_config = config
+        self.config_max_age = reply.max_age  # RFC 9132 §4.5.3: when to refresh
+        for kind in ConfigSetKind:
+            self._config[kind] = config.current(kind)
+        self._apply_config()
+        return config
+
+    async def session_config_set(
+        self,
+        mitigating: Mapping[Attribute, Value] | None = None,
+        idle: Mapping[Attribute, Value] | None = None,
+        *,
+        sid: int | None = None,
+        clamp: bool = True,
+    ) -> Reply:
+        """Convey the client's configuration (RFC 9132 §4.5.2): PUT with a new 'sid' (default:
+        the next from a monotonically increasing allocator). With ``clamp`` the values are
+        first fitted into the ranges the server advertises (discovered with a GET when not
+        yet known) so that the server does not refuse them with 4.22. The values are applied
+        to this link once the server accepted them (2.01 / 2.04)."""
+        link = self._require_link()
+        chosen: dict[ConfigSetKind, dict[Attribute, Value]] = {}
+        for kind, wanted in ((ConfigSetKind.MITIGATING, mitigating),
+                             (ConfigSetKind.IDLE, idle)):
+            if wanted is None:
+                continue
+            values = dict(wanted)
+            if clamp:
+                if self.server_config is None:
+                    await self.session_config_get()
+                assert self.server_config is not None
+                values = choose_values(self.server_config.advertised(kind), values)
+            chosen[kind] = values
+        body = build_put_body(chosen.get(ConfigSetKind.MITIGATING),
+                              chosen.get(ConfigSetKind.IDLE), reliable=link.info.reliable)
+        if sid is None:
+            sid = self.sids.next()
+        msg = self._message(Code.PUT, config_path(sid), body)
+        reply = _reply(await self._request(msg), (Code.CREATED, Code.CHANGED))
+        self.sid = sid
+        for kind, values in chosen.items():
+            self._config[kind] = self._config[kind].replace(values)
+        self._apply_config()  # RFC 9132 §4.5.2: "MUST use the negotiated values"
+        return reply
+
+    async def session_config_delete(self) -> Reply:
+        """Back to the server's defaults (RFC 9132 §4.5.4), re-read with a GET."""
+        reply = _reply(await self._request(self._message(Code.DELETE, config_path())),
+                       (Code.DELETED,))
+        self.sid = None
+        await self.session_config_get()
+        return reply
+
+    # -- heartbeats (RFC 9132 §4.7) ---------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._closed:
+            if self._down is not None:
+                await self._lose(self._down)
+                continue
+            monitor = self.monitor
+            if monitor is None or self.link is None:
+                await self._wait(None)
+                continue
+            now = self._now()
+            due = monitor.get_timer()
+            if due is None or due > now:
+                await self._wait(None if due is None else due - now)
+                continue
+            for action in monitor.handle_timer(now):
+                if isinstance(action, SendHeartbeat):
+                    self._send_heartbeat(monitor, action.peer_hb_status)
+                elif isinstance(action, ThresholdReached):
+                    # RFC 9132 §4.7: under attack, keep the session and its heartbeats.
+                    log.warning("cuid=%s: %d heartbeats unanswered during an attack; keeping "
+                                "the session", self.cuid, action.missed)
+                elif isinstance(action, PeerReachable):
+                    log.info("cuid=%s: the DOTS server is reachable again", self.cuid)
+                elif isinstance(action, SessionLost):
+                    await self._lose(action.reason)
+                    break
+
+    async def _wait(self, delay: float | None) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _send_heartbeat(self, monitor: HeartbeatMonitor, peer_hb_status: bool) -> None:
+        """A Non-confirmable heartbeat PUT (RFC 9132 §4.7, Figure 27), not repeated: a missing
+        answer is what the monitor counts."""
+        link = self.link
+        if link is None:
+            return
+        msg = self._message(Code.PUT, HEARTBEAT_PATH, build_heartbeat_body(peer_hb_status))
+        now = self._now()
+        try:
+            fut = self.node.start_request(link, msg, confirmable=False,
+                                          timeout=max(monitor.interval, 0.001))
+        except Exception as exc:  # a send failure is a missing heartbeat
+            log.warning("heartbeat not sent: %r", exc)
+            monitor.on_heartbeat_sent(now)
+            return
+        monitor.on_heartbeat_sent(now)
+        self.heartbeats_sent += 1
+        fut.add_done_callback(lambda f: self._heartbeat_done(f, monitor, now))
+
+    def _heartbeat_done(self, fut: asyncio.Future[Message], monitor: HeartbeatMonitor,
+                        sent_at: float) -> None:
+        if fut.cancelled() or fut.exception() is not None or monitor is not self.monitor:
+            return
+        resp = fut.result()
+        if resp.code != Code.CHANGED:
+            log.info("heartbeat answered %s: %s", code_str(resp.code), _decode_payload(resp))
+        self.heartbeats_answered += 1
+        sample = monitor.on_heartbeat_response(self._now(), sent_at)
+        if sample is not None:
+            self.estimator.sample(sample)  # RFC 9132 §4.4: an RTT estimate for the pacing
+        self._wake.set()
+
+    async def _lose(self, reason: str) -> None:
+        """RFC 9132 §4.7: the session is lost; tell the application and, with a ``connect``
+        factory, try to re-establish it."""
+        log.warning("cuid=%s: DOTS signal channel session lost: %s", self.cuid, reason)
+        self._down = None
+        self.lost_reason = reason
+        self.connected.clear()
+        self.session_lost.set()
+        # The session is over (RFC 9132 §4.7): requests fail at once until a new link is
+        # attached (by the ``connect`` factory below, or by the application with start()).
+        old, self.link, self.monitor = self.link, None, None
+        if old is not None:
+            old.close()
+        if self.on_session_lost is not None:
+            try:
+                result = self.on_session_lost(reason)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("on_session_lost hook failed")
+        if self.connect is None:
+            return
+        delay = self.reconnect_delay
+        while not self._closed:
+            try:
+                link = await self.connect()
+            except Exception as exc:
+                log.warning("cuid=%s: reconnect failed: %r (retry in %.1f s)", self.cuid,
+                            exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RECONNECT_MAX)
+                continue
+            self.reconnects += 1
+            self._attach(link)
+            return
+
+    async def close(self) -> None:
+        """Stop the heartbeat task; close the link (and the node when it is ours)."""
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.connected.clear()
+        if self._own_node:
+            await self.node.close()
+        elif self.link is not None:
+            self.link.close()

@@ -1,0 +1,347 @@
+"""The DOTS signal channel client (dotsd.signal.client) against a real SignalServer: in memory
+(certificate identities on in-memory links) and once over real DTLS on ::1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from memlinks import MemLink
+
+from dotsd.coap.message import Message
+from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
+from dotsd.model.codec import to_cbor
+from dotsd.pki import PkiPaths, init_pki, load_certificate
+from dotsd.signal.client import ClientError, MidAllocator, Reply, SignalClient
+from dotsd.signal.config import Attribute
+from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
+from dotsd.signal.identity import cuid_from_spki_sha256
+from dotsd.signal.mitigation import Event
+from dotsd.signal.pacing import RttEstimator
+from dotsd.signal.server import SignalServer
+from dotsd.transport.base import make_peer_info, spki_sha256
+
+TIMEOUT = 5.0
+
+SCOPE: dict[str, Any] = {  # RFC 9132 Figure 7
+    "target-prefix": ["2001:db8:6401::1/128", "2001:db8:6401::2/128"],
+    "target-port-range": [{"lower-port": 80}, {"lower-port": 443}, {"lower-port": 8080}],
+    "target-protocol": [6],
+    "lifetime": 3600,
+}
+
+
+class LossyLink(MemLink):
+    """A MemLink that can drop every other datagram, or all of them (a dead peer)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.every_other = False
+        self.blackhole = False
+        self.sent = 0
+        self.dropped = 0
+
+    def send(self, data: bytes) -> None:
+        self.sent += 1
+        if self.blackhole or (self.every_other and self.sent % 2 == 1):
+            self.dropped += 1
+            return
+        super().send(data)
+
+
+def cert_links(client: SignalClient, server: SignalServer, cert_path: Path
+               ) -> tuple[LossyLink, LossyLink]:
+    """Links where the server sees the client's certificate (as DTLS gives it)."""
+    cert = load_certificate(cert_path)
+    la = LossyLink(make_peer_info(("::1", 2), "dtls", True))
+    lb = LossyLink(make_peer_info(("::1", 1), "dtls", False, certificate=cert))
+    la.peer, lb.peer = lb, la
+    la.handler, lb.handler = client.node, server.node
+    client.node.link_up(la)
+    server.node.link_up(lb)
+    return la, lb
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
+    return init_pki(tmp_path_factory.mktemp("pki"))
+
+
+class Env:
+    def __init__(self, pki: PkiPaths, **kw: Any) -> None:
+        self.server = SignalServer()
+        self.client = SignalClient.for_certificate(load_certificate(pki.client_cert),
+                                                   timeout=TIMEOUT, **kw)
+        self.pki = pki
+        self.links: list[tuple[LossyLink, LossyLink]] = []
+
+    def dial(self) -> LossyLink:
+        pair = cert_links(self.client, self.server, self.pki.client_cert)
+        self.links.append(pair)
+        return pair[0]
+
+    async def connect(self) -> LossyLink:
+        return self.dial()
+
+    @property
+    def link(self) -> LossyLink:
+        return self.links[-1][0]
+
+    @property
+    def server_link(self) -> LossyLink:
+        return self.links[-1][1]
+
+
+@contextlib.asynccontextmanager
+async def running(pki: PkiPaths, **kw: Any) -> AsyncIterator[Env]:
+    env = Env(pki, **kw)
+    await env.client.start(env.dial())
+    try:
+        yield env
+    finally:
+        await env.client.close()
+        await env.server.node.close()
+
+
+async def next_note(notes: AsyncIterator[Reply]) -> Reply:
+    return await asyncio.wait_for(anext(notes), TIMEOUT)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cuid_and_mids(pki: PkiPaths) -> None:
+    cert = load_certificate(pki.client_cert)
+    client = SignalClient.for_certificate(cert)
+    assert client.cuid == cuid_from_spki_sha256(spki_sha256(cert))
+    assert len(client.cuid) == 22  # RFC 9132 §4.4.1.1
+    mids = MidAllocator(100)
+    assert [mids.next(), mids.next()] == [100, 101]
+    mids.seen(500)
+    assert mids.next() == 501
+    mids.seen(7)  # an older mid does not move the allocator back
+    assert mids.next() == 502
+    err = ClientError(Code.BAD_REQUEST, "nope")
+    assert err.code_text == "4.00 BAD_REQUEST" and "nope" in str(err)
+    assert ClientError(None, "timeout").code_text == "no response"
+
+
+async def test_mitigate_status_watch_efficacy_withdraw(pki: PkiPaths) -> None:
+    async with running(pki, first_mid=123) as env:
+        c = env.client
+        reply = await c.mitigate(SCOPE)
+        assert reply.code == Code.CREATED and reply.mid == 123
+        assert reply.lifetime == 3600  # granted (RFC 9132 Figure 10)
+        assert c.mitigating and c.active_mids == {123}
+
+        st = await c.status(123)
+        assert st.code == Code.CONTENT and st.status == "attack-mitigation-in-progress"
+        assert st.scopes[0]["target-protocol"] == [6]
+        assert (await c.status()).scopes[0]["mid"] == 123
+
+        async with contextlib.aclosing(c.watch(123)) as notes:
+            first = await next_note(notes)
+            assert first.status == "attack-mitigation-in-progress"
+            env.server.report(c.cuid, 123, Event.MITIGATING)
+            assert (await next_note(notes)).status == "attack-successfully-mitigated"
+
+            eff = await c.efficacy(123, "under-attack")  # RFC 9132 §4.4.3
+            assert eff.code == Code.CHANGED and eff.lifetime is not None
+
+            gone = await c.withdraw(123)
+            assert gone.code == Code.DELETED
+            assert not c.mitigating
+            # RFC 9132 §4.4.4: status 5, active but terminating.
+            assert (await next_note(notes)).status == "dots-client-withdrawn-mitigation"
+        await asyncio.sleep(0)
+        assert env.server.node.endpoint.observer_count() == 0  # deregistered
+
+        # Efficacy update of a request the server no longer has: 4.12 (RFC 7252 §5.10.8.1).
+        env.server.tick(env.server.clock() + 121)
+        with pytest.raises(ClientError) as info:
+            await c.efficacy(123, "under-attack", scope=SCOPE)
+        assert info.value.code == Code.PRECONDITION_FAILED
+        with pytest.raises(ClientError) as info:
+            await c.status(123)
+        assert info.value.code == Code.NOT_FOUND
+
+        # The next mid allocated is above the previous one (RFC 9132 §4.4.1.1).
+        again = await c.mitigate({"target-prefix": ["192.0.2.0/24"], "lifetime": 60})
+        assert again.mid == 124
+
+
+async def test_errors_carry_code_and_diagnostic(pki: PkiPaths) -> None:
+    async with running(pki) as env:
+        with pytest.raises(ClientError) as info:
+            await env.client.mitigate({"target-prefix": ["8.8.8.0/24"], "lifetime": 60})
+        assert info.value.code == Code.BAD_REQUEST
+        assert isinstance(info.value.diagnostic, str) and "outside" in info.value.diagnostic
+        assert not env.client.mitigating
+
+        # 4.09 with a dots+cbor body (RFC 9132 §4.4.1.3): the diagnostic is the decoded body.
+        assert (await env.client.mitigate(SCOPE, mid=50)).code == Code.CREATED
+        with pytest.raises(ClientError) as info:
+            await env.client.mitigate(SCOPE, mid=10)
+        assert info.value.code == Code.CONFLICT
+        assert isinstance(info.value.diagnostic, dict)
+        assert "conflict-information" in str(info.value.diagnostic)
+
+        # No response at all: code None.
+        env.link.blackhole = True
+        env.client.timeout = 0.3
+        with pytest.raises(ClientError) as info:
+            await env.client.status()
+        assert info.value.code is None
+
+
+async def test_mitigation_under_loss(pki: PkiPaths) -> None:
+    estimator = RttEstimator(min_rto=0.05)  # a fast RTO for the test (RFC 6298 §2.4)
+    estimator.sample(0.02)
+    async with running(pki, estimator=estimator) as env:
+        env.link.every_other = True
+        env.server_link.every_other = True
+        reply = await env.client.mitigate(SCOPE)
+        # The first copy was lost; a repetition created it (2.01) or, its answer lost too,
+        # refreshed it (2.04) — either way it is installed (RFC 9132 §4.4: NON repeated
+        # "until a response is received").
+        assert reply.code in (Code.CREATED, Code.CHANGED)
+        assert reply.lifetime == 3600
+        assert env.link.dropped >= 1
+        assert env.server.table.lookup(env.client.cuid, reply.mid or 0) is not None
+
+
+async def test_session_config(pki: PkiPaths) -> None:
+    async with running(pki) as env:
+        c = env.client
+        config = await c.session_config_get()
+        assert config.idle[Attribute.HEARTBEAT_INTERVAL].current == 30
+        # Values outside the advertised range are clamped (heartbeat max 240).
+        reply = await c.session_config_set(
+            mitigating={Attribute.MAX_RETRANSMIT: 4, Attribute.ACK_TIMEOUT: Decimal("3.00")},
+            idle={Attribute.HEARTBEAT_INTERVAL: 5000, Attribute.MAX_RETRANSMIT: 5})
+        assert reply.code == Code.CREATED and c.sid == 1
+        state = c.node.endpoint.peer_state(env.link)
+        assert state is not None and state.params.max_retransmit == 5  # idle
+        assert c.monitor is not None and c.monitor.interval == 240
+        server_session = next(iter(env.server.sessions.values()))
+        assert server_session.monitor.interval == 240  # both sides agree
+        await c.mitigate(SCOPE)
+        assert state.params.max_retransmit == 4 and state.params.ack_timeout == 3.0
+        # Unclamped, out of range: 4.22 (RFC 9132 §4.5.2).
+        with pytest.raises(ClientError) as info:
+            await c.session_config_set(idle={Attribute.HEARTBEAT_INTERVAL: 5000}, clamp=False)
+        assert info.value.code == Code.UNPROCESSABLE_ENTITY and info.value.diagnostic
+        assert (await c.session_config_delete()).code == Code.DELETED
+        assert state.params.max_retransmit == 3
+
+
+async def test_heartbeats_flow_and_dead_server(pki: PkiPaths) -> None:
+    lost: list[str] = []
+    async with running(pki, heartbeat=(0.05, 3), on_session_lost=lost.append) as env:
+        c = env.client
+        await asyncio.sleep(0.5)
+        assert c.heartbeats_answered >= 5 and not lost
+        assert c.estimator.has_estimate  # heartbeats feed the RTT estimate
+        assert env.server.sessions  # the server saw the client's heartbeats
+
+        # The server's own heartbeat is answered with 2.04 (RFC 9132 §4.7, Figure 28).
+        hb = Message(code=Code.PUT).set_path("/".join(HEARTBEAT_PATH))
+        hb.payload = to_cbor(build_heartbeat_body(True))
+        hb.add(OptionNumber.CONTENT_FORMAT, ContentFormat.DOTS_CBOR)
+        resp = await env.server.node.request(env.server_link, hb, confirmable=False,
+                                             timeout=TIMEOUT)
+        assert resp.code == Code.CHANGED and resp.payload == b""
+        assert c.monitor is not None and c.monitor.peer_reports_receiving is True
+
+        # The server goes silent: lost after 'missing-hb-allowed' missing heartbeats.
+        env.server_link.blackhole = True
+        await asyncio.wait_for(c.session_lost.wait(), TIMEOUT)
+        assert lost and "heartbeat" in lost[0]
+        assert not c.connected.is_set()
+
+
+async def test_attack_ongoing_keeps_session(pki: PkiPaths) -> None:
+    lost: list[str] = []
+    async with running(pki, heartbeat=(0.05, 3), on_session_lost=lost.append) as env:
+        c = env.client
+        await c.mitigate(SCOPE)
+        env.server_link.blackhole = True
+        await asyncio.sleep(0.6)
+        # RFC 9132 §4.7: under attack the client MUST NOT consider the session terminated.
+        assert not lost and c.monitor is not None and c.monitor.degraded
+        env.server_link.blackhole = False
+        await asyncio.sleep(0.2)
+        assert not c.monitor.degraded
+
+
+async def test_reconnect_after_loss(pki: PkiPaths) -> None:
+    lost: list[str] = []
+    env = Env(pki, heartbeat=(0.05, 2), on_session_lost=lost.append, reconnect_delay=0.05)
+    env.client.connect = env.connect
+    await env.client.start()
+    try:
+        first = env.link
+        env.server_link.blackhole = True
+        await asyncio.wait_for(env.client.session_lost.wait(), TIMEOUT)
+        await asyncio.wait_for(env.client.connected.wait(), TIMEOUT)
+        assert env.client.reconnects == 1 and env.client.link is not first
+        assert first.closed
+        assert (await env.client.mitigate(SCOPE)).code == Code.CREATED
+        assert len(lost) == 1
+    finally:
+        await env.client.close()
+        await env.server.node.close()
+
+
+async def test_link_down_is_session_loss(pki: PkiPaths) -> None:
+    lost: list[str] = []
+    async with running(pki, on_session_lost=lost.append) as env:
+        env.server_link.close()
+        await asyncio.wait_for(env.client.session_lost.wait(), TIMEOUT)
+        assert lost and "link down" in lost[0]
+        with pytest.raises(ClientError):
+            await env.client.status()
+
+
+# ---------------------------------------------------------------------------------------------
+# real DTLS
+
+
+@pytest.mark.network
+async def test_over_dtls(pki: PkiPaths, tmp_path: Path) -> None:
+    from dotsd.dtls.context import DtlsConfig, client_context, server_context
+    from dotsd.transport.dtls import dtls_connect, serve_dtls
+
+    server = SignalServer()
+    listener = await serve_dtls(server.node, "::1", 0, server_context(DtlsConfig.from_pki(pki)))
+    client = SignalClient.for_certificate(load_certificate(pki.client_cert), timeout=10.0)
+
+    async def dial() -> Any:
+        return await dtls_connect(client.node, ("::1", listener.port),
+                                  client_context(DtlsConfig.from_pki(pki, client=True)),
+                                  timeout=10.0)
+
+    client.connect = dial
+    try:
+        await client.start()
+        await client.session_config_get()
+        reply = await client.mitigate(SCOPE)
+        assert reply.code == Code.CREATED and reply.lifetime == 3600
+        async with contextlib.aclosing(client.watch(reply.mid)) as notes:
+            assert (await next_note(notes)).status == "attack-mitigation-in-progress"
+            await client.withdraw(reply.mid or 0)
+            assert (await next_note(notes)).status == "dots-client-withdrawn-mitigation"
+        with pytest.raises(ClientError) as info:
+            await client.mitigate({"target-prefix": ["8.8.8.0/24"], "lifetime": 60})
+        assert info.value.code == Code.BAD_REQUEST and info.value.diagnostic
+    finally:
+        await client.close()
+        await server.node.close()
+        listener.close()
+        await listener.wait_closed()
+        await asyncio.sleep(0)
