@@ -507,13 +507,10 @@ class DtlsConnection:
         if not by_peer:
             # Keep OpenSSL's own timer state consistent: if its timer (on its clock) has
             # expired it resends the flight itself, with fresh record numbers.
-            try:
-                ssl.DTLSv1_handle_timeout()
-            except SSL.Error as exc:
-                self._out.extend(self._collect()[0])
-                self._close(f"handshake failed: {ssl_error_reason(exc)}")
+            fresh = self._run_openssl_timer(ssl)
+            if fresh is None:
                 return
-            datagrams = self._collect()[0]
+            datagrams = fresh
         if datagrams:
             self._flight = datagrams
         else:
@@ -528,16 +525,22 @@ class DtlsConnection:
             self._rto = min(self._rto * 2.0, self._timers.maximum)
         self._timer_at = now + self._rto
 
-    def _openssl_timeout(self, now: float) -> None:
-        ssl = self._ssl
-        assert ssl is not None
+    def _run_openssl_timer(self, ssl: SSL.Connection) -> list[bytes] | None:
+        """Let OpenSSL handle its timer; the datagrams it made, or None if it failed."""
         try:
             ssl.DTLSv1_handle_timeout()
         except SSL.Error as exc:
             self._out.extend(self._collect()[0])
             self._close(f"handshake failed: {ssl_error_reason(exc)}")
+            return None
+        return self._collect()[0]
+
+    def _openssl_timeout(self, now: float) -> None:
+        ssl = self._ssl
+        assert ssl is not None
+        datagrams = self._run_openssl_timer(ssl)
+        if datagrams is None:
             return
-        datagrams = self._collect()[0]
         if datagrams:
             self.retransmissions += 1
             self._out.extend(datagrams)
