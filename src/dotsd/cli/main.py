@@ -21,6 +21,7 @@ from dotsd import __version__
 from dotsd.cli import EXIT_FAILURE, EXIT_USAGE, CommandError, Handler, Subparsers
 from dotsd.cli import demo as demo_command
 from dotsd.cli import pki as pki_command
+from dotsd.cli import server as server_command
 
 
 class CommandModule(Protocol):
@@ -30,6 +31,7 @@ class CommandModule(Protocol):
 # The sub-command modules, in the order `dotsd --help` lists them. To add a command, write
 # dotsd/cli/NAME.py with `register(subparsers)` (see the dotsd.cli docstring) and add it here.
 COMMANDS: Final[Sequence[CommandModule]] = (
+    server_command,
     pki_command,
     demo_command,
 )
