@@ -148,3 +148,13 @@ async def test_port_in_use_is_an_error(pki: PkiPaths, tmp_path: Path) -> None:
         out, err = await asyncio.wait_for(proc.communicate(), 20)
         assert proc.returncode == 1, out
         assert b"cannot listen on" in err and b"Traceback" not in err
+
+
+def test_corrupt_state_is_refused_and_kept(pki: PkiPaths, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    db = state / "dotsd.sqlite3"
+    db.write_bytes(b"garbage\n")
+    result = _run("--pki", str(pki.directory), "--state", str(state), "--port", "0")
+    assert result.returncode == 1 and "not a database" in result.stderr
+    assert db.read_bytes() == b"garbage\n"  # never replaced: an operator may recover it
