@@ -639,6 +639,10 @@ class CoapEndpoint:
         """The peers observing ``key``."""
         return [obs.peer for obs in self._observers.get(key, {}).values()]
 
+    def observed_keys(self) -> list[Hashable]:
+        """Every resource key with at least one observer."""
+        return [key for key, obs in self._observers.items() if obs]
+
     def observer_count(self, key: Hashable | None = None) -> int:
         if key is None:
             return sum(len(v) for v in self._observers.values())

@@ -33,6 +33,10 @@ Rules applied here:
   the session is lost (unless an attack is ongoing: then the client keeps the session) and
   ``on_session_lost`` is called; with a ``connect`` factory the client redials ("the DOTS
   client MUST try to re-establish the DOTS signal channel session", §4.7);
+* redirection (RFC 9132 §4.6): a 5.03 carrying 'redirected-signal' (as a response or as a
+  notification) is followed when an ``on_redirect`` hook accepts it (the dialer, which knows
+  the redirect loops and TTLs): the link is replaced by one to the alternate server and the
+  request is sent there once more; otherwise it is a :class:`Redirected` error;
 * every failure is a :class:`ClientError` carrying the CoAP code and the server's diagnostic
   payload (plain text, RFC 7252 §5.5.2, or the dots+cbor body RFC 9132 §9 defines).
 """
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -84,6 +89,7 @@ from dotsd.signal.heartbeat import (
 from dotsd.signal.identity import cuid_from_psk_identity, cuid_from_spki_sha256
 from dotsd.signal.mitigation import MEMBER
 from dotsd.signal.pacing import MitigationRepeatPolicy, RttEstimator
+from dotsd.signal.redirect import Redirection, parse_redirect
 from dotsd.signal.uri import MAX_MID, mitigate_path
 from dotsd.transport.base import Link, spki_sha256
 from dotsd.transport.node import CoapNode, RequestError
@@ -91,6 +97,7 @@ from dotsd.transport.node import CoapNode, RequestError
 __all__ = [
     "ClientError",
     "MidAllocator",
+    "Redirected",
     "Reply",
     "SignalClient",
 ]
@@ -99,6 +106,9 @@ log = logging.getLogger("dotsd.signal.client")
 
 SessionLostHook = Callable[[str], object]
 """Called with the reason when the session is lost (may return an awaitable)."""
+
+RedirectHook = Callable[[Redirection], tuple[bool, str]]
+"""Asked whether to follow a redirection (RFC 9132 §4.6); answers (follow, reason)."""
 
 _RECONNECT_MAX: Final = 60.0  # seconds between two redial attempts at most
 
@@ -125,6 +135,34 @@ class ClientError(Exception):
     def code_text(self) -> str:
         """``"4.00 BAD_REQUEST"``, or ``"no response"``."""
         return code_str(self.code) if self.code is not None else "no response"
+
+
+class Redirected(ClientError):
+    """A 5.03 sending the client to an alternate server (RFC 9132 §4.6) that was not followed
+    (no ``on_redirect`` hook, a redirect loop, or the alternate could not be reached);
+    ``reason`` says which."""
+
+    def __init__(self, redirection: Redirection, reason: str,
+                 diagnostic: dict[str, Any] | None) -> None:
+        super().__init__(Code.SERVICE_UNAVAILABLE, diagnostic)
+        self.redirection = redirection
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.code_text}: redirected to {self.redirection.alt_server}: {self.reason}"
+
+
+def _redirection(msg: Message) -> Redirection | None:
+    """The redirection a response or notification carries (RFC 9132 §4.6), if any."""
+    if msg.code != Code.SERVICE_UNAVAILABLE or msg.content_format != ContentFormat.DOTS_CBOR:
+        return None
+    body = _decode_payload(msg)
+    return parse_redirect(body if isinstance(body, dict) else None, msg.max_age)
+
+
+def _fresh(msg: Message) -> Message:
+    """A copy of a request to send anew (new Message ID and token, RFC 7252 §4.4, §5.3.1)."""
+    return dataclasses.replace(msg, mid=0, token=b"", options=list(msg.options or []))
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +323,8 @@ class SignalClient:
     ('heartbeat-interval', 'missing-hb-allowed') overriding the negotiated values (tests,
     or 'heartbeat-interval' 0 to turn heartbeats off); ``estimator``: the RTT estimate pacing
     the repetitions (default: a new :class:`RttEstimator`); ``on_session_lost``: called with
-    the reason when the session is lost (RFC 9132 §4.7).
+    the reason when the session is lost (RFC 9132 §4.7); ``on_redirect``: whether to follow a
+    redirection (RFC 9132 §4.6; with ``connect``, which then dials the alternate server).
     """
 
     def __init__(
@@ -301,6 +340,7 @@ class SignalClient:
         estimator: RttEstimator | None = None,
         repeat: MitigationRepeatPolicy | None = None,
         on_session_lost: SessionLostHook | None = None,
+        on_redirect: RedirectHook | None = None,
         reconnect_delay: float = 1.0,
     ) -> None:
         self.cuid = cuid
@@ -317,6 +357,8 @@ class SignalClient:
         self.estimator = estimator if estimator is not None else RttEstimator()
         self.repeat = repeat if repeat is not None else MitigationRepeatPolicy(self.estimator)
         self.on_session_lost = on_session_lost
+        self.on_redirect = on_redirect
+        self.redirects = 0
         self.reconnect_delay = reconnect_delay
         self.link: Link | None = None
         self.monitor: HeartbeatMonitor | None = None
@@ -447,7 +489,56 @@ class SignalClient:
         return msg
 
     async def _request(self, msg: Message) -> Message:
-        """A Confirmable request (status, withdrawal, configuration)."""
+        """A Confirmable request (status, withdrawal, configuration), sent once more to the
+        alternate server when redirected (RFC 9132 §4.6)."""
+        resp = await self._request_once(_fresh(msg))
+        redirection = _redirection(resp)
+        if redirection is not None:
+            await self._follow(redirection, resp)
+            resp = await self._request_once(_fresh(msg))
+        return resp
+
+    async def _request_non(self, msg: Message) -> Message:
+        """A Non-confirmable request repeated until answered (RFC 9132 §4.4), sent once more
+        to the alternate server when redirected (RFC 9132 §4.6)."""
+        resp = await self._request_non_once(_fresh(msg))
+        redirection = _redirection(resp)
+        if redirection is not None:
+            await self._follow(redirection, resp)
+            resp = await self._request_non_once(_fresh(msg))
+        return resp
+
+    async def _follow(self, redirection: Redirection, resp: Message) -> None:
+        """RFC 9132 §4.6: "it considers the current request to have failed, but it SHOULD try
+        resending the request to the alternate DOTS server"; raises :class:`Redirected` when
+        the redirection is not followed."""
+        body = _decode_payload(resp)
+        diagnostic = body if isinstance(body, dict) else None
+        if self.on_redirect is None or self.connect is None:
+            raise Redirected(redirection, "redirection not followed (no dialer)", diagnostic)
+        follow, reason = self.on_redirect(redirection)
+        if not follow:
+            log.warning("cuid=%s: %s", self.cuid, reason)
+            raise Redirected(redirection, reason, diagnostic)
+        log.warning("cuid=%s: %s", self.cuid, reason)
+        try:
+            await self.reconnect()
+        except Exception as exc:
+            raise Redirected(redirection, f"alternate server unreachable: {exc}",
+                             diagnostic) from None
+        self.redirects += 1
+
+    async def reconnect(self) -> None:
+        """Replace the link with a new one from ``connect`` (after a redirection, or when a
+        redirection expired, RFC 9132 §4.6)."""
+        if self.connect is None:
+            raise ValueError("no connect factory")
+        old, self.link, self.monitor = self.link, None, None
+        if old is not None:
+            old.close()  # not self.link any more: its link_down is no session loss
+        self._attach(await self.connect())
+
+    async def _request_once(self, msg: Message) -> Message:
         link = self._require_link()
         try:
             resp = await self.node.request(link, msg, timeout=self.timeout)
@@ -456,9 +547,8 @@ class SignalClient:
         self._heard()
         return resp
 
-    async def _request_non(self, msg: Message) -> Message:
-        """A Non-confirmable request repeated until answered (RFC 9132 §4.4), sampled for the
-        RTT estimate when it was not repeated (RFC 6298 §3)."""
+    async def _request_non_once(self, msg: Message) -> Message:
+        """Sampled for the RTT estimate when it was not repeated (RFC 6298 §3)."""
         link = self._require_link()
         tracked = _TrackedRepeat(self.repeat)
         sent_at = self._now()
@@ -522,7 +612,7 @@ class SignalClient:
         iterator (``contextlib.aclosing``) to deregister."""
         link = self._require_link()
         msg = self._message(Code.GET, mitigate_path(self.cuid, mid))
-        obs = self.node.observe(link, msg, timeout=self.timeout)
+        obs = self.node.observe(link, _fresh(msg), timeout=self.timeout)
         first = True
         try:
             while True:
@@ -533,6 +623,16 @@ class SignalClient:
                         raise ClientError(None, f"{msg.path_str}: {exc}") from None
                     return
                 self._heard()
+                redirection = _redirection(note)
+                if redirection is not None:
+                    # RFC 9132 §4.6: a 5.03 response or "unidirectional notification":
+                    # observe the same resource at the alternate server.
+                    obs.cancel()
+                    await self._follow(redirection, note)
+                    obs = self.node.observe(self._require_link(), _fresh(msg),
+                                            timeout=self.timeout)
+                    first = True
+                    continue
                 if not first and note.code != Code.CONTENT:
                     return  # RFC 7641 §3.2: a non-2.05 notification ends the observation
                 first = False

@@ -65,7 +65,13 @@ from dotsd.signal.config import (
     SessionConfig,
     parse_config_path,
 )
-from dotsd.signal.errors import Conflict, SignalError, Unauthorized, from_model_error
+from dotsd.signal.errors import (
+    Conflict,
+    ServiceUnavailable,
+    SignalError,
+    Unauthorized,
+    from_model_error,
+)
 from dotsd.signal.heartbeat import (
     HEARTBEAT_PATH,
     HeartbeatMonitor,
@@ -93,6 +99,7 @@ from dotsd.signal.mitigation import (
     conflict_body,
 )
 from dotsd.signal.policy import LAB, Policy
+from dotsd.signal.redirect import Redirection, redirect_body
 from dotsd.signal.uri import MITIGATE_PATH, parse_mitigate_uri
 from dotsd.store import base as store_base
 from dotsd.store.base import Store, StoreError
@@ -272,6 +279,27 @@ class SignalServer:
         self.table = self._load_table()
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self.redirection: Redirection | None = None
+
+    # -- redirection (RFC 9132 §4.6) ------------------------------------------------------
+
+    def redirect(self, redirection: Redirection | None) -> int:
+        """Send clients to an alternate server (None: stop). Every request is then answered
+        5.03 with the 'redirected-signal' body and the TTL as Max-Age, and every observer gets
+        it as a "unidirectional notification" (which ends its observation, RFC 7641 §3.2).
+        Returns how many observations were notified."""
+        self.redirection = redirection
+        if redirection is None:
+            return 0
+        log.warning("redirecting DOTS clients to %s (TTL %d s)", redirection.alt_server,
+                    redirection.ttl)
+        response = _error(_redirect_error(redirection))
+
+        def make(peer: Hashable, request: Message) -> Message:
+            return response
+
+        return sum(self.node.notify(key, make) for key in self.node.endpoint.observed_keys()
+                   if isinstance(key, tuple) and key[:1] == ("mitigate",))
 
     # -- table and store --------------------------------------------------------------------
 
@@ -555,12 +583,21 @@ def _collision(cuid: str) -> Conflict:
 # Resources
 
 
-def _guard(handler: Callable[[IncomingRequest], Message]
+def _redirect_error(redirection: Redirection) -> SignalError:
+    return ServiceUnavailable(f"redirected to {redirection.alt_server}",
+                              body=redirect_body(redirection), max_age=redirection.ttl,
+                              rule="RFC 9132 §4.6")
+
+
+def _guard(server: SignalServer, handler: Callable[[IncomingRequest], Message]
            ) -> Callable[[IncomingRequest], Message]:
-    """Every error as its CoAP response (RFC 9132 §9)."""
+    """Every error as its CoAP response (RFC 9132 §9); while the server redirects, every
+    request is answered with the redirection (RFC 9132 §4.6)."""
 
     def run(req: IncomingRequest) -> Message:
         try:
+            if server.redirection is not None:
+                raise _redirect_error(server.redirection)
             return handler(req)
         except SignalError as exc:
             log.info("%s %s → %s", req.message.path_str, exc.rule or "", exc)
@@ -584,9 +621,9 @@ class MitigateResource(Resource):
 
     def __init__(self, server: SignalServer) -> None:
         self.server = server
-        self.put = _guard(self._put)
-        self.get = _guard(self._get)
-        self.delete = _guard(self._delete)
+        self.put = _guard(server, self._put)
+        self.get = _guard(server, self._get)
+        self.delete = _guard(server, self._delete)
 
     def observe_key(self, request: IncomingRequest) -> Hashable:
         # RFC 9132 §4.4.2.1: one mitigation (Figure 13) or all of the client's (Figure 12).
@@ -653,9 +690,9 @@ class ConfigResource(Resource):
 
     def __init__(self, server: SignalServer) -> None:
         self.server = server
-        self.put = _guard(self._put)
-        self.get = _guard(self._get)
-        self.delete = _guard(self._delete)
+        self.put = _guard(server, self._put)
+        self.get = _guard(server, self._get)
+        self.delete = _guard(server, self._delete)
 
     def _start(self, req: IncomingRequest) -> tuple[int | None, _Session, float]:
         s = self.server
@@ -707,7 +744,7 @@ class HeartbeatResource(Resource):
 
     def __init__(self, server: SignalServer) -> None:
         self.server = server
-        self.put = _guard(self._put)
+        self.put = _guard(server, self._put)
 
     def _put(self, req: IncomingRequest) -> Message:
         s = self.server

@@ -1,0 +1,306 @@
+"""Redirected signaling (RFC 9132 §4.6) and Happy Eyeballs (§4.3): the sans-IO rules, then
+real dotsd servers on loopback over DTLS and TLS with a client following redirections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from loopback import ipv6_loopback
+
+from dotsd.coap.numbers import Code
+from dotsd.dtls.context import DtlsConfig
+from dotsd.dtls.context import client_context as dtls_client_context
+from dotsd.dtls.context import server_context as dtls_server_context
+from dotsd.model import yang
+from dotsd.model.codec import from_cbor, to_cbor
+from dotsd.pki import PkiPaths, init_pki, load_certificate
+from dotsd.signal.client import Redirected, SignalClient
+from dotsd.signal.dial import AttemptCache, Candidate, DialError, ServerDialer, order_candidates
+from dotsd.signal.mitigation import Event
+from dotsd.signal.redirect import (
+    INFINITE_TTL,
+    LOOP_WINDOW,
+    Redirection,
+    RedirectState,
+    parse_redirect,
+    redirect_body,
+)
+from dotsd.signal.server import SignalServer
+from dotsd.store import SqliteStore
+from dotsd.tls.context import client_context as tls_client_context
+from dotsd.tls.context import server_context as tls_server_context
+from dotsd.transport.dtls import serve_dtls
+from dotsd.transport.tcp import serve_tcp
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
+SCOPE: dict[str, Any] = {"target-prefix": ["2001:db8:6401::1/128"], "lifetime": 3600}
+
+needs_v6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")
+
+
+# ---------------------------------------------------------------------------------------------
+# The body and the client's memory (sans-IO)
+
+
+def test_body_is_figure_26_and_valid_yang() -> None:
+    r = Redirection("alt-server.example", ("2001:db8:6401::1", "2001:db8:6401::2"), 3600)
+    body = redirect_body(r)
+    yang.validate_response(body)  # the official ietf-dots-signal-channel module
+    assert from_cbor(to_cbor(body)) == body
+    fig = EXAMPLES / "rfc9132-fig26.txt"
+    if fig.exists():
+        text = fig.read_text()
+        assert "alt-server.example" in text and "2001:db8:6401::2" in text
+    assert parse_redirect(body, 3600) == r
+    assert parse_redirect(body, None) == Redirection(r.alt_server, r.records, 60)  # RFC 7252
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=45), inner, max_size=4), max_leaves=12),
+       st.none() | st.integers(0, INFINITE_TTL))
+def test_parse_never_raises(body: Any, max_age: int | None) -> None:
+    wrapped = {"ietf-dots-signal-channel:redirected-signal": body}
+    for candidate in (body, wrapped):
+        result = parse_redirect(candidate if isinstance(candidate, dict) else None, max_age)
+        assert result is None or isinstance(result, Redirection)
+
+
+def test_malformed_redirections_are_ignored() -> None:
+    member = "ietf-dots-signal-channel:redirected-signal"
+    assert parse_redirect({member: {"alt-server-record": ["2001:db8::1"]}}, 10) is None
+    assert parse_redirect({member: {"alt-server": "a.example",
+                                    "alt-server-record": ["not an address"]}}, 10) is None
+    assert parse_redirect({member: {"alt-server": ""}}, 10) is None
+    with pytest.raises(ValueError):
+        Redirection("a.example", ttl=-1)
+
+
+def test_ttl_loop_and_attack_rules() -> None:
+    state = RedirectState("dots.example")
+    state.contacted("dots.example", 0.0)
+    ok, _ = state.accept(Redirection("alt.example", ("2001:db8::2",), 100), 1.0)
+    assert ok and state.target(50.0) is not None
+    assert state.target(101.0, attack=True) is not None  # kept during an attack
+    assert state.target(101.0) is None  # then back to the provisioned server at once
+    # Sent back to a server contacted within five minutes: ignored (loop).
+    ok, why = state.accept(Redirection("dots.example", (), 100), 200.0)
+    assert not ok and "loop" in why and state.refused
+    ok, _ = state.accept(Redirection("dots.example", (), 100), LOOP_WINDOW + 1.0)
+    assert ok
+    # Infinite TTL: until redirected again; TTL 0: only the request in progress.
+    state.accept(Redirection("inf.example", (), INFINITE_TTL), 1000.0)
+    assert state.target(1e12) is not None and state.expiry() is None
+    state.accept(Redirection("once.example", (), 0), 2000.0)
+    assert state.target(2000.0) is not None  # for the connection of the request in progress
+    assert state.target(2000.0, attack=True) is None
+
+
+def test_candidate_order_and_cache() -> None:
+    order = order_candidates(["192.0.2.1", "2001:db8::1", "192.0.2.1", "2001:db8::2"], 4646)
+    assert [str(c) for c in order] == [
+        "dtls://[2001:db8::1]:4646", "dtls://[2001:db8::2]:4646", "dtls://192.0.2.1:4646",
+        "tls://[2001:db8::1]:4646", "tls://[2001:db8::2]:4646", "tls://192.0.2.1:4646"]
+    assert [c.transport for c in order_candidates(["192.0.2.1"], 1, ("tls",))] == ["tls"]
+    cache = AttemptCache(ttl=600)
+    cache.remember("s", order[3], 0.0)
+    assert cache.lookup("s", 599.0) == order[3]
+    assert cache.lookup("s", 600.0) is None and cache.lookup("s", 1.0) is None  # flushed
+
+
+# ---------------------------------------------------------------------------------------------
+# Real servers on loopback
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
+    return init_pki(tmp_path_factory.mktemp("pki"))
+
+
+class Served:
+    def __init__(self, server: SignalServer, listeners: list[Any]) -> None:
+        self.server = server
+        self.listeners = listeners
+
+
+@contextlib.asynccontextmanager
+async def serve(pki: PkiPaths, host: str, port: int, state: Path, *, dtls: bool = True,
+                tls: bool = True) -> AsyncIterator[Served]:
+    server = SignalServer(store=SqliteStore.open(state))
+    listeners: list[Any] = []
+    try:
+        if dtls:
+            listeners.append(await serve_dtls(server.node, host, port,
+                                              dtls_server_context(DtlsConfig.from_pki(pki))))
+            port = listeners[-1].port
+        if tls:
+            listeners.append(await serve_tcp(server.node, host, port, tls_server_context(
+                pki.server_cert, pki.server_key, pki.ca_cert)))
+        yield Served(server, listeners)
+    finally:
+        for listener in listeners:
+            listener.close()
+        await server.close()
+        await server.node.close()
+        assert server.store is not None
+        server.store.close()
+
+
+def _free_port() -> int:
+    """A port free for UDP and TCP on both loopback addresses (bounded tries)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            for family, kind, host in ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1"),
+                                       (socket.AF_INET6, socket.SOCK_DGRAM, "::1"),
+                                       (socket.AF_INET6, socket.SOCK_STREAM, "::1")):
+                with socket.socket(family, kind) as probe:
+                    probe.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def make_client(pki: PkiPaths, host: str, port: int, *, dtls: bool = True, tls: bool = True,
+                follow: bool = True, addresses: tuple[str, ...] = ()
+                ) -> tuple[SignalClient, ServerDialer]:
+    client = SignalClient.for_certificate(load_certificate(pki.client_cert), timeout=5.0,
+                                          heartbeat=(0.0, 15))
+    dialer = ServerDialer(
+        client.node, host, port,
+        dtls=dtls_client_context(DtlsConfig.from_pki(pki, client=True)) if dtls else None,
+        tls=tls_client_context(pki.client_cert, pki.client_key, pki.ca_cert) if tls else None,
+        addresses=addresses, timeout=5.0)
+    client.connect = dialer.dial
+    if follow:
+        client.on_redirect = dialer.redirect
+    return client, dialer
+
+
+@needs_v6
+async def test_client_follows_redirections(pki: PkiPaths, tmp_path: Path) -> None:
+    """A redirects (response and unidirectional notification) to B on ::1; B's redirection
+    back to A within five minutes is a loop and is not followed."""
+    port = _free_port()
+    state = tmp_path / "state"  # one database: the state synchronization §4.6 assumes
+    async with serve(pki, "127.0.0.1", port, state) as a:
+        client, dialer = make_client(pki, "127.0.0.1", port)
+        try:
+            async with asyncio.timeout(30):
+                await client.start()
+                assert dialer.current is not None and dialer.current.transport == "dtls"
+                created = await client.mitigate(SCOPE)
+                assert created.code == Code.CREATED and created.mid is not None
+                mid = created.mid
+                async with serve(pki, "::1", port, state) as b, \
+                        contextlib.aclosing(client.watch(mid)) as notes:
+                    first = await anext(notes)
+                    assert first.status == "attack-mitigation-in-progress"
+                    alt = Redirection("localhost", ("::1",), 600)
+                    assert a.server.redirect(alt) == 1  # the watch is told
+                    again = await anext(notes)  # re-registered at B
+                    assert again.status == "attack-mitigation-in-progress"
+                    assert client.link is not None and client.link.info.address[0] == "::1"
+                    assert dialer.server_name == "localhost" and client.redirects == 1
+                    b.server.report(client.cuid, mid, Event.MITIGATING)
+                    assert (await anext(notes)).status == "attack-successfully-mitigated"
+                    # A request now goes to B directly.
+                    assert (await client.status(mid)).code == Code.CONTENT
+                    # B sends it back to A, contacted seconds ago: a loop, not followed.
+                    b.server.redirect(Redirection("127.0.0.1", (), 600))
+                    with pytest.raises(Redirected) as info:
+                        await client.status(mid)
+                    assert info.value.code == Code.SERVICE_UNAVAILABLE
+                    assert "loop" in info.value.reason
+                    assert dialer.redirects.refused
+        finally:
+            await client.close()
+
+
+async def test_request_redirected_to_alternate(pki: PkiPaths, tmp_path: Path) -> None:
+    """A mitigation request answered 5.03 is sent to the alternate, where it is created;
+    without a redirect hook the 5.03 is an error naming the alternate."""
+    port = _free_port()
+    async with serve(pki, "127.0.0.1", port, tmp_path / "a") as a, \
+            serve(pki, "127.0.0.2", port, tmp_path / "b") as b:
+        a.server.redirect(Redirection("localhost", ("127.0.0.2",), 0))
+        plain, _ = make_client(pki, "127.0.0.1", port, follow=False)
+        client, dialer = make_client(pki, "127.0.0.1", port)
+        try:
+            async with asyncio.timeout(30):
+                await plain.start()
+                with pytest.raises(Redirected) as info:
+                    await plain.mitigate(SCOPE)
+                assert info.value.redirection.alt_server == "localhost"
+                assert not list(a.server.table) and not list(b.server.table)
+                await client.start()
+                reply = await client.mitigate(SCOPE)
+                assert reply.code == Code.CREATED
+                assert [m.mid for m in b.server.table] == [reply.mid]
+                assert not list(a.server.table)
+                assert dialer.current is not None and dialer.current.address == "127.0.0.2"
+        finally:
+            await plain.close()
+            await client.close()
+
+
+async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -> None:
+    """UDP is black-holed (a socket that never answers): TLS starts after the attempt delay
+    and wins well before a DTLS handshake would time out; the outcome is cached."""
+    port = _free_port()
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hole.bind(("127.0.0.1", port))
+    try:
+        async with serve(pki, "127.0.0.1", port, tmp_path / "s", dtls=False):
+            client, dialer = make_client(pki, "127.0.0.1", port)
+            try:
+                started = time.monotonic()
+                await asyncio.wait_for(client.start(), 10)
+                assert time.monotonic() - started < 4.0  # the DTLS attempt allows 5 s
+                assert dialer.current == Candidate("tls", "127.0.0.1", port)
+                assert (await client.session_config_get()).current is not None
+                assert dialer.cache.lookup(f"127.0.0.1:{port}", asyncio.get_running_loop(
+                ).time()) == dialer.current
+                assert not dialer.dtls_probe_due(asyncio.get_running_loop().time())
+            finally:
+                await client.close()
+    finally:
+        hole.close()
+
+
+@needs_v6
+async def test_happy_eyeballs_ipv4_when_ipv6_refuses(pki: PkiPaths, tmp_path: Path) -> None:
+    """The server 'localhost' is configured with ::1 and 127.0.0.1; only IPv4 serves: DTLS
+    over IPv6 is refused, DTLS over IPv4 wins (before TLS over IPv6 is tried)."""
+    port = _free_port()
+    async with serve(pki, "127.0.0.1", port, tmp_path / "s"):
+        client, dialer = make_client(pki, "localhost", port, addresses=("127.0.0.1", "::1"))
+        try:
+            await asyncio.wait_for(client.start(), 10)
+            assert dialer.current == Candidate("dtls", "127.0.0.1", port)
+        finally:
+            await client.close()
+
+
+async def test_nothing_listening_is_a_dial_error(pki: PkiPaths) -> None:
+    port = _free_port()
+    client, dialer = make_client(pki, "127.0.0.1", port)
+    dialer.timeout = 1.0
+    try:
+        with pytest.raises(DialError) as info:
+            await asyncio.wait_for(client.start(), 10)
+        assert "dtls://127.0.0.1" in str(info.value) and "tls://127.0.0.1" in str(info.value)
+    finally:
+        await client.close()
