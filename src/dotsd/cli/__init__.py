@@ -29,7 +29,12 @@ EXIT_USAGE = 2
 
 
 class CommandError(Exception):
-    """An expected, operational failure: one line on stderr, exit code 1."""
+    """An expected, operational failure: one line on stderr and ``exit_code`` (default 1; a
+    command documents its other codes)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def emit(args: argparse.Namespace, data: Mapping[str, object], text: str) -> None:

@@ -1,42 +1,56 @@
-"""``dotsd demo``: the engine at work on loopback, with nothing to set up.
+"""``dotsd demo``: a DOTS server and a DOTS client on loopback, with nothing to set up.
 
-A temporary PKI, a dotsd CoAP server and a dotsd CoAP client with mutual certificates over
-DTLS (or TLS), a request and an Observe stream, printed as they happen.
+A temporary PKI and state directory; the signal-channel server (RFC 9132) with the ``log``
+mitigator, on DTLS and TLS; a client that dials it (Happy Eyeballs, RFC 9132 §4.3), reads the
+session configuration, asks mitigation for a documentation prefix, observes it through its status
+changes (the mitigator's feedback), sends an efficacy update and withdraws it. Every step is
+printed as it happens (``--json``: one report at the end). Exit 0 when all of it worked.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
 import time
-from collections.abc import Hashable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from dotsd.cli import CommandError, Subparsers
-from dotsd.coap.message import Message
-from dotsd.coap.numbers import Code, ContentFormat, OptionNumber, code_str
-from dotsd.coap.site import IncomingRequest, Resource, Site
-from dotsd.pki import PkiPaths, init_pki
-from dotsd.transport.base import Link, PeerInfo
-from dotsd.transport.node import CoapNode
+from dotsd.coap.numbers import code_str
+from dotsd.mitigate import registry
+from dotsd.mitigate.base import Feedback
+from dotsd.mitigate.bridge import MitigatorBridge
+from dotsd.pki import init_pki, load_certificate
+from dotsd.signal.client import ClientError, Reply, SignalClient
+from dotsd.signal.config import ConfigSetKind
+from dotsd.signal.dial import ServerDialer
+from dotsd.signal.mitigation import Change
+from dotsd.signal.server import SignalServer
+from dotsd.store.sqlite import SqliteStore
+
+SCOPE: Final[dict[str, Any]] = {  # RFC 9132 Figure 7, trimmed: a documentation prefix
+    "target-prefix": ["2001:db8:6401::1/128"],
+    "target-port-range": [{"lower-port": 443}],
+    "target-protocol": [6],
+    "lifetime": 3600,
+}
+STEP_TIMEOUT: Final = 15.0
 
 
 def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="run a dotsd server and client on loopback and show them talk",
-        description="Creates a temporary PKI, starts a dotsd CoAP server and client with "
-                    "mutual certificates on loopback, and shows a request and an Observe "
-                    "stream. Exits 0 when everything worked.")
-    parser.add_argument("--transport", choices=("dtls", "tls"), default="dtls",
-                        help="secure transport to use (default: dtls)")
-    parser.add_argument("--notifications", type=int, default=5, metavar="N",
-                        help="how many Observe notifications to wait for (default: 5)")
-    parser.add_argument("--interval", type=float, default=0.3, metavar="S",
-                        help="seconds between notifications (default: 0.3)")
+        "demo", help="run a DOTS server and client on loopback and show a mitigation",
+        description="Creates a temporary PKI and state, starts a DOTS server (log mitigator) "
+                    "and a DOTS client on loopback, and shows a mitigation requested, "
+                    "observed through its status changes, and withdrawn. Exits 0 when "
+                    "everything worked.")
+    parser.add_argument("--transport", choices=("auto", "dtls", "tls"), default="auto",
+                        help="signal channel transport (default: auto, Happy Eyeballs)")
     parser.set_defaults(func=run)
 
 
@@ -52,129 +66,130 @@ class _Reporter:
         elapsed = time.monotonic() - self.start
         self.steps.append({"t": round(elapsed, 4), "who": who, "event": text, **fields})
         if not self.as_json:
-            print(f"{elapsed:7.3f}s  [{who:6}] {text}", flush=True)
+            print(f"{elapsed:7.3f}s  [{who:9}] {text}", flush=True)
 
 
-class Hello(Resource):
-    def get(self, req: IncomingRequest) -> Message:
-        name = _subject(req.peer)
-        return Message(code=Code.CONTENT, payload=f"hello, {name}".encode()).add(
-            OptionNumber.CONTENT_FORMAT, ContentFormat.TEXT_PLAIN)
-
-
-class Counter(Resource):
-    observable = True
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def get(self, req: IncomingRequest) -> Message:
-        return self.representation()
-
-    def representation(self) -> Message:
-        return Message(code=Code.CONTENT, payload=str(self.value).encode()).add(
-            OptionNumber.CONTENT_FORMAT, ContentFormat.TEXT_PLAIN)
-
-
-def _subject(peer: PeerInfo) -> str:
-    if peer.certificate is not None:
-        return peer.certificate.subject.rfc4514_string()
-    if peer.psk_identity is not None:
-        return f"psk:{peer.psk_identity.decode(errors='replace')}"
-    return "anonymous"
-
-
-async def _serve(transport: str, pki: PkiPaths, node: CoapNode) -> tuple[Any, int]:
-    if transport == "tls":
-        from dotsd.tls.context import server_context
-        from dotsd.transport.tcp import serve_tcp
-        server = await serve_tcp(node, "::1", 0, server_context(
-            pki.server_cert, pki.server_key, pki.ca_cert))
-        return server, server.port
+@contextlib.asynccontextmanager
+async def _server(report: _Reporter, directory: Path) -> AsyncIterator[tuple[SignalServer,
+                                                                              int]]:
     from dotsd.dtls.context import DtlsConfig
     from dotsd.dtls.context import server_context as dtls_server_context
+    from dotsd.pki import PkiPaths
+    from dotsd.tls.context import server_context as tls_server_context
     from dotsd.transport.dtls import serve_dtls
-    dserver = await serve_dtls(node, "::1", 0, dtls_server_context(DtlsConfig.from_pki(pki)))
-    return dserver, dserver.port
+    from dotsd.transport.tcp import serve_tcp
+
+    pki = PkiPaths.of(directory / "pki")
+    store = SqliteStore.open(directory / "state")
+    holder: list[MitigatorBridge] = []
+
+    def feedback(fb: Feedback) -> None:
+        if fb.status is not None:
+            report("mitigator", f"mid {fb.mid}: {fb.status.value}")
+        holder[0].feedback(fb)
+
+    mitigator = registry.create("log", report=feedback)
+    bridge = MitigatorBridge(mitigator)
+    holder.append(bridge)
+    server = SignalServer(store=store)
+    bridge.attach(server)
+    to_bridge = server.on_change
+
+    def on_change(change: Change) -> None:
+        m = change.mitigation
+        report("server", f"mid {m.mid}: {change.before.label if change.before else 'new'} → "
+                         f"{m.status.label} ({change.reason.value}); order to the "
+                         f"'{mitigator.name}' mitigator")
+        if to_bridge is not None:
+            to_bridge(change)
+
+    server.on_change = on_change
+    await mitigator.start()
+    listeners: list[Any] = []
+    try:
+        dtls = await serve_dtls(server.node, "127.0.0.1", 0,
+                                dtls_server_context(DtlsConfig.from_pki(pki)))
+        listeners.append(dtls)
+        listeners.append(await serve_tcp(server.node, "127.0.0.1", dtls.port,
+                                         tls_server_context(pki.server_cert, pki.server_key,
+                                                            pki.ca_cert)))
+        server.start()
+        report("server", f"DOTS server on 127.0.0.1:{dtls.port} (DTLS and TLS), lab mode: "
+                         "documentation prefixes only", port=dtls.port)
+        yield server, dtls.port
+    finally:
+        for listener in listeners:
+            listener.close()
+        await server.close()
+        await server.node.close()
+        await bridge.drain(5.0)
+        await mitigator.stop()
+        store.close()
 
 
-async def _connect(transport: str, pki: PkiPaths, node: CoapNode, port: int) -> Link:
-    if transport == "tls":
-        from dotsd.tls.context import client_context
-        from dotsd.transport.tcp import connect_tcp
-        return await connect_tcp(node, "::1", port, client_context(
-            pki.client_cert, pki.client_key, pki.ca_cert), server_hostname="localhost")
-    from dotsd.dtls.context import DtlsConfig
-    from dotsd.dtls.context import client_context as dtls_client_context
-    from dotsd.transport.dtls import dtls_connect
-    return await dtls_connect(node, ("::1", port), dtls_client_context(
-        DtlsConfig.from_pki(pki, client=True)), timeout=10.0)
+async def _next(notes: AsyncIterator[Reply]) -> Reply:
+    try:
+        return await asyncio.wait_for(anext(notes), STEP_TIMEOUT)
+    except (TimeoutError, StopAsyncIteration):
+        raise CommandError("no status notification came in time") from None
 
 
 async def _demo(args: argparse.Namespace, report: _Reporter, directory: Path) -> None:
+    from dotsd.dtls.context import DtlsConfig
+    from dotsd.dtls.context import client_context as dtls_client_context
+    from dotsd.tls.context import client_context as tls_client_context
+
     pki = init_pki(directory / "pki")
     report("demo", f"temporary PKI in {pki.directory}: private CA, server and client "
                    "certificates (ECDSA P-256)")
-    site = Site()
-    counter = Counter()
-    site.add("/hello", Hello())
-    site.add("/counter", counter)
-    server = CoapNode(site)
-    server.on_link_up = lambda link: report(
-        "server", f"{link.info.transport.upper()} session up with {_subject(link.info)}",
-        peer=str(link.info.address), spki_sha256=(link.info.spki_sha256 or b"").hex())
-    removed: list[str] = []
-
-    def observer_removed(peer: Hashable, key: Hashable, reason: str) -> None:
-        removed.append(reason)
-        report("server", f"observer of {key} removed ({reason})")
-    server.on_observer_removed = observer_removed
-
-    listener, port = await _serve(args.transport, pki, server)
-    scheme = "coaps" if args.transport == "dtls" else "coaps+tcp"
-    report("server", f"listening on {scheme}://[::1]:{port} with mutual certificate "
-                     "authentication")
-    client = CoapNode(Site())
-    try:
-        started = time.monotonic()
-        link = await _connect(args.transport, pki, client, port)
-        report("client", f"connected in {1000 * (time.monotonic() - started):.1f} ms; server "
-                         f"is {_subject(link.info)}")
-        resp = await client.request(link, Message(code=Code.GET).set_path("/hello"), timeout=10)
-        report("client", f"GET /hello → {code_str(resp.code)} {resp.payload.decode()!r}")
-        if resp.code != Code.CONTENT:
-            raise CommandError(f"GET /hello failed: {code_str(resp.code)}")
-
-        obs = client.observe(link, Message(code=Code.GET).set_path("/counter"), timeout=10)
-        first = await obs.next(timeout=10)
-        report("client", f"observing /counter: value {first.payload.decode()} "
-                         f"(Observe seq {first.observe})")
-        for _ in range(args.notifications):
-            await asyncio.sleep(args.interval)
-            counter.value += 1
-            server.notify("/counter", lambda peer, req: counter.representation())
-            note = await obs.next(timeout=10)
-            report("client", f"notification: value {note.payload.decode()} "
-                             f"(Observe seq {note.observe})")
-            if note.payload != str(counter.value).encode():
-                raise CommandError("notification does not carry the current value")
-        obs.cancel()
-        for _ in range(100):
-            if not server.endpoint.observer_count("/counter"):
-                break
-            await asyncio.sleep(0.02)
-        if server.endpoint.observer_count("/counter"):
-            raise CommandError("the server still has an observer after deregistration")
-        report("client", "deregistered (GET with Observe=1); the server has no observer left")
-    finally:
-        await client.close()
-        await server.close()
-        listener.close()
+    async with _server(report, directory) as (_server_obj, port):
+        client = SignalClient.for_certificate(load_certificate(pki.client_cert),
+                                              timeout=STEP_TIMEOUT)
+        dialer = ServerDialer(
+            client.node, "127.0.0.1", port,
+            dtls=dtls_client_context(DtlsConfig.from_pki(pki, client=True))
+            if args.transport != "tls" else None,
+            tls=tls_client_context(pki.client_cert, pki.client_key, pki.ca_cert)
+            if args.transport != "dtls" else None)
+        client.connect = dialer.dial
+        client.on_redirect = dialer.redirect
+        try:
+            await client.start()
+            report("client", f"session up over {dialer.current}; cuid {client.cuid} "
+                             "(from the certificate's public key)", cuid=client.cuid,
+                   transport=str(dialer.current))
+            config = await client.session_config_get()
+            idle = config.current(ConfigSetKind.IDLE)
+            report("client", f"session configuration: heartbeat every "
+                             f"{idle.heartbeat_interval} s, {idle.missing_hb_allowed} missed "
+                             f"allowed, ack-timeout {idle.ack_timeout} s")
+            reply = await client.mitigate(SCOPE)
+            assert reply.mid is not None
+            mid = reply.mid
+            report("client", f"mitigation requested for {SCOPE['target-prefix'][0]} tcp/443: "
+                             f"{code_str(reply.code)}, mid {mid}, lifetime {reply.lifetime} s",
+                   mid=mid)
+            async with contextlib.aclosing(client.watch(mid)) as notes:
+                status = (await _next(notes)).status
+                report("client", f"observing mid {mid}: {status}", status=status)
+                while status != "attack-successfully-mitigated":
+                    status = (await _next(notes)).status
+                    report("client", f"notification: {status}", status=status)
+                efficacy = await client.efficacy(mid, "attack-successfully-mitigated")
+                report("client", f"efficacy update (attack-successfully-mitigated): "
+                                 f"{code_str(efficacy.code)}")
+                gone = await client.withdraw(mid)
+                report("client", f"withdrawn: {code_str(gone.code)}")
+                while status != "dots-client-withdrawn-mitigation":
+                    status = (await _next(notes)).status
+                    report("client", f"notification: {status}", status=status)
+        except ClientError as exc:
+            raise CommandError(f"the demo failed: {exc}") from None
+        finally:
+            await client.close()
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.notifications < 1:
-        raise CommandError("--notifications must be at least 1")
     report = _Reporter(args.json)
     with tempfile.TemporaryDirectory(prefix="dotsd-demo-") as tmp:
         try:

@@ -19,6 +19,7 @@ from typing import Final, Protocol
 
 from dotsd import __version__
 from dotsd.cli import EXIT_FAILURE, EXIT_USAGE, CommandError, Handler, Subparsers
+from dotsd.cli import client as client_command
 from dotsd.cli import demo as demo_command
 from dotsd.cli import pki as pki_command
 from dotsd.cli import server as server_command
@@ -32,6 +33,7 @@ class CommandModule(Protocol):
 # dotsd/cli/NAME.py with `register(subparsers)` (see the dotsd.cli docstring) and add it here.
 COMMANDS: Final[Sequence[CommandModule]] = (
     server_command,
+    client_command,
     pki_command,
     demo_command,
 )
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except CommandError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), exc.exit_code)
     except BrokenPipeError:
         # The reader went away (`dotsd … | head`): stop quietly, as other tools do.
         with contextlib.suppress(OSError):
@@ -81,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = EXIT_FAILURE) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
-    return EXIT_FAILURE
+    return code
 
 
 def _os_error_text(exc: OSError) -> str:

@@ -88,9 +88,14 @@ def is_signaling(code: int) -> bool:
     return code >> 5 == 7
 
 
+def code_dotted(code: int) -> str:
+    """A code as RFC 7252 writes it: "4.04"."""
+    return f"{code >> 5}.{code & 0x1F:02d}"
+
+
 def code_str(code: int) -> str:
     """Render a code as RFC 7252 writes it ("4.04"), with its name when known."""
-    text = f"{code >> 5}.{code & 0x1F:02d}"
+    text = code_dotted(code)
     try:
         return f"{text} {Code(code).name}"
     except ValueError:

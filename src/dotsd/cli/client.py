@@ -1,0 +1,770 @@
+"""``dotsd client``: the DOTS signal-channel client (RFC 9132) as an operator runs it.
+
+    dotsd client --pki DIR --server HOST[:PORT] mitigate --target-prefix P [...]
+    dotsd client ... status [--mid N] [--watch]
+    dotsd client ... withdraw --mid N
+    dotsd client ... efficacy --mid N --level attack-successfully-mitigated
+    dotsd client ... session-config [get | set ... | delete]
+    dotsd client ... run
+
+Each command opens a session (Happy Eyeballs over DTLS/TLS and IPv6/IPv4, RFC 9132 §4.3),
+follows redirections (§4.6), does its work and closes. ``run`` keeps one session up
+(heartbeats, reconnection, configuration refresh, redirection expiry) and serves the other
+commands on a local control socket in the state directory, so that a request made during an
+attack needs no new handshake: commands use it when it is there (``--direct`` does not).
+
+'mid' values are kept in the state directory (:mod:`dotsd.signal.mids`), so they keep
+increasing across runs (RFC 9132 §4.4.1.1).
+
+Exit codes: 0 success; 1 local failure (files, state); 2 usage; 3 the DOTS server could not
+be reached or did not answer; 4 the server refused the request (its CoAP code and diagnostic
+are printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from dotsd.cli import CommandError, Subparsers
+from dotsd.coap.numbers import Code, code_dotted, code_str
+from dotsd.model.errors import ModelError
+from dotsd.pki import load_certificate
+from dotsd.signal.client import ClientError, Redirected, Reply, SignalClient
+from dotsd.signal.config import Attribute, ConfigSetKind, ServerConfig
+from dotsd.signal.dial import DialError, ServerDialer
+from dotsd.signal.mids import MidFile, MidStateError
+
+DEFAULT_PORT: Final = 4646  # RFC 9132 §4.3 / registries.md
+EXIT_UNREACHABLE: Final = 3
+EXIT_REFUSED: Final = 4
+CONTROL_SOCKET: Final = "client.sock"
+MID_FILE: Final = "mids.json"
+
+log = logging.getLogger("dotsd.client")
+
+PROTOCOLS: Final = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132,
+                    "dccp": 33, "gre": 47, "esp": 50, "ah": 51}
+ATTACK_STATUS: Final = ("under-attack", "attack-successfully-mitigated")  # RFC 9132 §4.4.3
+# What a mitigation request may carry (RFC 9132 §4.4.1.1): an efficacy update repeats these.
+REQUEST_KEYS: Final = ("target-prefix", "target-port-range", "target-protocol", "target-fqdn",
+                       "target-uri", "alias-name", "trigger-mitigation")
+EPILOG: Final = ("exit codes: 0 success, 1 local failure, 2 usage, 3 server unreachable or "
+                 "silent, 4 request refused by the server")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "client", help="run DOTS client commands against a DOTS server",
+        description="DOTS signal-channel client (RFC 9132): ask a DOTS server for mitigation, "
+                    "follow it, withdraw it, tune the session; `run` keeps a session up.",
+        epilog=EPILOG)
+    parser.add_argument("--pki", required=True, metavar="DIR",
+                        help="PKI directory with ca.pem and the client certificate")
+    parser.add_argument("--cert", default="client", metavar="NAME",
+                        help="client certificate NAME.pem / NAME.key in --pki (default client)")
+    parser.add_argument("--server", required=True, metavar="HOST[:PORT]",
+                        help=f"the DOTS server (name or address; port {DEFAULT_PORT} by default)")
+    parser.add_argument("--address", action="append", default=[], metavar="ADDR",
+                        help="an address of the server (repeatable; default: resolve HOST)")
+    parser.add_argument("--transport", choices=("auto", "dtls", "tls"), default="auto",
+                        help="auto: Happy Eyeballs over DTLS and TLS (default)")
+    parser.add_argument("--state", metavar="DIR", default=None,
+                        help="client state directory ('mid' values, control socket; default "
+                             "$DOTSD_CLIENT_STATE or ~/.local/state/dotsd/client)")
+    parser.add_argument("--timeout", type=_positive, default=10.0, metavar="S",
+                        help="seconds to wait for the server (default 10)")
+    parser.add_argument("--direct", action="store_true",
+                        help="open a session even when `dotsd client run` is running")
+    sub = parser.add_subparsers(dest="client_command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("mitigate", help="request (or refresh, with --mid) a mitigation",
+                       epilog=EPILOG)
+    p.add_argument("--target-prefix", action="append", default=[], metavar="PREFIX")
+    p.add_argument("--target-port", action="append", default=[], metavar="N[-M]")
+    p.add_argument("--protocol", action="append", default=[], metavar="NAME|N",
+                   help="tcp, udp, icmp, ... or a protocol number (repeatable)")
+    p.add_argument("--target-fqdn", action="append", default=[], metavar="FQDN")
+    p.add_argument("--target-uri", action="append", default=[], metavar="URI")
+    p.add_argument("--alias", action="append", default=[], metavar="NAME",
+                   help="an alias created on the data channel (alias-name)")
+    p.add_argument("--lifetime", type=_lifetime, default=3600, metavar="S",
+                   help="seconds, or 'indefinite' (default 3600)")
+    p.add_argument("--trigger-mitigation", choices=("true", "false"), default=None,
+                   help="false: mitigate only when the signal channel is lost")
+    p.add_argument("--mid", type=_mid, default=None, help="'mid' (default: the next one)")
+    p.set_defaults(func=run_command, params=_mitigate_params)
+
+    p = sub.add_parser("status", help="show mitigations (all, or one with --mid)",
+                       epilog=EPILOG)
+    p.add_argument("--mid", type=_mid, default=None)
+    p.add_argument("--watch", action="store_true",
+                   help="observe: print every status change until interrupted")
+    p.add_argument("--count", type=int, default=None, metavar="N",
+                   help="with --watch: stop after N notifications")
+    p.set_defaults(func=run_command, params=lambda a: {"mid": a.mid})
+
+    p = sub.add_parser("withdraw", help="withdraw a mitigation", epilog=EPILOG)
+    p.add_argument("--mid", type=_mid, required=True)
+    p.set_defaults(func=run_command, params=lambda a: {"mid": a.mid})
+
+    p = sub.add_parser("efficacy", help="tell the server how well a mitigation works",
+                       epilog=EPILOG)
+    p.add_argument("--mid", type=_mid, required=True)
+    p.add_argument("--level", choices=ATTACK_STATUS, required=True,
+                   help="the attack-status to report")
+    p.set_defaults(func=run_command, params=lambda a: {"mid": a.mid, "level": a.level})
+
+    p = sub.add_parser("session-config", help="get, set or delete the session configuration",
+                       epilog=EPILOG)
+    p.add_argument("action", nargs="?", choices=("get", "set", "delete"), default="get")
+    for attr in Attribute:
+        p.add_argument(f"--{attr.value}", dest=attr.name.lower(), default=None,
+                       metavar="VALUE", help=f"with set: {attr.value}")
+    p.add_argument("--idle", action="store_true",
+                   help="with set: change the idle values (default: the mitigating ones)")
+    p.set_defaults(func=run_command, params=_config_params)
+
+    p = sub.add_parser("run", help="keep a session up and serve the other commands",
+                       epilog=EPILOG)
+    p.add_argument("--watch", action="store_true", help="also print every status change")
+    p.set_defaults(func=run_command, params=lambda a: {})
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _mid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a mid: {text!r}") from None
+    if not 0 <= value <= 2**32 - 1:  # RFC 9132 §5.3: uint32
+        raise argparse.ArgumentTypeError(f"mid out of range 0..4294967295: {value}")
+    return value
+
+
+def _lifetime(text: str) -> int:
+    if text in ("indefinite", "-1"):
+        return -1  # RFC 9132 §4.4.1.1
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a lifetime: {text!r} (seconds or "
+                                         "'indefinite')") from None
+    if not 1 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"lifetime out of range: {value}")
+    return value
+
+
+def _port_range(text: str) -> dict[str, int]:
+    lower, _, upper = text.partition("-")
+    try:
+        low, high = int(lower), int(upper) if upper else None
+    except ValueError:
+        raise CommandError(f"--target-port {text!r}: expected N or N-M", 2) from None
+    if not 0 <= low <= 65535 or (high is not None and not low <= high <= 65535):
+        raise CommandError(f"--target-port {text!r}: ports are 0-65535, lower first", 2)
+    return {"lower-port": low} | ({"upper-port": high} if high is not None else {})
+
+
+def _protocol(text: str) -> int:
+    if text.lower() in PROTOCOLS:
+        return PROTOCOLS[text.lower()]
+    try:
+        value = int(text)
+    except ValueError:
+        raise CommandError(f"--protocol {text!r}: unknown (use a number or one of "
+                           f"{', '.join(sorted(PROTOCOLS))})", 2) from None
+    if not 0 <= value <= 255:
+        raise CommandError(f"--protocol {value}: out of range 0-255", 2)
+    return value
+
+
+def _mitigate_params(args: argparse.Namespace) -> dict[str, Any]:
+    scope: dict[str, Any] = {}
+    prefixes = []
+    for text in args.target_prefix:
+        try:
+            prefixes.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            raise CommandError(f"--target-prefix {text!r}: not an IP prefix", 2) from None
+    if prefixes:
+        scope["target-prefix"] = prefixes
+    if args.target_port:
+        scope["target-port-range"] = [_port_range(t) for t in args.target_port]
+    if args.protocol:
+        scope["target-protocol"] = [_protocol(t) for t in args.protocol]
+    for key, values in (("target-fqdn", args.target_fqdn), ("target-uri", args.target_uri),
+                        ("alias-name", args.alias)):
+        if values:
+            scope[key] = list(values)
+    if not any(k in scope for k in ("target-prefix", "target-fqdn", "target-uri",
+                                    "alias-name")):
+        # RFC 9132 §4.4.1.2: at least one of these MUST be present.
+        raise CommandError("mitigate needs a target: --target-prefix, --target-fqdn, "
+                           "--target-uri or --alias", 2)
+    scope["lifetime"] = args.lifetime
+    if args.trigger_mitigation is not None:
+        scope["trigger-mitigation"] = args.trigger_mitigation == "true"
+    return {"scope": scope, "mid": args.mid}
+
+
+def _config_params(args: argparse.Namespace) -> dict[str, Any]:
+    values = {attr.value: getattr(args, attr.name.lower()) for attr in Attribute
+              if getattr(args, attr.name.lower()) is not None}
+    if args.action == "set" and not values:
+        raise CommandError("session-config set needs at least one value, e.g. "
+                           "--heartbeat-interval 60", 2)
+    if args.action != "set" and values:
+        raise CommandError(f"values are only for `session-config set`, not "
+                           f"{args.action!r}", 2)
+    return {"action": args.action, "values": values, "idle": args.idle}
+
+
+def _split_server(text: str) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or a bare IPv6 address."""
+    host, port = text, DEFAULT_PORT
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise CommandError(f"--server {text!r}: missing ']'", 2)
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise CommandError(f"--server {text!r}: expected [ADDR]:PORT", 2)
+            port = _server_port(text, rest[1:])
+    elif text.count(":") == 1:
+        host, _, rest = text.partition(":")
+        port = _server_port(text, rest)
+    if not host:
+        raise CommandError(f"--server {text!r}: no host", 2)
+    return host, port
+
+
+def _server_port(text: str, port: str) -> int:
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise CommandError(f"--server {text!r}: bad port {port!r}", 2)
+    return int(port)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state:
+        return Path(args.state)
+    env = os.environ.get("DOTSD_CLIENT_STATE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "dotsd" / "client"
+
+
+# ---------------------------------------------------------------------------------------------
+# Results and failures
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a command produced: data for --json, text for people."""
+
+    data: dict[str, Any]
+    text: str
+
+
+def _failure(exc: BaseException, server: str) -> CommandError:
+    """Every expected failure as its message and exit code (module docstring)."""
+    if isinstance(exc, DialError):
+        return CommandError(str(exc), EXIT_UNREACHABLE)
+    if isinstance(exc, Redirected):
+        return CommandError(f"{server}: {exc}", EXIT_REFUSED)
+    if isinstance(exc, ClientError):
+        if exc.code is None:
+            return CommandError(f"{server}: {exc.diagnostic or 'no response'}",
+                                EXIT_UNREACHABLE)
+        detail = exc.diagnostic
+        if isinstance(detail, dict):
+            detail = json.dumps(detail, separators=(",", ":"))
+        return CommandError(f"{server} refused the request: {code_str(exc.code)}"
+                            + (f": {detail}" if detail else ""), EXIT_REFUSED)
+    if isinstance(exc, ModelError):  # a value our own encoder refuses (YANG types)
+        return CommandError(f"invalid value: {exc}", 2)
+    if isinstance(exc, MidStateError):
+        return CommandError(str(exc))
+    if isinstance(exc, TimeoutError):
+        return CommandError(f"{server}: no answer in time", EXIT_UNREACHABLE)
+    if isinstance(exc, OSError):
+        return CommandError(f"{server}: {exc.strerror or exc}", EXIT_UNREACHABLE)
+    raise exc
+
+
+# ---------------------------------------------------------------------------------------------
+# A session
+
+
+@dataclass(slots=True)
+class Session:
+    """One client session and what the commands need around it."""
+
+    client: SignalClient
+    dialer: ServerDialer
+    mids: MidFile
+    server: str  # HOST:PORT as given
+
+    def link_text(self) -> str:
+        return f"{self.dialer.server_name} over {self.dialer.current}"
+
+
+@contextlib.asynccontextmanager
+async def open_session(args: argparse.Namespace, *, heartbeats: bool) -> AsyncIterator[Session]:
+    from dotsd.dtls.context import DtlsConfig, DtlsConfigError
+    from dotsd.dtls.context import client_context as dtls_client_context
+    from dotsd.tls.context import client_context as tls_client_context
+
+    host, port = _split_server(args.server)
+    pki = Path(args.pki)
+    cert, key, ca = pki / f"{args.cert}.pem", pki / f"{args.cert}.key", pki / "ca.pem"
+    for path in (ca, cert, key):
+        if not path.is_file():
+            raise CommandError(f"{path}: missing (create a PKI with: dotsd pki init {pki})")
+    try:
+        certificate = load_certificate(cert)
+        dtls = (dtls_client_context(DtlsConfig(cert=cert, key=key, ca=ca))
+                if args.transport in ("auto", "dtls") else None)
+        tls = (tls_client_context(cert, key, ca) if args.transport in ("auto", "tls")
+               else None)
+    except (DtlsConfigError, ValueError, OSError) as exc:
+        raise CommandError(f"{pki}: cannot load the client credentials {args.cert!r}: "
+                           f"{exc}") from None
+    client = SignalClient.for_certificate(
+        certificate, timeout=args.timeout, heartbeat=None if heartbeats else (0.0, 15))
+    dialer = ServerDialer(client.node, host, port, dtls=dtls, tls=tls,
+                          addresses=args.address, timeout=args.timeout,
+                          attack=lambda: client.mitigating)
+    client.connect = dialer.dial
+    client.on_redirect = dialer.redirect
+    session = Session(client, dialer, MidFile(_state_dir(args) / MID_FILE),
+                      f"{host}:{port}")
+    try:
+        try:
+            await client.start()
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                raise _failure(exc, session.server) from None
+            raise
+        yield session
+    finally:
+        await client.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands: each one is (session, params) -> Outcome, the same in direct mode and over the
+# control socket of `dotsd client run`.
+
+
+def _scope_text(scope: dict[str, Any]) -> str:
+    parts = [f"mid {scope.get('mid', '?')}", str(scope.get("status", "-"))]
+    targets = [*scope.get("target-prefix", []), *scope.get("target-fqdn", []),
+               *scope.get("target-uri", []), *(f"alias {a}" for a in scope.get("alias-name",
+                                                                             []))]
+    parts.append(", ".join(targets) or "-")
+    ports = [f"{r.get('lower-port')}" + (f"-{r['upper-port']}" if "upper-port" in r else "")
+             for r in scope.get("target-port-range", [])]
+    if ports:
+        parts.append("port " + ",".join(ports))
+    protocols = scope.get("target-protocol", [])
+    if protocols:
+        names = {v: k for k, v in reversed(PROTOCOLS.items())}
+        parts.append("proto " + ",".join(names.get(p, str(p)) for p in protocols))
+    lifetime = scope.get("lifetime")
+    if lifetime is not None:
+        parts.append("lifetime indefinite" if lifetime == -1 else f"lifetime {lifetime} s")
+    for key in ("bytes-dropped", "pkts-dropped"):
+        if key in scope:
+            parts.append(f"{key} {scope[key]}")
+    return "  ".join(parts)
+
+
+async def _active_mids(session: Session) -> list[int]:
+    try:
+        reply = await session.client.status()
+    except ClientError as exc:
+        if exc.code == Code.NOT_FOUND:  # RFC 9132 §4.4.2: none
+            return []
+        raise
+    return [s["mid"] for s in reply.scopes if isinstance(s.get("mid"), int)]
+
+
+async def op_mitigate(session: Session, params: dict[str, Any]) -> Outcome:
+    client = session.client
+    mid = params.get("mid")
+    if mid is None:
+        mid = session.mids.allocate(session.server, client.cuid,
+                                    await _active_mids(session), attack=client.mitigating)
+    else:
+        session.mids.seen(session.server, client.cuid, mid)
+    reply = await client.mitigate(params["scope"], mid=mid)
+    verb = "created" if reply.code == Code.CREATED else "updated"
+    lifetime = reply.lifetime
+    granted = ("indefinite" if lifetime == -1 else f"{lifetime} s") if lifetime is not None \
+        else "?"
+    return Outcome({"mid": mid, "cuid": client.cuid, "code": code_dotted(reply.code),
+                    "result": verb, "lifetime": lifetime, "server": session.link_text()},
+                   f"mitigation {mid} {verb} on {session.dialer.server_name}, "
+                   f"lifetime {granted} granted")
+
+
+async def op_status(session: Session, params: dict[str, Any]) -> Outcome:
+    reply = await session.client.status(params.get("mid"))
+    scopes = reply.scopes
+    text = "\n".join(_scope_text(s) for s in scopes) or "no mitigation"
+    return Outcome({"mitigations": scopes}, text)
+
+
+async def op_withdraw(session: Session, params: dict[str, Any]) -> Outcome:
+    mid = params["mid"]
+    reply = await session.client.withdraw(mid)
+    return Outcome({"mid": mid, "code": code_dotted(reply.code), "result": "withdrawn"},
+                   f"mitigation {mid} withdrawn")
+
+
+async def op_efficacy(session: Session, params: dict[str, Any]) -> Outcome:
+    """RFC 9132 §4.4.3: the update repeats the request's scope, read from the server."""
+    mid, level = params["mid"], params["level"]
+    current = (await session.client.status(mid)).scopes
+    if not current:
+        raise ClientError(Code.NOT_FOUND, f"mitigation {mid} not found")
+    scope = {k: v for k, v in current[0].items() if k in REQUEST_KEYS}
+    reply = await session.client.efficacy(mid, level, scope=scope)
+    return Outcome({"mid": mid, "code": code_dotted(reply.code), "attack-status": level},
+                   f"efficacy update for mitigation {mid}: {level}")
+
+
+def _config_text(config: ServerConfig, sid: int | None) -> str:
+    lines = [f"session configuration (sid {sid if sid is not None else '-'}):"]
+    for kind in ConfigSetKind:
+        lines.append(f"  {kind.value}:")
+        for attr, adv in config.advertised(kind).items():
+            bounds = f"  [{adv.minimum} .. {adv.maximum}]" if adv.minimum is not None else ""
+            lines.append(f"    {attr.value:20} {adv.current}{bounds}")
+    return "\n".join(lines)
+
+
+def _config_data(config: ServerConfig) -> dict[str, Any]:
+    return {kind.value: {attr.value: {k: (str(v) if v is not None else None) for k, v in
+                                      dataclasses.asdict(adv).items()}
+                         for attr, adv in config.advertised(kind).items()}
+            for kind in ConfigSetKind}
+
+
+async def op_session_config(session: Session, params: dict[str, Any]) -> Outcome:
+    from decimal import Decimal, InvalidOperation
+
+    client = session.client
+    action = params.get("action", "get")
+    if action == "delete":
+        await client.session_config_delete()
+    elif action == "set":
+        values: dict[Attribute, int | Decimal] = {}
+        for name, text in params["values"].items():
+            attr = Attribute(name)
+            try:
+                values[attr] = Decimal(str(text)) if attr.is_decimal else int(text)
+            except (ValueError, InvalidOperation):
+                raise CommandError(f"--{name} {text!r}: expected "
+                                   f"{'a decimal' if attr.is_decimal else 'an integer'}",
+                                   2) from None
+        if params.get("idle"):
+            await client.session_config_set(idle=values, clamp=False)
+        else:
+            await client.session_config_set(mitigating=values, clamp=False)
+    config = await client.session_config_get(client.sid)
+    return Outcome({"sid": client.sid, "config": _config_data(config),
+                    "max-age": client.config_max_age}, _config_text(config, client.sid))
+
+
+OPS: Final[dict[str, Callable[[Session, dict[str, Any]], Awaitable[Outcome]]]] = {
+    "mitigate": op_mitigate,
+    "status": op_status,
+    "withdraw": op_withdraw,
+    "efficacy": op_efficacy,
+    "session-config": op_session_config,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def _print(args: argparse.Namespace, outcome: Outcome) -> None:
+    if args.json:
+        sys.stdout.write(json.dumps(outcome.data, default=str) + "\n")
+    else:
+        sys.stdout.write(outcome.text + "\n")
+    sys.stdout.flush()
+
+
+def _note_line(args: argparse.Namespace, reply: Reply, count: int) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    if args.json:
+        data = {"time": stamp, "notification": count, "mitigations": reply.scopes}
+        sys.stdout.write(json.dumps(data, default=str) + "\n")
+    else:
+        for scope in reply.scopes or [{}]:
+            sys.stdout.write(f"{stamp}  {_scope_text(scope)}\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a command
+
+
+def run_command(args: argparse.Namespace) -> int:
+    name = args.client_command
+    _split_server(args.server)  # usage errors first, before any network
+    params = args.params(args)
+    try:
+        return asyncio.run(_main(args, name, params))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _main(args: argparse.Namespace, name: str, params: dict[str, Any]) -> int:
+    if name == "run":
+        return await _run(args)
+    watch = name == "status" and args.watch
+    if not args.direct and not watch:
+        answered = await _via_control(args, name, params)
+        if answered is not None:
+            return answered
+    async with open_session(args, heartbeats=watch) as session:
+        try:
+            if watch:
+                return await _watch(args, session, params.get("mid"), args.count)
+            _print(args, await OPS[name](session, params))
+        except CommandError:
+            raise
+        except Exception as exc:
+            raise _failure(exc, session.server) from None
+    return 0
+
+
+async def _watch(args: argparse.Namespace, session: Session, mid: int | None,
+                 count: int | None) -> int:
+    """RFC 9132 §4.4.2.1: print the current status, then every notification."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    seen = 0
+    async with contextlib.aclosing(session.client.watch(mid)) as notes:
+        while count is None or seen < count:
+            nxt = asyncio.ensure_future(anext(notes))
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if nxt not in done:
+                nxt.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await nxt
+                break
+            try:
+                reply = nxt.result()
+            except StopAsyncIteration:
+                sys.stderr.write("dotsd: the observation ended\n")
+                break
+            seen += 1
+            _note_line(args, reply, seen)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# `run` and its control socket
+
+
+async def _via_control(args: argparse.Namespace, name: str, params: dict[str, Any]
+                       ) -> int | None:
+    """Send the command to a running `dotsd client run` of the same server, if any."""
+    path = _state_dir(args) / CONTROL_SOCKET
+    if not path.exists():
+        return None
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2.0)
+    except (OSError, TimeoutError):
+        return None  # a stale socket: no client is running
+    try:
+        request = {"server": args.server, "cert": args.cert, "command": name,
+                   "params": params}
+        writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), args.timeout * 4 + 5)
+    except (OSError, TimeoutError) as exc:
+        raise CommandError(f"{path}: the running client did not answer ({exc})") from None
+    finally:
+        writer.close()
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        raise CommandError(f"{path}: malformed answer from the running client") from None
+    if answer.get("other-session"):
+        return None  # that client serves another server or certificate
+    if answer.get("exit", 1) != 0:
+        raise CommandError(str(answer.get("error", "failed")), int(answer.get("exit", 1)))
+    data = answer.get("data", {})
+    _print(args, Outcome({**data, "via": "dotsd client run"} if isinstance(data, dict) else {},
+                         answer.get("text", "")))
+    return 0
+
+
+async def _serve_control(args: argparse.Namespace, session: Session
+                         ) -> asyncio.AbstractServer:
+    path = _state_dir(args) / CONTROL_SOCKET
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # left by a client that did not stop cleanly
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5.0)
+            answer = await _control_answer(args, session, line)
+            writer.write(json.dumps(answer, default=str).encode() + b"\n")
+            await writer.drain()
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    old = os.umask(0o177)  # the socket: owner only
+    try:
+        return await asyncio.start_unix_server(handle, path=str(path))
+    finally:
+        os.umask(old)
+
+
+async def _control_answer(args: argparse.Namespace, session: Session, line: bytes
+                          ) -> dict[str, Any]:
+    try:
+        request = json.loads(line)
+        name, params = request["command"], request["params"]
+        if request.get("server") != args.server or request.get("cert") != args.cert:
+            return {"other-session": True}
+        op = OPS[name]
+    except (ValueError, KeyError, TypeError):
+        return {"exit": 2, "error": "malformed control request"}
+    try:
+        outcome = await op(session, params)
+    except CommandError as exc:
+        return {"exit": exc.exit_code, "error": str(exc)}
+    except Exception as exc:
+        try:
+            failure = _failure(exc, session.server)
+        except Exception:
+            log.exception("control request %s failed", name)
+            return {"exit": 1, "error": f"internal error: {exc!r}"}
+        return {"exit": failure.exit_code, "error": str(failure)}
+    return {"exit": 0, "data": outcome.data, "text": outcome.text}
+
+
+def _say(args: argparse.Namespace, text: str, **fields: Any) -> None:
+    if args.json:
+        sys.stdout.write(json.dumps({"event": text, **fields}, default=str) + "\n")
+    else:
+        sys.stdout.write(f"{time.strftime('%H:%M:%S')}  {text}\n")
+    sys.stdout.flush()
+
+
+async def _run(args: argparse.Namespace) -> int:
+    """A long-lived client: the session kept up (heartbeats and redial, RFC 9132 §4.7), its
+    configuration refreshed before Max-Age runs out (§4.5.3), back to the provisioned server
+    when a redirection expires (§4.6); the other commands served on the control socket."""
+    async with open_session(args, heartbeats=True) as session:
+        client = session.client
+        try:
+            await client.session_config_get()
+        except ClientError as exc:
+            raise _failure(exc, session.server) from None
+        control = await _serve_control(args, session)
+        _say(args, f"session up with {session.link_text()}, cuid {client.cuid}; control "
+                   f"socket {_state_dir(args) / CONTROL_SOCKET}",
+             server=session.dialer.server_name, transport=str(session.dialer.current),
+             cuid=client.cuid)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        watcher = loop.create_task(_run_watch(args, session)) if args.watch else None
+        refresh_at = _refresh_time(client, loop.time())
+        reconnects = 0
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                now = loop.time()
+                if client.reconnects != reconnects:
+                    reconnects = client.reconnects
+                    _say(args, f"session re-established with {session.link_text()}",
+                         reconnects=reconnects)
+                if (session.dialer.server_name != session.dialer.host
+                        and session.dialer.redirects.target(now, attack=client.mitigating)
+                        is None and client.link is not None):
+                    _say(args, "redirection expired: back to the provisioned server")
+                    with contextlib.suppress(Exception):
+                        await client.reconnect()
+                if refresh_at is not None and now >= refresh_at and client.link is not None:
+                    with contextlib.suppress(ClientError):
+                        await client.session_config_get(client.sid)  # RFC 9132 §4.5.3
+                    refresh_at = _refresh_time(client, now)
+        finally:
+            control.close()
+            with contextlib.suppress(FileNotFoundError):
+                (_state_dir(args) / CONTROL_SOCKET).unlink()
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watcher
+        _say(args, "stopping", reason="signal")
+    return 0
+
+
+def _refresh_time(client: SignalClient, now: float) -> float | None:
+    """RFC 9132 §4.5.3: refresh the configuration before its Max-Age expires (at 90 %)."""
+    max_age = client.config_max_age
+    if max_age is None or max_age <= 0 or max_age >= 2**32 - 1:
+        return None
+    return now + max(1.0, 0.9 * max_age)
+
+
+async def _run_watch(args: argparse.Namespace, session: Session) -> None:
+    """Print every status change of the client's mitigations; re-register after a loss."""
+    count = 0
+    while True:
+        try:
+            async with contextlib.aclosing(session.client.watch()) as notes:
+                async for reply in notes:
+                    count += 1
+                    _note_line(args, reply, count)
+        except ClientError as exc:
+            log.info("watch: %s", exc)
+        await asyncio.sleep(2.0)

@@ -1,0 +1,255 @@
+"""``dotsd client`` against a real ``dotsd server`` process: every command, its output and exit
+code, 'mid' values kept across runs, `run` serving the other commands on its control socket,
+`status --watch`, and the failures (usage 2, unreachable 3, refused 4, local 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_cli_server import DOTSD, running
+
+from dotsd.cli import CommandError
+from dotsd.cli.client import _split_server
+from dotsd.cli.main import main
+from dotsd.pki import PkiPaths, init_pki
+from dotsd.signal.mids import ROLLOVER_MID, MidFile, MidStateError, next_mid
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
+    return init_pki(tmp_path_factory.mktemp("pki") / "pki")
+
+
+def _cli_sync(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+class Cli:
+    """``dotsd client --pki ... --server [::1]:PORT --state ...`` run in a thread."""
+
+    def __init__(self, pki: PkiPaths, port: int, state: Path) -> None:
+        self.base = ["client", "--pki", str(pki.directory), "--server", f"[::1]:{port}",
+                     "--state", str(state), "--timeout", "5"]
+
+    async def __call__(self, *argv: str) -> tuple[int, str, str]:
+        return await asyncio.to_thread(_cli_sync, [*self.base, *argv])
+
+    async def json(self, *argv: str) -> Any:
+        code, out, err = await self(*argv, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sans-IO pieces
+
+
+def test_next_mid_rules() -> None:
+    assert next_mid(None, [], attack=False) == 1
+    assert next_mid(7, [3, 9], attack=False) == 10
+    # RFC 9132 §4.4.1.1: reset to 0 at 3/4 of 2^32-1 when no attack and nothing active.
+    assert next_mid(ROLLOVER_MID, [], attack=False) == 0
+    assert next_mid(ROLLOVER_MID, [], attack=True) == ROLLOVER_MID + 1
+    assert next_mid(ROLLOVER_MID, [ROLLOVER_MID], attack=False) == ROLLOVER_MID + 1
+    with pytest.raises(MidStateError):
+        next_mid(2**32 - 1, [2**32 - 1], attack=True)
+
+
+def test_mid_file(tmp_path: Path) -> None:
+    mids = MidFile(tmp_path / "state" / "mids.json")
+    assert mids.allocate("s:1", "c", []) == 1
+    assert mids.allocate("s:1", "c", [5]) == 6
+    assert mids.allocate("s:2", "c", []) == 1  # per server
+    mids.seen("s:1", "c", 100)
+    assert MidFile(mids.path).allocate("s:1", "c", []) == 101  # kept on disk
+    mids.path.write_text("{not json")
+    with pytest.raises(MidStateError, match=r"mids\.json"):
+        mids.allocate("s:1", "c", [])
+    assert mids.path.read_text() == "{not json"  # left as it was
+
+
+@given(st.text(max_size=40))
+def test_split_server_never_crashes(text: str) -> None:
+    try:
+        host, port = _split_server(text)
+    except CommandError as exc:
+        assert exc.exit_code == 2
+    else:
+        assert host and 0 < port <= 65535
+
+
+def test_split_server_forms() -> None:
+    assert _split_server("dots.example") == ("dots.example", 4646)
+    assert _split_server("192.0.2.1:5000") == ("192.0.2.1", 5000)
+    assert _split_server("[2001:db8::1]:5000") == ("2001:db8::1", 5000)
+    assert _split_server("2001:db8::1") == ("2001:db8::1", 4646)
+
+
+# ---------------------------------------------------------------------------------------------
+# Against a real server
+
+
+async def test_commands(pki: PkiPaths, tmp_path: Path) -> None:
+    async with running(pki, tmp_path / "server") as server:
+        cli = Cli(pki, server.port, tmp_path / "client")
+        code, out, err = await cli("mitigate", "--target-prefix", "2001:db8:6401::1/128",
+                                   "--target-port", "443", "--protocol", "tcp")
+        assert code == 0, err
+        assert "mitigation 1 created" in out and "3600 s granted" in out
+        second = await cli.json("mitigate", "--target-prefix", "192.0.2.0/24",
+                                "--lifetime", "600")
+        assert second["mid"] == 2 and second["code"] == "2.01" and second["lifetime"] == 600
+        listing = await cli.json("status")
+        by_mid = {m["mid"]: m for m in listing["mitigations"]}
+        assert set(by_mid) == {1, 2}
+        assert by_mid[1]["target-port-range"] == [{"lower-port": 443}]
+        assert by_mid[1]["target-protocol"] == [6]
+        code, out, _ = await cli("status", "--mid", "2")
+        assert code == 0 and out.startswith("mid 2  ") and "192.0.2.0/24" in out
+        eff = await cli.json("efficacy", "--mid", "1", "--level", "under-attack")
+        assert eff["code"] == "2.04"
+        config = await cli.json("session-config", "set", "--heartbeat-interval", "60")
+        assert config["sid"] == 1
+        assert config["config"]["mitigating-config"]["heartbeat-interval"]["current"] == "60"
+        code, _, err = await cli("session-config", "set", "--heartbeat-interval", "9999")
+        assert code == 4 and "4.22" in err  # RFC 9132 §4.5.2: out of the server's range
+        code, _, err = await cli("session-config", "set", "--heartbeat-interval", "99999")
+        assert code == 2 and "uint16" in err  # not even a valid YANG value
+        gone = await cli.json("withdraw", "--mid", "2")
+        assert gone["code"] == "2.02"
+        after = await cli.json("status", "--mid", "2")
+        assert after["mitigations"][0]["status"] == "dots-client-withdrawn-mitigation"
+        # 'mid' values keep increasing across runs: the next one is 3.
+        third = await cli.json("mitigate", "--target-prefix", "198.51.100.7")
+        assert third["mid"] == 3
+
+
+async def test_failures_and_exit_codes(pki: PkiPaths, tmp_path: Path) -> None:
+    async with running(pki, tmp_path / "server") as server:
+        cli = Cli(pki, server.port, tmp_path / "client")
+        code, _, err = await cli("mitigate", "--target-prefix", "10.1.2.3/32")
+        assert code == 4 and "4.00" in err and "outside the DOTS client domain" in err
+        code, _, err = await cli("mitigate", "--target-prefix", "not-a-prefix")
+        assert code == 2 and "--target-prefix" in err
+        code, _, err = await cli("mitigate", "--lifetime", "60")
+        assert code == 2 and "needs a target" in err
+        code, _, err = await cli("mitigate", "--target-prefix", "2001:db8::1",
+                                 "--protocol", "carrier-pigeon")
+        assert code == 2 and "--protocol" in err
+        code, _, err = await cli("efficacy", "--mid", "77", "--level", "under-attack")
+        assert code == 4 and "4.04" in err
+        code, _, err = await cli("session-config", "get", "--heartbeat-interval", "5")
+        assert code == 2
+        (tmp_path / "client").mkdir(exist_ok=True)
+        (tmp_path / "client" / "mids.json").write_text("[]")
+        code, _, err = await cli("mitigate", "--target-prefix", "2001:db8::1")
+        assert code == 1 and "mids.json" in err
+    # The server is gone: unreachable, exit 3, within the timeouts.
+    cli = Cli(pki, server.port, tmp_path / "client2")
+    cli.base[-1] = "1"
+    code, _, err = await asyncio.wait_for(cli("status"), 20)
+    assert code == 3 and "cannot reach DOTS server" in err
+    code, _, err = await cli_missing_pki(tmp_path)
+    assert code == 1 and "missing" in err
+
+
+async def cli_missing_pki(tmp_path: Path) -> tuple[int, str, str]:
+    return await asyncio.to_thread(_cli_sync, [
+        "client", "--pki", str(tmp_path / "nopki"), "--server", "::1", "status"])
+
+
+@contextlib.asynccontextmanager
+async def run_client(pki: PkiPaths, port: int, state: Path) -> AsyncIterator[
+        asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        *DOTSD, "client", "--pki", str(pki.directory), "--server", f"[::1]:{port}",
+        "--state", str(state), "--json", "run", "--watch",
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def _events(proc: asyncio.subprocess.Process, until: str) -> list[dict[str, Any]]:
+    assert proc.stdout is not None
+    seen: list[dict[str, Any]] = []
+    async with asyncio.timeout(20):
+        while True:
+            line = await proc.stdout.readline()
+            assert line, f"the client exited; seen {seen}"
+            seen.append(json.loads(line))
+            if until in line.decode():
+                return seen
+
+
+async def test_run_serves_commands_on_its_session(pki: PkiPaths, tmp_path: Path) -> None:
+    state = tmp_path / "client"
+    async with running(pki, tmp_path / "server") as server, \
+            run_client(pki, server.port, state) as proc:
+        up = await _events(proc, "session up")
+        assert up[-1]["transport"].startswith("dtls://")
+        assert (state / "client.sock").exists()
+        cli = Cli(pki, server.port, state)
+        made = await cli.json("mitigate", "--target-prefix", "2001:db8::5")
+        assert made["via"] == "dotsd client run"  # the warm session, no new handshake
+        # The run client observes its mitigations and prints the status changes.
+        notes = await _events(proc, "attack-successfully-mitigated")
+        assert any(m.get("mid") == made["mid"] for n in notes
+                   for m in n.get("mitigations", []))
+        listing = await cli.json("status")
+        assert listing["via"] == "dotsd client run"
+        direct = await cli.json("--direct", "status")
+        assert "via" not in direct and direct["mitigations"] == listing["mitigations"]
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert not (state / "client.sock").exists()
+
+
+async def test_status_watch(pki: PkiPaths, tmp_path: Path) -> None:
+    async with running(pki, tmp_path / "server") as server:
+        cli = Cli(pki, server.port, tmp_path / "client")
+        made = await cli.json("mitigate", "--target-prefix", "2001:db8::6")
+        watch = await asyncio.create_subprocess_exec(
+            *DOTSD, *cli.base, "status", "--mid", str(made["mid"]), "--watch", "--count", "3",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert watch.stdout is not None
+            first = await asyncio.wait_for(watch.stdout.readline(), 20)
+            assert b"attack-mitigation-in-progress" in first
+            second = await asyncio.wait_for(watch.stdout.readline(), 20)
+            assert b"attack-successfully-mitigated" in second  # the log mitigator, after 1 s
+            code, _, err = await cli("withdraw", "--mid", str(made["mid"]))
+            assert code == 0, err
+            third = await asyncio.wait_for(watch.stdout.readline(), 20)
+            assert b"dots-client-withdrawn-mitigation" in third
+            assert await asyncio.wait_for(watch.wait(), 10) == 0
+        finally:
+            if watch.returncode is None:
+                watch.kill()
+                await watch.wait()
+
+
+def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["client", "--pki", "x", "--server", "h", "withdraw"]) == 2
+    assert main(["client", "--pki", "x", "--server", "h", "mitigate", "--mid", "-1"]) == 2
+    assert main(["client", "--pki", "x", "--server", "h", "--timeout", "0", "status"]) == 2
+    assert main(["client", "--pki", "x", "--server", "h:99999", "status"]) == 2
+    capsys.readouterr()
+
