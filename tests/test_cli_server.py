@@ -1,5 +1,6 @@
 """``dotsd server`` as a real process: start, serve DTLS and TLS, mitigator feedback, kill -9 and
-restart on the same state, SIGTERM, start failures."""
+restart on the same state, SIGTERM, start failures, an operator policy and session
+configuration from ``--config``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ import pytest
 
 from dotsd.coap.numbers import Code
 from dotsd.pki import PkiPaths, init_pki, load_certificate
-from dotsd.signal.client import Reply, SignalClient
+from dotsd.signal.client import ClientError, Reply, SignalClient
+from dotsd.signal.config import Attribute, ConfigBounds, ConfigSetKind
 
 SCOPE: dict[str, Any] = {"target-prefix": ["2001:db8:6401::1/128"], "lifetime": 3600}
 DOTSD = [sys.executable, "-m", "dotsd"]
@@ -29,28 +32,44 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
 
 
 class Server:
-    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int,
+                 events: list[dict[str, Any]]) -> None:
         self.proc = proc
         self.port = port
+        self.events = events  # what it printed up to "listening" (--json)
 
 
-async def _start(pki: PkiPaths, state: Path) -> Server:
-    proc = await asyncio.create_subprocess_exec(
-        *DOTSD, "server", "--pki", str(pki.directory), "--state", str(state), "--bind", "::1",
-        "--port", "0", "--json", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+async def _start(pki: PkiPaths | None, state: Path | None, *extra: str) -> Server:
+    """``dotsd server`` on [::1] and a free port; ``pki`` / ``state`` None: not given as
+    flags (``extra`` gives ``--config FILE``)."""
+    argv = [*DOTSD, "server", "--bind", "::1", "--port", "0", "--json", *extra]
+    if pki is not None:
+        argv += ["--pki", str(pki.directory)]
+    if state is not None:
+        argv += ["--state", str(state)]
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE,
+                                                stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
-    async with asyncio.timeout(20):
-        while True:
-            line = await proc.stdout.readline()
-            assert line, "the server exited before listening"
-            event = json.loads(line)
-            if "port" in event:
-                return Server(proc, int(event["port"]))
+    events: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                line = await proc.stdout.readline()
+                assert line, "the server exited before listening"
+                events.append(json.loads(line))
+                if "port" in events[-1]:
+                    return Server(proc, int(events[-1]["port"]), events)
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        raise
 
 
 @contextlib.asynccontextmanager
-async def running(pki: PkiPaths, state: Path) -> AsyncIterator[Server]:
-    server = await _start(pki, state)
+async def running(pki: PkiPaths | None, state: Path | None, *extra: str
+                  ) -> AsyncIterator[Server]:
+    server = await _start(pki, state, *extra)
     try:
         yield server
     finally:
@@ -158,3 +177,65 @@ def test_corrupt_state_is_refused_and_kept(pki: PkiPaths, tmp_path: Path) -> Non
     result = _run("--pki", str(pki.directory), "--state", str(state), "--port", "0")
     assert result.returncode == 1 and "not a database" in result.stderr
     assert db.read_bytes() == b"garbage\n"  # never replaced: an operator may recover it
+
+
+async def test_operator_policy_and_session_config_from_a_file(pki: PkiPaths,
+                                                              tmp_path: Path) -> None:
+    """A server whose --config admits 10.0.0.0/8 (RFC 9132 §4.4.1.1, §10) and sets session
+    configuration bounds (§4.5); --pki and --state come from the file."""
+    config = tmp_path / "server.toml"
+    config.write_text(f"""
+[server]
+pki = "{pki.directory}"
+state = "state"
+[policy]
+allowed-prefixes = ["10.0.0.0/8"]
+max-lifetime = 600
+[session-config]
+max-age = 1234
+[session-config.idle]
+heartbeat-interval = {{ min = 20, max = 90, default = 45 }}
+ack-timeout = {{ min = 1.5, max = 5.25, default = 2.5 }}
+[session-config.mitigating]
+missing-hb-allowed = {{ min = 4, max = 8, default = 6 }}
+[mitigator]
+options = {{ feedback_delay = 0.1 }}
+""")
+    async with running(None, None, "--config", str(config)) as server:
+        announced = server.events[0]
+        assert announced["mode"] == "policy" and announced["prefixes"] == ["10.0.0.0/8"]
+        assert server.events[-1]["state"] == str(tmp_path / "state")
+        async with client_of(pki, server.port) as client:
+            reply = await client.mitigate({"target-prefix": ["10.1.2.3/32"],
+                                           "lifetime": 3600})
+            assert reply.code == Code.CREATED
+            assert reply.lifetime == 600  # shortened to the policy's max-lifetime
+            with pytest.raises(ClientError) as refused:
+                await client.mitigate({"target-prefix": ["192.0.2.1/32"], "lifetime": 60})
+            assert refused.value.code == Code.BAD_REQUEST
+            assert "outside the DOTS client domain" in str(refused.value.diagnostic)
+            # The bounds a client discovers are the file's (RFC 9132 §4.5.1, GET /config).
+            advertised = await client.session_config_get()
+            assert client.config_max_age == 1234
+            idle = advertised.advertised(ConfigSetKind.IDLE)
+            hb = idle[Attribute.HEARTBEAT_INTERVAL]
+            assert (hb.minimum, hb.maximum, hb.current) == (20, 90, 45)
+            ack = idle[Attribute.ACK_TIMEOUT]
+            assert (ack.minimum, ack.maximum, ack.current) == (
+                Decimal("1.50"), Decimal("5.25"), Decimal("2.50"))
+            missing = advertised.advertised(ConfigSetKind.MITIGATING)[
+                Attribute.MISSING_HB_ALLOWED]
+            assert (missing.minimum, missing.maximum, missing.current) == (4, 8, 6)
+            # Not in the file: the RFC 9132 defaults.
+            default = ConfigBounds()
+            rate = idle[Attribute.PROBING_RATE]
+            assert (rate.minimum, rate.maximum) == (default.minimum.probing_rate,
+                                                    default.maximum.probing_rate)
+        server.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(server.proc.wait(), 15) == 0
+
+
+async def test_lab_mode_is_announced_without_a_policy(pki: PkiPaths, tmp_path: Path) -> None:
+    async with running(pki, tmp_path / "state") as server:
+        assert server.events[0]["mode"] == "lab"
+        assert "192.0.2.0/24" in server.events[0]["prefixes"]

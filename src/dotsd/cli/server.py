@@ -3,7 +3,11 @@
 DTLS over UDP and TLS over TCP on the same port (RFC 9132 §4.3: both are defined on the
 default port 4646, registries.md), mutual certificate authentication from a dotsd PKI
 directory, durable state in ``--state`` (SQLite), mitigations handed to a mitigator plugin.
-Without a policy the server runs in lab mode: the documentation prefixes only, and it says so.
+Settings come from an optional TOML file (``--config``, :mod:`dotsd.server_config`) and the
+flags, a flag given on the command line winning over the file. With a ``[policy]`` the server
+serves the operator's prefixes and domains (RFC 9132 §4.4.1.1, §10) and says which; without
+one it runs in lab mode: the documentation prefixes only, and it says so. ``--check``
+validates the settings and prints them without listening.
 Runs until SIGTERM / SIGINT, then closes the links, waits (bounded) for the mitigator and
 closes the store: exit 0.
 
@@ -20,19 +24,24 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-from dotsd.cli import CommandError, Subparsers
+from dotsd import server_config
+from dotsd.cli import CommandError, Subparsers, emit
 from dotsd.mitigate import registry
-from dotsd.mitigate.base import MitigatorError
+from dotsd.mitigate.base import FeedbackSink, Mitigator, MitigatorError
 from dotsd.mitigate.bridge import MitigatorBridge
 from dotsd.pki import PkiPaths
-from dotsd.signal.policy import LAB
+from dotsd.server_config import (
+    DEFAULT_BIND,
+    DEFAULT_PORT,
+    ConfigFileError,
+    MitigatorSettings,
+    ServerSettings,
+)
 from dotsd.signal.server import SignalServer
 from dotsd.store.base import StoreError
 from dotsd.store.sqlite import SqliteStore
-
-DEFAULT_PORT: Final = 4646  # RFC 9132 §4.3 / registries.md: "dots-signal" UDP and TCP
 
 log = logging.getLogger("dotsd.server")
 
@@ -42,19 +51,30 @@ def register(subparsers: Subparsers) -> None:
         "server", help="run a DOTS server (signal channel over DTLS and TLS)",
         description="Run a DOTS signal-channel server (RFC 9132): DTLS/UDP and TLS/TCP on "
                     "the same port, mutual certificate authentication, state kept in "
-                    "--state. Stops cleanly on SIGTERM or SIGINT.")
-    parser.add_argument("--pki", required=True, metavar="DIR",
+                    "--state. Settings come from --config FILE (TOML) and the flags; a flag "
+                    "given on the command line wins over the file. Stops cleanly on SIGTERM "
+                    "or SIGINT.")
+    # Defaults are None: a flag left out does not override the file (see _settings).
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML configuration file (see docs/server.example.toml)")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the configuration, print the effective settings and "
+                             "exit (0 valid, 1 not) without listening")
+    parser.add_argument("--pki", metavar="DIR",
                         help="PKI directory with ca.pem, server.pem, server.key "
-                             "(dotsd pki init DIR)")
-    parser.add_argument("--state", required=True, metavar="DIR",
-                        help="state directory (created if missing; SQLite database)")
-    parser.add_argument("--bind", default="::", metavar="ADDR",
-                        help="address to listen on (default :: = every IPv6 and IPv4 address)")
-    parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
+                             "(dotsd pki init DIR); required here or as [server] pki")
+    parser.add_argument("--state", metavar="DIR",
+                        help="state directory (created if missing; SQLite database); "
+                             "required here or as [server] state")
+    parser.add_argument("--bind", metavar="ADDR",
+                        help=f"address to listen on (default {DEFAULT_BIND} = every IPv6 and "
+                             "IPv4 address)")
+    parser.add_argument("--port", type=_port,
                         help=f"UDP and TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
-    parser.add_argument("--mitigator", default=registry.DEFAULT, metavar="NAME",
-                        help="mitigator plugin (default %(default)s)")
-    parser.add_argument("--no-tls", action="store_true",
+    parser.add_argument("--mitigator", metavar="NAME",
+                        help=f"mitigator plugin (default {registry.DEFAULT}); the file's "
+                             "[mitigator] options apply only to the plugin it names")
+    parser.add_argument("--no-tls", action="store_true", default=None,
                         help="serve DTLS only (no TLS over TCP)")
     parser.set_defaults(func=run)
 
@@ -76,6 +96,64 @@ def _check_pki(pki: PkiPaths) -> None:
                                f"{pki.directory})")
 
 
+def _settings(args: argparse.Namespace) -> ServerSettings:
+    """The file's settings (or the defaults) with every flag given on the command line
+    applied over them; ``--pki`` and ``--state`` must come from one or the other."""
+    try:
+        settings = server_config.load(args.config) if args.config else ServerSettings()
+    except ConfigFileError as exc:
+        raise CommandError(str(exc)) from None
+    changes: dict[str, Any] = {}
+    if args.bind is not None:
+        changes["bind"] = args.bind
+    if args.port is not None:
+        changes["port"] = args.port
+    for key in ("pki", "state"):
+        if getattr(args, key) is not None:
+            changes[key] = Path(getattr(args, key))
+    if args.mitigator is not None and args.mitigator != settings.mitigator.name:
+        # The file's options belong to the plugin it names, not to this one.
+        changes["mitigator"] = MitigatorSettings(args.mitigator)
+    if args.no_tls:
+        transports = tuple(t for t in settings.transports if t != "tls")
+        if not transports:
+            raise CommandError("--no-tls leaves no transport (the configuration serves "
+                               "TLS only)")
+        changes["transports"] = transports
+    settings = settings.replace(**changes)
+    where = f" (or [server] {{}} in {args.config})" if args.config else " (or --config FILE)"
+    if settings.pki is None:
+        raise CommandError("no PKI directory: give --pki DIR" + where.format("pki"))
+    if settings.state is None:
+        raise CommandError("no state directory: give --state DIR" + where.format("state"))
+    return settings
+
+
+def _create_mitigator(settings: ServerSettings, report: FeedbackSink | None) -> Mitigator:
+    """The configured plugin, its options checked by its constructor (before serving)."""
+    name = settings.mitigator.name
+    try:
+        return registry.create(name, settings.mitigator.options, report=report)
+    except (MitigatorError, LookupError, ValueError) as exc:
+        raise CommandError(str(exc) if isinstance(exc, LookupError)
+                           else f"mitigator {name!r}: {exc}") from exc
+
+
+def _check(args: argparse.Namespace, settings: ServerSettings) -> int:
+    """``--check``: everything that can be validated without listening or writing."""
+    assert settings.pki is not None
+    _check_pki(PkiPaths.of(settings.pki))
+    _create_mitigator(settings, None)
+    if settings.state is not None and settings.state.exists() and not settings.state.is_dir():
+        raise CommandError(f"state {settings.state}: not a directory")
+    source = args.config or "(command line)"
+    lines = [f"configuration {source}: valid", *server_config.describe(settings)]
+    emit(args, {"config": args.config, "valid": True,
+                "mode": "lab" if settings.lab_mode else "policy",
+                "settings": settings.to_dict()}, "\n".join(lines))
+    return 0
+
+
 def _say(args: argparse.Namespace, text: str, **fields: Any) -> None:
     if args.json:
         sys.stdout.write(json.dumps({"event": text, **fields}) + "\n")
@@ -84,60 +162,67 @@ def _say(args: argparse.Namespace, text: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
     from dotsd.dtls.context import DtlsConfig
     from dotsd.dtls.context import server_context as dtls_server_context
     from dotsd.tls.context import server_context as tls_server_context
     from dotsd.transport.dtls import serve_dtls
     from dotsd.transport.tcp import serve_tcp
 
-    pki = PkiPaths.of(args.pki)
+    assert settings.pki is not None and settings.state is not None  # _settings
+    pki = PkiPaths.of(settings.pki)
     _check_pki(pki)
     try:
-        store = SqliteStore.open(Path(args.state))
+        store = SqliteStore.open(settings.state)
     except StoreError as exc:
-        raise CommandError(f"state {args.state}: {exc}") from exc
+        raise CommandError(f"state {settings.state}: {exc}") from exc
     listeners: list[Any] = []
     server: SignalServer | None = None
     bridge: MitigatorBridge | None = None
     try:
-        try:
-            bridge_holder: list[MitigatorBridge] = []
-            mitigator = registry.create(
-                args.mitigator, report=lambda fb: bridge_holder[0].feedback(fb))
-        except (MitigatorError, LookupError, ValueError) as exc:
-            raise CommandError(str(exc) if isinstance(exc, LookupError)
-                               else f"mitigator {args.mitigator!r}: {exc}") from exc
+        bridge_holder: list[MitigatorBridge] = []
+        mitigator = _create_mitigator(settings, lambda fb: bridge_holder[0].feedback(fb))
         bridge = MitigatorBridge(mitigator)
         bridge_holder.append(bridge)
-        server = SignalServer(store=store, policy=LAB)
+        server = SignalServer(store=store, policy=settings.effective_policy,
+                              config_policy=settings.session_config)
         bridge.attach(server)
         await mitigator.start()
         resumed = bridge.resume(server.table)
+        port = settings.port
         try:
-            dtls = await serve_dtls(server.node, args.bind, args.port,
-                                    dtls_server_context(DtlsConfig.from_pki(pki)))
-            listeners.append(dtls)
-            port = dtls.port
-            if not args.no_tls:
-                tls = await serve_tcp(server.node, args.bind, port, tls_server_context(
+            # RFC 9132 §4.3: DTLS and TLS on the same port; with port 0 the first listener
+            # picks it and the second follows.
+            if "dtls" in settings.transports:
+                dtls = await serve_dtls(server.node, settings.bind, port,
+                                        dtls_server_context(DtlsConfig.from_pki(pki)))
+                listeners.append(dtls)
+                port = dtls.port
+            if "tls" in settings.transports:
+                tls = await serve_tcp(server.node, settings.bind, port, tls_server_context(
                     pki.server_cert, pki.server_key, pki.ca_cert))
                 listeners.append(tls)
+                port = tls.port
         except OSError as exc:
-            raise CommandError(f"cannot listen on [{args.bind}]:{args.port}: "
+            raise CommandError(f"cannot listen on [{settings.bind}]:{settings.port}: "
                                f"{exc.strerror or exc}") from exc
         server.start()
-        # The policy: until operator policy files exist, lab mode (issue 4, RFC 9132 §4.4.1:
-        # targets outside the client's domain are refused).
-        _say(args, "lab mode: mitigation only for the documentation prefixes "
-                   "2001:db8::/32, 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24",
-             mode="lab")
-        log.warning("lab mode: documentation prefixes only")
-        transports = "dtls" if args.no_tls else "dtls+tls"
-        _say(args, f"listening on [{args.bind}]:{port} ({transports}), state {args.state}, "
-                   f"mitigator {mitigator.name}, {resumed} active mitigation(s) resumed",
-             bind=args.bind, port=port, transports=transports.split("+"),
-             state=str(args.state), mitigator=mitigator.name, resumed=resumed)
+        # RFC 9132 §4.4.1.1, §10: targets outside the client's domain are refused (4.00);
+        # the operator sees which domain this server serves.
+        policy = settings.effective_policy
+        summary = server_config.policy_summary(settings)
+        _say(args, summary, mode="lab" if settings.lab_mode else "policy",
+             prefixes=[str(p) for p in policy.allowed_prefixes],
+             domains=list(policy.allowed_domains))
+        if settings.lab_mode:
+            log.warning("lab mode: documentation prefixes only")
+        transports = "+".join(settings.transports)
+        _say(args, f"listening on [{settings.bind}]:{port} ({transports}), state "
+                   f"{settings.state}, mitigator {mitigator.name}, {resumed} active "
+                   "mitigation(s) resumed",
+             bind=settings.bind, port=port, transports=list(settings.transports),
+             state=str(settings.state), mitigator=mitigator.name, resumed=resumed,
+             config=args.config)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -159,5 +244,8 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    asyncio.run(_serve(args))
+    settings = _settings(args)
+    if args.check:
+        return _check(args, settings)
+    asyncio.run(_serve(args, settings))
     return 0

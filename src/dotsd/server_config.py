@@ -1,0 +1,521 @@
+"""The operator's configuration of ``dotsd server``: a TOML file read into :class:`ServerSettings`.
+
+::
+
+    [server]                 # where and how to listen (the command-line flags of the same name)
+    bind = "::"
+    port = 4646              # RFC 9132 §4.3: "dots-signal", UDP and TCP
+    transports = ["dtls", "tls"]
+    pki = "/etc/dotsd/pki"   # relative paths are relative to the file's directory
+    state = "/var/lib/dotsd"
+
+    [policy]                 # without it: lab mode (documentation prefixes only)
+    allowed-prefixes = ["10.0.0.0/8", "2001:db8::/32"]
+    allowed-domains = ["example.com"]
+    max-lifetime = 86400
+    allow-indefinite = false
+    max-mitigations-per-client = 100
+    retry-after = 60
+
+    [session-config]         # RFC 9132 §4.5: what clients may negotiate
+    max-age = 3600
+    [session-config.idle.heartbeat-interval]
+    min = 15
+    max = 240
+    default = 30
+
+    [mitigator]
+    name = "log"
+    options = { feedback_delay = 0.5 }   # the plugin's own keys, passed as they are
+
+Every key is checked: an unknown key, a value of the wrong type or outside its range, and a
+file that is not TOML are each a :class:`ConfigFileError` whose message names the file, the
+key, the value and what is expected (the TOML parser's message gives the line). Nothing else
+escapes :func:`load` / :func:`from_mapping`.
+
+Key names are kebab-case as in the YANG modules of RFC 9132 (``heartbeat-interval``,
+``max-retransmit``, ...). The mitigator's ``options`` belong to the plugin, which validates
+them itself when it is created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import json
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+from dotsd.mitigate import registry
+from dotsd.signal.config import Attribute, ConfigBounds, ConfigPolicy, ConfigSetKind
+from dotsd.signal.policy import LAB, IPNetwork, Policy
+
+__all__ = [
+    "DEFAULT_BIND",
+    "DEFAULT_PORT",
+    "TRANSPORTS",
+    "ConfigFileError",
+    "MitigatorSettings",
+    "ServerSettings",
+    "describe",
+    "from_mapping",
+    "load",
+    "policy_summary",
+]
+
+DEFAULT_PORT: Final = 4646  # RFC 9132 §4.3 / registries.md: "dots-signal" UDP and TCP
+DEFAULT_BIND: Final = "::"
+TRANSPORTS: Final = ("dtls", "tls")  # RFC 9132 §4.3: DTLS over UDP, TLS over TCP
+UINT32_MAX: Final = 2**32 - 1
+INT32_MAX: Final = 2**31 - 1
+UINT16_MAX: Final = 0xFFFF
+DECIMAL_MAX: Final = Decimal(UINT16_MAX)
+
+_SECTIONS: Final = ("server", "policy", "session-config", "mitigator")
+_SERVER_KEYS: Final = ("bind", "port", "transports", "pki", "state")
+_POLICY_KEYS: Final = ("allowed-prefixes", "allowed-domains", "max-lifetime",
+                       "allow-indefinite", "max-mitigations-per-client", "retry-after")
+_SESSION_KEYS: Final = ("max-age", *(k.value.removesuffix("-config") for k in ConfigSetKind))
+_SET_KEYS: Final = (*(a.value for a in Attribute), "allow-heartbeat-disable")
+_BOUND_KEYS: Final = ("min", "max", "default")
+_MITIGATOR_KEYS: Final = ("name", "options")
+_LABEL: Final = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+class ConfigFileError(ValueError):
+    """The configuration is not valid: ``source`` (the file), ``key`` (dotted path, or None
+    for the whole file) and ``problem`` make one line."""
+
+    def __init__(self, source: str, key: str | None, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class MitigatorSettings:
+    """Which mitigator plugin (:mod:`dotsd.mitigate.registry`) and its own options."""
+
+    name: str = registry.DEFAULT
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything ``dotsd server`` runs with. ``policy`` None is lab mode
+    (:data:`~dotsd.signal.policy.LAB`); ``pki`` / ``state`` None: not configured (the command
+    line must give them)."""
+
+    bind: str = DEFAULT_BIND
+    port: int = DEFAULT_PORT
+    transports: tuple[str, ...] = TRANSPORTS
+    pki: Path | None = None
+    state: Path | None = None
+    policy: Policy | None = None
+    session_config: ConfigPolicy = field(default_factory=ConfigPolicy)
+    mitigator: MitigatorSettings = field(default_factory=MitigatorSettings)
+    source: str | None = field(default=None, compare=False)
+
+    @property
+    def lab_mode(self) -> bool:
+        return self.policy is None
+
+    @property
+    def effective_policy(self) -> Policy:
+        return LAB if self.policy is None else self.policy
+
+    def replace(self, **changes: Any) -> ServerSettings:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings in the file's shape (TOML / JSON types): loading it gives back equal
+        settings."""
+        server: dict[str, Any] = {"bind": self.bind, "port": self.port,
+                                  "transports": list(self.transports)}
+        if self.pki is not None:
+            server["pki"] = str(self.pki)
+        if self.state is not None:
+            server["state"] = str(self.state)
+        result: dict[str, Any] = {"server": server}
+        if self.policy is not None:
+            result["policy"] = _policy_dict(self.policy)
+        result["session-config"] = _session_dict(self.session_config)
+        result["mitigator"] = {"name": self.mitigator.name,
+                               "options": _plain(self.mitigator.options)}
+        return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load(path: str | Path) -> ServerSettings:
+    """Read and validate a TOML configuration file. Relative paths in it (``pki``, ``state``)
+    are taken relative to the file's directory."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigFileError(source, None, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(source, None, f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib ends its message with "(at line L, column C)" or "(at end of document)".
+        where = f"(at end of document, after line {len(text.splitlines())})"
+        message = str(exc).replace("(at end of document)", where)
+        raise ConfigFileError(source, None, f"invalid TOML: {message}") from None
+    return from_mapping(data, source=source, base=path.parent)
+
+
+def from_mapping(data: Mapping[str, Any], *, source: str = "<config>",
+                 base: Path | None = None) -> ServerSettings:
+    """Validate parsed TOML (or any mapping of that shape); ``base``: the directory relative
+    paths are relative to (None: kept as given)."""
+    reader = _Reader(source, base)
+    top = reader.table(data, "")
+    reader.known(top, "", _SECTIONS)
+    settings = ServerSettings(source=source)
+    if "server" in top:
+        settings = reader.server(reader.table(top["server"], "server"), settings)
+    if "policy" in top:
+        settings = settings.replace(policy=reader.policy(reader.table(top["policy"], "policy")))
+    if "session-config" in top:
+        settings = settings.replace(session_config=reader.session_config(
+            reader.table(top["session-config"], "session-config")))
+    if "mitigator" in top:
+        settings = settings.replace(mitigator=reader.mitigator(
+            reader.table(top["mitigator"], "mitigator")))
+    return settings
+
+
+def _show(value: object) -> str:
+    """A value as the operator wrote it (TOML-like), shortened."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value)
+    elif isinstance(value, Mapping):
+        text = "a table"
+    elif isinstance(value, list | tuple):
+        text = "[" + ", ".join(_show(v) for v in value[:4]) + (", ...]" if len(value) > 4
+                                                                 else "]")
+    else:
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+class _Reader:
+    """Checks one document, raising :class:`ConfigFileError` for ``source``."""
+
+    def __init__(self, source: str, base: Path | None) -> None:
+        self.source = source
+        self.base = base
+
+    def fail(self, key: str | None, problem: str) -> ConfigFileError:
+        return ConfigFileError(self.source, key or None, problem)
+
+    def bad(self, key: str, value: object, form: str) -> ConfigFileError:
+        return self.fail(key, f"got {_show(value)}, expected {form}")
+
+    # -- generic checks ------------------------------------------------------------------------
+
+    def table(self, value: object, where: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            if not where:
+                raise self.fail(None, "expected a TOML document (a table of sections)")
+            raise self.bad(where, value, "a table")
+        return value
+
+    def known(self, table: Mapping[str, Any], where: str, keys: Sequence[str]) -> None:
+        for key in table:
+            if key not in keys:
+                close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+                hint = (f" (did you mean {close[0]!r}?)" if close
+                        else f"; known keys: {', '.join(keys)}")
+                raise self.fail(None, f"unknown key {_join(where, key)!r}{hint}")
+
+    def integer(self, value: object, key: str, lo: int, hi: int, unit: str = "") -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self.bad(key, value, f"an integer{unit} from {lo} to {hi}")
+        return value
+
+    def boolean(self, value: object, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.bad(key, value, "true or false")
+        return value
+
+    def string(self, value: object, key: str, form: str = "a non-empty string") -> str:
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise self.bad(key, value, form)
+        return value
+
+    def strings(self, value: object, key: str, form: str) -> list[str]:
+        if not isinstance(value, list):
+            raise self.bad(key, value, f"a list of {form}")
+        return [self.string(item, f"{key}[{i}]", form) for i, item in enumerate(value)]
+
+    def path(self, value: object, key: str) -> Path:
+        path = Path(self.string(value, key, "a directory path"))
+        return path if self.base is None or path.is_absolute() else self.base / path
+
+    # -- [server] ------------------------------------------------------------------------------
+
+    def server(self, table: Mapping[str, Any], settings: ServerSettings) -> ServerSettings:
+        self.known(table, "server", _SERVER_KEYS)
+        changes: dict[str, Any] = {}
+        if "bind" in table:
+            form = 'an IP address such as "::" or "192.0.2.1"'
+            bind = self.string(table["bind"], "server.bind", form)
+            try:
+                ipaddress.ip_address(bind)
+            except ValueError:
+                raise self.bad("server.bind", bind, form) from None
+            changes["bind"] = bind
+        if "port" in table:
+            changes["port"] = self.integer(table["port"], "server.port", 0, 65535,
+                                           " (0 picks a free port)")
+        if "transports" in table:
+            form = " or ".join(f'"{t}"' for t in TRANSPORTS)
+            names = self.strings(table["transports"], "server.transports", form)
+            for i, name in enumerate(names):
+                if name not in TRANSPORTS or name in names[:i]:
+                    raise self.bad(f"server.transports[{i}]", name,
+                                   f"one of {form}, each at most once")
+            if not names:
+                raise self.bad("server.transports", names, f"at least one of {form}")
+            changes["transports"] = tuple(t for t in TRANSPORTS if t in names)
+        for key in ("pki", "state"):
+            if key in table:
+                changes[key] = self.path(table[key], f"server.{key}")
+        return settings.replace(**changes)
+
+    # -- [policy] ------------------------------------------------------------------------------
+
+    def policy(self, table: Mapping[str, Any]) -> Policy:
+        """RFC 9132 §4.4.1.1, §10: the client domain (one for every client here)."""
+        self.known(table, "policy", _POLICY_KEYS)
+        prefixes: list[IPNetwork] = []
+        if "allowed-prefixes" in table:
+            form = 'an IP prefix such as "10.0.0.0/8" (no host bits set)'
+            key = "policy.allowed-prefixes"
+            for i, text in enumerate(self.strings(table["allowed-prefixes"], key, form)):
+                try:
+                    prefixes.append(ipaddress.ip_network(text, strict=True))
+                except ValueError:
+                    raise self.bad(f"{key}[{i}]", text, form) from None
+        domains: list[str] = []
+        if "allowed-domains" in table:
+            form = 'a domain name such as "example.com" (its subdomains are included)'
+            key = "policy.allowed-domains"
+            for i, text in enumerate(self.strings(table["allowed-domains"], key, form)):
+                name = text.lower().removesuffix(".")
+                if len(name) > 253 or not all(_LABEL.fullmatch(x) for x in name.split(".")):
+                    raise self.bad(f"{key}[{i}]", text, form)
+                domains.append(name)
+        if not prefixes and not domains:
+            raise self.fail("policy", "admits no target: give allowed-prefixes and/or "
+                                      "allowed-domains (or leave [policy] out for lab mode)")
+        changes: dict[str, Any] = {}
+        if "max-lifetime" in table:  # 'lifetime' is int32 seconds (RFC 9132 §5.3)
+            changes["max_lifetime"] = self.integer(table["max-lifetime"], "policy.max-lifetime",
+                                                   1, INT32_MAX, " (seconds)")
+        if "allow-indefinite" in table:
+            changes["allow_indefinite"] = self.boolean(table["allow-indefinite"],
+                                                       "policy.allow-indefinite")
+        if "max-mitigations-per-client" in table:
+            changes["max_mitigations_per_client"] = self.integer(
+                table["max-mitigations-per-client"], "policy.max-mitigations-per-client",
+                1, INT32_MAX)
+        if "retry-after" in table:  # sent as Max-Age, a uint32 (RFC 7252 §5.10.5)
+            changes["retry_after"] = self.integer(table["retry-after"], "policy.retry-after",
+                                                  0, UINT32_MAX, " (seconds)")
+        return Policy(allowed_prefixes=tuple(prefixes), allowed_domains=tuple(domains),
+                      name="operator", **changes)
+
+    # -- [session-config] ----------------------------------------------------------------------
+
+    def session_config(self, table: Mapping[str, Any]) -> ConfigPolicy:
+        """RFC 9132 §4.5: the server's acceptable ranges and defaults, per set."""
+        self.known(table, "session-config", _SESSION_KEYS)
+        max_age = None
+        if "max-age" in table:  # RFC 9132 §4.5.3, Max-Age is a uint32
+            max_age = self.integer(table["max-age"], "session-config.max-age", 0, UINT32_MAX,
+                                   " (seconds)")
+        sets: dict[str, ConfigBounds] = {}
+        for kind in ConfigSetKind:
+            name = kind.value.removesuffix("-config")
+            where = f"session-config.{name}"
+            if name in table:
+                sets[name.replace("-", "_")] = self.bounds(self.table(table[name], where), where)
+        return ConfigPolicy(max_age=max_age, **sets)
+
+    def bounds(self, table: Mapping[str, Any], where: str) -> ConfigBounds:
+        self.known(table, where, _SET_KEYS)
+        base = ConfigBounds()
+        found: dict[str, dict[Attribute, int | Decimal]] = {k: {} for k in _BOUND_KEYS}
+        for attr in Attribute:
+            if attr.value not in table:
+                continue
+            key = _join(where, attr.value)
+            limits = self.table(table[attr.value], key)
+            self.known(limits, key, _BOUND_KEYS)
+            for which, value in limits.items():
+                found[which][attr] = self.value(attr, value, f"{key}.{which}")
+        heartbeat_off = base.allow_heartbeat_disable
+        if "allow-heartbeat-disable" in table:
+            heartbeat_off = self.boolean(table["allow-heartbeat-disable"],
+                                         f"{where}.allow-heartbeat-disable")
+        try:
+            return ConfigBounds(minimum=base.minimum.replace(found["min"]),
+                                maximum=base.maximum.replace(found["max"]),
+                                default=base.default.replace(found["default"]),
+                                allow_heartbeat_disable=heartbeat_off)
+        except ValueError as exc:  # min > max, default outside, CoAP limits (config.py)
+            raise self.fail(where, str(exc)) from None
+
+    def value(self, attr: Attribute, value: object, key: str) -> int | Decimal:
+        if not attr.is_decimal:  # uint16 (RFC 9132 §5.3)
+            return self.integer(value, key, 0, UINT16_MAX)
+        # decimal64 with 2 fraction digits (RFC 9132 §5.3)
+        form = f"a number from 0 to {UINT16_MAX} with at most 2 decimals"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.bad(key, value, form)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.bad(key, value, form)
+        try:
+            number = Decimal(str(value))
+            exact = number == number.quantize(Decimal("0.01"))
+        except InvalidOperation:
+            raise self.bad(key, value, form) from None
+        if not exact or not 0 <= number <= DECIMAL_MAX:
+            raise self.bad(key, value, form)
+        return number
+
+    # -- [mitigator] ---------------------------------------------------------------------------
+
+    def mitigator(self, table: Mapping[str, Any]) -> MitigatorSettings:
+        self.known(table, "mitigator", _MITIGATOR_KEYS)
+        name = registry.DEFAULT
+        if "name" in table:
+            name = self.string(table["name"], "mitigator.name",
+                               f"a mitigator name such as \"{registry.DEFAULT}\"")
+        options: Mapping[str, Any] = MappingProxyType({})
+        if "options" in table:
+            options = MappingProxyType(dict(self.table(table["options"], "mitigator.options")))
+        return MitigatorSettings(name, options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing and describing
+
+
+def _number(value: int | Decimal) -> int | float:
+    return float(value) if isinstance(value, Decimal) else value
+
+
+def _policy_dict(policy: Policy) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "allowed-prefixes": [str(p) for p in policy.allowed_prefixes],
+        "allowed-domains": list(policy.allowed_domains),
+        "max-lifetime": policy.max_lifetime,
+        "allow-indefinite": policy.allow_indefinite,
+        "retry-after": policy.retry_after,
+    }
+    if policy.max_mitigations_per_client is not None:
+        result["max-mitigations-per-client"] = policy.max_mitigations_per_client
+    return result
+
+
+def _bounds_dict(bounds: ConfigBounds) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        attr.value: {"min": _number(bounds.minimum.get(attr)),
+                     "max": _number(bounds.maximum.get(attr)),
+                     "default": _number(bounds.default.get(attr))}
+        for attr in Attribute
+    }
+    result["allow-heartbeat-disable"] = bounds.allow_heartbeat_disable
+    return result
+
+
+def _session_dict(policy: ConfigPolicy) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    if policy.max_age is not None:
+        result["max-age"] = policy.max_age
+    for kind in ConfigSetKind:
+        result[kind.value.removesuffix("-config")] = _bounds_dict(policy.bounds(kind))
+    return result
+
+
+def _plain(value: object) -> Any:
+    """Plugin options as plain dicts / lists (MappingProxyType is not serialisable)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _listing(items: Iterable[object]) -> str:
+    text = ", ".join(str(i) for i in items)
+    return text or "(none)"
+
+
+def policy_summary(settings: ServerSettings) -> str:
+    """One line saying which targets the server accepts mitigation requests for."""
+    policy = settings.effective_policy
+    if settings.lab_mode:
+        return (f"lab mode: mitigation only for the documentation prefixes "
+                f"{_listing(policy.allowed_prefixes)}")
+    limits = [f"max lifetime {policy.max_lifetime} s",
+              "indefinite allowed" if policy.allow_indefinite else "indefinite refused"]
+    if policy.max_mitigations_per_client is not None:
+        limits.append(f"at most {policy.max_mitigations_per_client} mitigations per client "
+                      f"(retry after {policy.retry_after} s)")
+    return (f"policy: mitigation for prefixes {_listing(policy.allowed_prefixes)}; "
+            f"domains {_listing(policy.allowed_domains)}; {', '.join(limits)}")
+
+
+def _range(bounds: ConfigBounds, attr: Attribute) -> str:
+    return (f"{attr.value} {bounds.minimum.get(attr)}..{bounds.maximum.get(attr)} "
+            f"(default {bounds.default.get(attr)})")
+
+
+def describe(settings: ServerSettings) -> list[str]:
+    """The effective settings, for people (``dotsd server --check``)."""
+    mitigator = settings.mitigator
+    options = ", ".join(f"{k} = {_show(v)}" for k, v in mitigator.options.items())
+    lines = [
+        f"listen [{settings.bind}]:{settings.port} ({'+'.join(settings.transports)})",
+        f"pki {settings.pki if settings.pki is not None else '(not set)'}",
+        f"state {settings.state if settings.state is not None else '(not set)'}",
+        f"mitigator {mitigator.name}" + (f" {{{options}}}" if options else ""),
+        policy_summary(settings),
+    ]
+    session = settings.session_config
+    for kind in ConfigSetKind:
+        bounds = session.bounds(kind)
+        lines.append(f"session-config {kind.value.removesuffix('-config')}: "
+                     + ", ".join(_range(bounds, attr) for attr in Attribute)
+                     + ("" if bounds.allow_heartbeat_disable else "; heartbeats always on"))
+    lines.append("session-config max-age "
+                 + ("(not sent)" if session.max_age is None else f"{session.max_age} s"))
+    return lines
+

@@ -1,0 +1,265 @@
+"""The operator configuration of ``dotsd server`` (``dotsd.server_config``, ``--config``,
+``--check``): the loader's checks, the example file, flags over the file, one-line errors."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_cli_pki import _restore_logging, assert_one_error_line, run
+from test_cli_server import pki
+
+from dotsd.pki import PkiPaths
+from dotsd.server_config import (
+    ConfigFileError,
+    ServerSettings,
+    from_mapping,
+    load,
+)
+from dotsd.signal.config import Attribute, ConfigBounds, ConfigSetKind
+from dotsd.signal.policy import LAB
+
+__all__ = ["_restore_logging", "pki"]  # fixtures shared with the other CLI tests
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "server.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "server.toml"
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The loader
+
+
+def test_example_file_loads_with_every_section() -> None:
+    s = load(EXAMPLE)
+    assert (s.bind, s.port, s.transports) == ("::", 4646, ("dtls", "tls"))
+    assert s.pki == Path("/etc/dotsd/pki") and s.state == Path("/var/lib/dotsd")
+    assert not s.lab_mode and s.policy is not None
+    assert s.policy.allowed_prefixes == (ipaddress.ip_network("10.0.0.0/8"),
+                                         ipaddress.ip_network("2001:db8:6400::/40"))
+    assert s.policy.allowed_domains == ("example.com",)
+    assert s.policy.max_mitigations_per_client == 100
+    mitigating = s.session_config.bounds(ConfigSetKind.MITIGATING)
+    assert mitigating.maximum.heartbeat_interval == 120
+    assert mitigating.default.missing_hb_allowed == 5
+    assert mitigating.maximum.ack_timeout == Decimal("10.00")
+    # Attributes the file leaves out keep the RFC 9132 ranges.
+    assert mitigating.minimum.probing_rate == ConfigBounds().minimum.probing_rate
+    assert s.session_config.idle.default.heartbeat_interval == 60
+    assert s.session_config.max_age == 3600
+    assert s.mitigator.name == "log" and s.mitigator.options["feedback_delay"] == 1.0
+    assert from_mapping(s.to_dict()) == s  # the file's shape round-trips
+
+
+def test_no_policy_is_lab_mode_and_empty_file_is_the_defaults(tmp_path: Path) -> None:
+    s = load(write(tmp_path, "[server]\nport = 0\n"))
+    assert s.lab_mode and s.effective_policy is LAB
+    assert load(write(tmp_path, "")) == ServerSettings()
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    s = load(write(tmp_path, '[server]\npki = "pki"\nstate = "/abs/state"\n'))
+    assert s.pki == tmp_path / "pki" and s.state == Path("/abs/state")
+
+
+def test_partial_transports_and_domain_normalisation(tmp_path: Path) -> None:
+    s = load(write(tmp_path, '[server]\ntransports = ["tls"]\n[policy]\n'
+                             'allowed-domains = ["Example.NET."]\n'))
+    assert s.transports == ("tls",)
+    assert s.policy is not None and s.policy.allowed_domains == ("example.net",)
+    assert s.policy.allowed_prefixes == ()
+
+
+ERRORS = [
+    # (file text, substrings the one-line message must contain)
+    ("[polcy]\n", ["'polcy'", "did you mean 'policy'"]),
+    ('[policy]\nallowed-prefixes = ["10.0.0.0/8"]\nmax_lifetime = 5\n',
+     ["'policy.max_lifetime'", "did you mean 'max-lifetime'"]),
+    ("[server]\nfoo = 1\n", ["'server.foo'", "known keys: bind, port"]),
+    ('[server]\nport = "4646"\n', ["server.port", '"4646"', "an integer", "0 to 65535"]),
+    ("[server]\nport = 65536\n", ["server.port", "65536", "0 to 65535"]),
+    ('[server]\nbind = "localhost"\n', ["server.bind", '"localhost"', "an IP address"]),
+    ('[server]\ntransports = ["dtls", "quic"]\n', ["server.transports[1]", '"quic"',
+                                                   '"dtls" or "tls"']),
+    ("[server]\ntransports = []\n", ["server.transports", "at least one"]),
+    ("server = 3\n", ["server", "got 3", "a table"]),
+    ('[policy]\nallowed-prefixes = ["10.0.0.1/8"]\n',
+     ["policy.allowed-prefixes[0]", '"10.0.0.1/8"', "no host bits"]),
+    ('[policy]\nallowed-prefixes = "10.0.0.0/8"\n',
+     ["policy.allowed-prefixes", "a list of"]),
+    ('[policy]\nallowed-domains = ["*.example.com"]\n',
+     ["policy.allowed-domains[0]", '"*.example.com"', "a domain name"]),
+    ("[policy]\nmax-lifetime = 3600\n", ["policy", "admits no target"]),
+    ('[policy]\nallowed-prefixes = ["10.0.0.0/8"]\nmax-lifetime = 0\n',
+     ["policy.max-lifetime", "got 0", "from 1"]),
+    ('[policy]\nallowed-prefixes = ["10.0.0.0/8"]\nallow-indefinite = "yes"\n',
+     ["policy.allow-indefinite", '"yes"', "true or false"]),
+    ("[session-config.idle]\nheartbeat-interval = { min = 300, max = 240 }\n",
+     ["session-config.idle", "heartbeat-interval: minimum 300 above maximum 240"]),
+    ("[session-config.mitigating]\nack-timeout = { default = 2.005 }\n",
+     ["session-config.mitigating.ack-timeout.default", "2.005", "at most 2 decimals"]),
+    ("[session-config.mitigating]\nprobing-rate = { mid = 5 }\n",
+     ["'session-config.mitigating.probing-rate.mid'", "did you mean 'min'"]),
+    ("[session-config.busy]\n", ["'session-config.busy'", "known keys"]),
+    ("[session-config.idle]\nmax-retransmit = { max = 16 }\n",
+     ["session-config.idle", "max-retransmit above 15"]),
+    ("[mitigator]\nname = 4\n", ["mitigator.name", "got 4", "a mitigator name"]),
+    ("[server]\nport = = 3\n", ["invalid TOML", "line 2"]),
+    ('[policy]\nallowed-prefixes = ["10.0.0.0/8"\n', ["invalid TOML", "after line 2"]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ERRORS)
+def test_errors_name_file_key_value_and_form(tmp_path: Path, text: str,
+                                             expected: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigFileError) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    for part in expected:
+        assert part in message
+
+
+def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="cannot read: No such file"):
+        load(tmp_path / "absent.toml")
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[server]\nbind = "\xe9"\n')
+    with pytest.raises(ConfigFileError, match="not UTF-8"):
+        load(path)
+
+
+# Values of every TOML type (and a few that TOML cannot give), keys mostly from the real
+# vocabulary so that random documents reach the inner checks.
+KEYS = ["server", "policy", "session-config", "mitigator", "bind", "port", "transports",
+        "pki", "state", "allowed-prefixes", "allowed-domains", "max-lifetime",
+        "allow-indefinite", "max-mitigations-per-client", "retry-after", "max-age",
+        "mitigating", "idle", "allow-heartbeat-disable", "min", "max", "default", "name",
+        "options", *(a.value for a in Attribute)]
+SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats()
+           | st.text(max_size=12) | st.sampled_from(["::1", "10.0.0.0/8", "dtls", "tls",
+                                                    "example.com", "log", "x"])
+           | st.decimals(allow_nan=True) | st.datetimes())
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner,
+                                        max_size=5), max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(KEYS[:4]) | st.text(max_size=6), VALUES, max_size=4))
+def test_random_documents_give_settings_or_the_loaders_error(data: dict[str, Any]) -> None:
+    try:
+        loaded = from_mapping(data, source="random.toml")
+    except ConfigFileError as exc:
+        assert str(exc).startswith("random.toml: ")
+        return
+    assert from_mapping(loaded.to_dict()) == loaded
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 65535), st.integers(0, 65535), st.integers(0, 65535))
+def test_random_heartbeat_bounds_are_kept_or_refused(lo: int, hi: int, dflt: int) -> None:
+    data = {"session-config": {"idle": {"heartbeat-interval": {
+        "min": lo, "max": hi, "default": dflt}}}}
+    try:
+        idle = from_mapping(data).session_config.idle
+    except ConfigFileError as exc:
+        assert "session-config.idle" in str(exc)
+        assert lo > hi or not (lo <= dflt <= hi or dflt == 0)
+        return
+    assert (idle.minimum.heartbeat_interval, idle.maximum.heartbeat_interval,
+            idle.default.heartbeat_interval) == (lo, hi, dflt)
+
+
+# ---------------------------------------------------------------------------------------------
+# dotsd server --config / --check
+
+
+def check(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    code, out, err = run(capsys, "server", "--check", "--json", *argv)
+    assert code == 0, err
+    data: dict[str, Any] = json.loads(out)
+    return data
+
+
+def test_check_example_with_flags_overriding_the_file(
+        pki: PkiPaths, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = check(capsys, "--config", str(EXAMPLE), "--pki", str(pki.directory),
+                 "--port", "0", "--bind", "::1", "--no-tls", "--state", str(tmp_path / "s"))
+    assert data["valid"] is True and data["mode"] == "policy"
+    server = data["settings"]["server"]
+    assert server == {"bind": "::1", "port": 0, "transports": ["dtls"],
+                      "pki": str(pki.directory), "state": str(tmp_path / "s")}
+    # What the flags did not name comes from the file.
+    assert data["settings"]["policy"]["allowed-prefixes"] == ["10.0.0.0/8",
+                                                             "2001:db8:6400::/40"]
+    assert data["settings"]["mitigator"]["options"]["feedback_delay"] == 1.0
+    code, out, err = run(capsys, "server", "--check", "--config", str(EXAMPLE),
+                         "--pki", str(pki.directory))
+    assert code == 0, err
+    assert out.startswith(f"configuration {EXAMPLE}: valid\n")
+    assert "policy: mitigation for prefixes 10.0.0.0/8, 2001:db8:6400::/40" in out
+    assert "heartbeat-interval 15..120 (default 30)" in out
+
+
+def test_pki_and_state_may_come_from_the_file(
+        pki: PkiPaths, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, f'[server]\npki = "{pki.directory}"\nstate = "st"\n'
+                           '[mitigator]\nname = "log"\noptions = { feedback_delay = 0.25 }\n')
+    data = check(capsys, "--config", str(path), "--mitigator", "log")
+    assert data["mode"] == "lab"
+    assert data["settings"]["server"]["state"] == str(tmp_path / "st")
+    assert data["settings"]["mitigator"] == {"name": "log",
+                                             "options": {"feedback_delay": 0.25}}
+    assert not (tmp_path / "st").exists()  # --check writes nothing
+
+
+@pytest.mark.parametrize(("file_text", "argv", "expected"), [
+    (None, ["--state", "S"], "no PKI directory: give --pki DIR (or --config FILE)"),
+    ('[server]\nstate = "s"\n', [], "no PKI directory: give --pki DIR (or [server] pki in"),
+    (None, ["--pki", "P"], "no state directory: give --state DIR"),
+    ("[polcy]\n", [], "unknown key 'polcy' (did you mean 'policy'?)"),
+    ('[server]\nport = -1\n', [], 'server.port: got -1, expected an integer'),
+    ("[server\n", [], "invalid TOML"),
+    ('[server]\ntransports = ["tls"]\n', ["--no-tls"], "--no-tls leaves no transport"),
+    ('[mitigator]\noptions = { bogus = 1 }\n', [], "log mitigator: unknown option(s) bogus"),
+    (None, ["--mitigator", "nope"], "unknown mitigator 'nope'"),
+])
+def test_every_error_is_exit_1_and_one_line(
+        pki: PkiPaths, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        file_text: str | None, argv: list[str], expected: str) -> None:
+    args = ["server", "--check", *argv]
+    if file_text is not None:
+        args += ["--config", str(write(tmp_path, file_text))]
+    if "--pki" not in argv and "no PKI" not in expected:
+        args += ["--pki", str(pki.directory)]
+    if "--state" not in argv and "no state" not in expected and "state =" not in (
+            file_text or ""):
+        args += ["--state", str(tmp_path / "state")]
+    code, out, err = run(capsys, *args)
+    assert code == 1, (out, err)
+    assert_one_error_line(err)
+    assert expected in err
+    assert out == ""
+
+
+def test_missing_config_file_in_a_real_process(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "dotsd", "server", "--config",
+                             str(tmp_path / "none.toml")],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert result.stderr == (f"dotsd: error: {tmp_path / 'none.toml'}: cannot read: "
+                             "No such file or directory\n")
