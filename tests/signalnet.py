@@ -127,8 +127,10 @@ class SignalNet:
 
 @contextlib.asynccontextmanager
 async def signal_listeners(pki: PkiPaths, state: Path | None = None, *, tls: bool = True,
+                           dtls_kw: dict[str, Any] | None = None,
                            **server_kw: Any) -> AsyncIterator[SignalNet]:
-    """A SignalServer (SQLite store in ``state``, or memory only) serving DTLS and TLS."""
+    """A SignalServer (SQLite store in ``state``, or memory only) serving DTLS (``dtls_kw``:
+    more serve_dtls arguments, e.g. handshake timers) and TLS."""
     from dotsd.dtls.context import DtlsConfig, server_context
     from dotsd.tls.context import server_context as tls_server_context
     from dotsd.transport.dtls import serve_dtls
@@ -138,7 +140,8 @@ async def signal_listeners(pki: PkiPaths, state: Path | None = None, *, tls: boo
     net = SignalNet(pki, SignalServer(store=store, **server_kw))
     try:
         net.dtls = await serve_dtls(net.server.node, HOST, 0,
-                                    server_context(DtlsConfig.from_pki(pki)))
+                                    server_context(DtlsConfig.from_pki(pki)),
+                                    **(dtls_kw or {}))
         net.dtls_port = net.dtls.port
         if tls:
             net.tls = await serve_tcp(net.server.node, HOST, 0, tls_server_context(
