@@ -430,6 +430,44 @@ async def test_heartbeat_and_signal_loss(pki: PkiPaths, tmp_path: Path) -> None:
     obs.cancel()
 
 
+async def test_client_not_back_after_restart_loses_its_session(pki: PkiPaths,
+                                                                tmp_path: Path) -> None:
+    """A restarted server knows no session: a client with a preconfigured mitigation that
+    does not come back within missing-hb-allowed x heartbeat-interval has lost its session
+    (RFC 9132 §4.7), its preconfigured mitigation is triggered (§4.4.1.3); one that comes
+    back in time keeps it waiting."""
+    pre = {MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 86400,
+                               "trigger-mitigation": False}]}}
+    for returns in (False, True):
+        state = tmp_path / f"returns-{returns}"
+        env = make_env(pki, state)
+        assert (await env.put(10, pre)).code == Code.CREATED
+        assert env.server.store is not None
+        env.server.store.close()
+        await env.client.close()
+
+        clock = Clock(T0 + 50)
+        server = SignalServer(store=SqliteStore.open(state / "state"), clock=clock)
+        deadline = T0 + 50 + 30 * 15  # RFC 9132 §4.5.2 defaults: 30 s x 15
+        assert server.next_deadline() == deadline
+        if returns:
+            env2 = Env(pki, server, clock)
+            clock.now = T0 + 300  # back before the deadline
+            hb = request(Code.PUT, HEARTBEAT_PATH, build_heartbeat_body(True))
+            assert (await env2.ask(hb)).code == Code.CHANGED
+            clock.now = deadline
+            assert server.tick(deadline) == []  # its own session counts from T0 + 300
+            await env2.client.close()
+        else:
+            assert server.tick(deadline - 1) == []
+            lost = server.tick(deadline)
+            assert [c.mitigation.status.label for c in lost] == ["attack-mitigation-in-progress"]
+        assert server.store is not None
+        stored = server.store.get_mitigation(cuid_of(pki.client_cert), 10)
+        assert stored is not None and stored.status == (8 if returns else 1)
+        server.store.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # real DTLS
 

@@ -277,6 +277,7 @@ class SignalServer:
         self.site.add("/" + "/".join(HEARTBEAT_PATH), HeartbeatResource(self), prefix=True)
         self.sessions: dict[str, _Session] = {}  # by client identity
         self.table = self._load_table()
+        self._awaiting = self._awaiting_clients()
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self.redirection: Redirection | None = None
@@ -432,14 +433,7 @@ class SignalServer:
                 session.link = link
                 self._apply_session_params(session, now, force=True)
             return session
-        config = SessionConfig(self.config_policy, reliable=link.info.reliable)
-        stored = self.store.get_session_config(ident.cuid) if self.store is not None else None
-        if stored is not None:
-            try:
-                config.put(stored.sid, stored.config)
-            except ConfigError as exc:  # the policy changed since: back to the defaults
-                log.warning("stored session configuration of %s not applied: %s",
-                            ident.cuid, exc)
+        config = self._session_config(ident.cuid, link.info.reliable)
         mitigating = self._mitigating(ident)
         effective = config.effective(mitigating)
         monitor = HeartbeatMonitor(effective.heartbeat_interval, effective.missing_hb_allowed,
@@ -449,6 +443,31 @@ class SignalServer:
         self.sessions[ident.identity] = session
         self._apply_session_params(session, now, force=True)
         return session
+
+    def _session_config(self, cuid: str, reliable: bool) -> SessionConfig:
+        """The client's session configuration: the stored one, else the defaults (§4.5)."""
+        config = SessionConfig(self.config_policy, reliable=reliable)
+        stored = self.store.get_session_config(cuid) if self.store is not None else None
+        if stored is not None:
+            try:
+                config.put(stored.sid, stored.config)
+            except ConfigError as exc:  # the policy changed since: back to the defaults
+                log.warning("stored session configuration of %s not applied: %s", cuid, exc)
+        return config
+
+    def _awaiting_clients(self) -> dict[str, float]:
+        """After a restart, the clients with preconfigured mitigations (status 8) have no
+        session yet. A client that does not come back within its 'missing-hb-allowed' x
+        'heartbeat-interval' has lost its session as surely as one whose heartbeats stopped
+        (RFC 9132 §4.7): then its preconfigured mitigations are triggered (§4.4.1.3)."""
+        now = self.clock()
+        waiting: dict[str, float] = {}
+        for m in self.table:
+            if m.preconfigured and m.status is Status.ATTACK_MITIGATION_SIGNAL_LOSS \
+                    and m.cuid not in waiting:
+                idle = self._session_config(m.cuid, reliable=False).effective(False)
+                waiting[m.cuid] = now + idle.heartbeat_interval * idle.missing_hb_allowed
+        return waiting
 
     def _mitigating(self, ident: ClientIdentity) -> bool:
         """Whether the client has an active mitigation (its own 'cuid', or another 'cuid'
@@ -508,6 +527,15 @@ class SignalServer:
         changes = self.table.expire(now)
         self._commit(changes, now)
         done = list(changes)
+        for cuid, deadline in list(self._awaiting.items()):
+            if any(s.client.cuid == cuid for s in self.sessions.values()):
+                del self._awaiting[cuid]  # it came back: its own session watches it now
+            elif now >= deadline:
+                del self._awaiting[cuid]
+                log.info("cuid=%s did not come back after the restart: session lost", cuid)
+                lost = self.table.on_session_lost(cuid, now)
+                self._commit(lost, now)
+                done.extend(lost)
         for key, session in list(self.sessions.items()):
             cuid = session.client.cuid
             due = session.monitor.get_timer()
@@ -529,7 +557,7 @@ class SignalServer:
         return done
 
     def next_deadline(self) -> float | None:
-        times = [t for t in (self.table.next_deadline(),
+        times = [t for t in (self.table.next_deadline(), *self._awaiting.values(),
                              *(s.monitor.get_timer() for s in self.sessions.values()))
                  if t is not None]
         return min(times) if times else None
