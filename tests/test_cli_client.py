@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from test_cli_server import DOTSD, running
+from test_signal_redirect import serve
 
 from dotsd.cli import CommandError
 from dotsd.cli.client import _split_server
@@ -253,3 +254,42 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["client", "--pki", "x", "--server", "h:99999", "status"]) == 2
     capsys.readouterr()
 
+
+
+async def _event(server: Any, key: str) -> dict[str, Any]:
+    assert server.proc.stdout is not None
+    async with asyncio.timeout(20):
+        while True:
+            line = await server.proc.stdout.readline()
+            assert line, "the server exited"
+            event: dict[str, Any] = json.loads(line)
+            if key in event:
+                return event
+
+
+async def test_operator_redirects_by_reloading(pki: PkiPaths, tmp_path: Path) -> None:
+    """SIGHUP applies a [redirect] section: clients are sent to the alternate server (RFC 9132
+    §4.6) and `dotsd client` follows; a bad file changes nothing; removing it ends it."""
+    config = tmp_path / "server.toml"
+    config.write_text("[server]\n")
+    async with running(pki, tmp_path / "a", "--config", str(config)) as a, \
+            serve(pki, "127.0.0.1", a.port, tmp_path / "b") as b:
+        cli = Cli(pki, a.port, tmp_path / "client")
+        config.write_text('[redirect]\nalt-server = "localhost"\n'
+                          'alt-server-record = ["127.0.0.1"]\nttl = 600\n')
+        a.proc.send_signal(signal.SIGHUP)
+        assert (await _event(a, "reload"))["redirect"] == "localhost"
+        made = await cli.json("mitigate", "--target-prefix", "2001:db8::7")
+        assert made["server"] == f"localhost over dtls://127.0.0.1:{a.port}"
+        assert [m.mid for m in b.server.table] == [made["mid"]]
+        config.write_text("[redirect]\nttl = -5\n")
+        a.proc.send_signal(signal.SIGHUP)
+        failed = await _event(a, "reload")
+        assert failed["reload"] == "failed" and "alt-server" in failed["event"]
+        code, _, err = await cli("status")  # still redirected: B has the mitigation
+        assert code == 0, err
+        config.write_text("[server]\n")
+        a.proc.send_signal(signal.SIGHUP)
+        assert (await _event(a, "reload"))["redirect"] is None
+        here = await cli.json("--direct", "mitigate", "--target-prefix", "2001:db8::8")
+        assert here["server"] == f"::1 over dtls://[::1]:{a.port}"

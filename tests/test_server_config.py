@@ -63,6 +63,16 @@ def test_example_file_loads_with_every_section() -> None:
     assert from_mapping(s.to_dict()) == s  # the file's shape round-trips
 
 
+def test_redirect_section(tmp_path: Path) -> None:
+    s = load(write(tmp_path, '[redirect]\nalt-server = "alt.example"\n'
+                             'alt-server-record = ["2001:db8::2", "192.0.2.2"]\nttl = 0\n'))
+    assert s.redirect is not None
+    assert (s.redirect.alt_server, s.redirect.records, s.redirect.ttl) == (
+        "alt.example", ("2001:db8::2", "192.0.2.2"), 0)
+    assert from_mapping(s.to_dict()) == s
+    assert load(write(tmp_path, "")).redirect is None
+
+
 def test_no_policy_is_lab_mode_and_empty_file_is_the_defaults(tmp_path: Path) -> None:
     s = load(write(tmp_path, "[server]\nport = 0\n"))
     assert s.lab_mode and s.effective_policy is LAB
@@ -116,6 +126,11 @@ ERRORS = [
     ("[session-config.idle]\nmax-retransmit = { max = 16 }\n",
      ["session-config.idle", "max-retransmit above 15"]),
     ("[mitigator]\nname = 4\n", ["mitigator.name", "got 4", "a mitigator name"]),
+    ("[redirect]\nttl = 60\n", ["redirect", "'alt-server'", "required"]),
+    ('[redirect]\nalt-server = "alt.example"\nalt-server-record = ["alt.example"]\n',
+     ["redirect.alt-server-record[0]", '"alt.example"', "an IP address"]),
+    ('[redirect]\nalt-server = "alt.example"\nttl = -1\n', ["redirect.ttl", "got -1"]),
+    ('[redirect]\nalt-sever = "alt.example"\n', ["did you mean 'alt-server'"]),
     ("[server]\nport = = 3\n", ["invalid TOML", "line 2"]),
     ('[policy]\nallowed-prefixes = ["10.0.0.0/8"\n', ["invalid TOML", "after line 2"]),
 ]

@@ -57,6 +57,7 @@ from typing import Any, Final
 from dotsd.mitigate import registry
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigPolicy, ConfigSetKind
 from dotsd.signal.policy import LAB, IPNetwork, Policy
+from dotsd.signal.redirect import Redirection
 
 __all__ = [
     "DEFAULT_BIND",
@@ -69,6 +70,7 @@ __all__ = [
     "from_mapping",
     "load",
     "policy_summary",
+    "redirect_summary",
 ]
 
 DEFAULT_PORT: Final = 4646  # RFC 9132 §4.3 / registries.md: "dots-signal" UDP and TCP
@@ -79,7 +81,8 @@ INT32_MAX: Final = 2**31 - 1
 UINT16_MAX: Final = 0xFFFF
 DECIMAL_MAX: Final = Decimal(UINT16_MAX)
 
-_SECTIONS: Final = ("server", "policy", "session-config", "mitigator")
+_SECTIONS: Final = ("server", "policy", "session-config", "mitigator", "redirect")
+_REDIRECT_KEYS: Final = ("alt-server", "alt-server-record", "ttl")
 _SERVER_KEYS: Final = ("bind", "port", "transports", "pki", "state")
 _POLICY_KEYS: Final = ("allowed-prefixes", "allowed-domains", "max-lifetime",
                        "allow-indefinite", "max-mitigations-per-client", "retry-after")
@@ -123,6 +126,7 @@ class ServerSettings:
     policy: Policy | None = None
     session_config: ConfigPolicy = field(default_factory=ConfigPolicy)
     mitigator: MitigatorSettings = field(default_factory=MitigatorSettings)
+    redirect: Redirection | None = None
     source: str | None = field(default=None, compare=False)
 
     @property
@@ -151,6 +155,10 @@ class ServerSettings:
         result["session-config"] = _session_dict(self.session_config)
         result["mitigator"] = {"name": self.mitigator.name,
                                "options": _plain(self.mitigator.options)}
+        if self.redirect is not None:
+            result["redirect"] = {"alt-server": self.redirect.alt_server,
+                                  "alt-server-record": list(self.redirect.records),
+                                  "ttl": self.redirect.ttl}
         return result
 
 
@@ -199,6 +207,9 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "<config>",
     if "mitigator" in top:
         settings = settings.replace(mitigator=reader.mitigator(
             reader.table(top["mitigator"], "mitigator")))
+    if "redirect" in top:
+        settings = settings.replace(redirect=reader.redirect(
+            reader.table(top["redirect"], "redirect")))
     return settings
 
 
@@ -409,6 +420,34 @@ class _Reader:
             raise self.bad(key, value, form)
         return number
 
+    # -- [redirect] ----------------------------------------------------------------------------
+
+    def redirect(self, table: Mapping[str, Any]) -> Redirection:
+        """RFC 9132 §4.6: every client is sent to an alternate server (5.03)."""
+        self.known(table, "redirect", _REDIRECT_KEYS)
+        if "alt-server" not in table:
+            raise self.fail("redirect", "'alt-server' (the alternate server's FQDN) is "
+                                        "required")
+        server = self.string(table["alt-server"], "redirect.alt-server",
+                             "the alternate DOTS server's domain name")
+        records: list[str] = []
+        if "alt-server-record" in table:
+            form = "IP addresses of the alternate server"
+            key = "redirect.alt-server-record"
+            for i, text in enumerate(self.strings(table["alt-server-record"], key, form)):
+                try:
+                    records.append(str(ipaddress.ip_address(text)))
+                except ValueError:
+                    raise self.bad(f"{key}[{i}]", text, "an IP address") from None
+        ttl = 3600
+        if "ttl" in table:
+            ttl = self.integer(table["ttl"], "redirect.ttl", 0, UINT32_MAX,
+                               " (seconds; 4294967295: until redirected again)")
+        try:
+            return Redirection(server, tuple(records), ttl)
+        except ValueError as exc:
+            raise self.bad("redirect.alt-server", server, str(exc)) from None
+
     # -- [mitigator] ---------------------------------------------------------------------------
 
     def mitigator(self, table: Mapping[str, Any]) -> MitigatorSettings:
@@ -517,5 +556,13 @@ def describe(settings: ServerSettings) -> list[str]:
                      + ("" if bounds.allow_heartbeat_disable else "; heartbeats always on"))
     lines.append("session-config max-age "
                  + ("(not sent)" if session.max_age is None else f"{session.max_age} s"))
+    if settings.redirect is not None:
+        lines.append(redirect_summary(settings.redirect))
     return lines
+
+
+def redirect_summary(redirect: Redirection) -> str:
+    where = ", ".join(redirect.records) or "resolved by the client"
+    return (f"redirect: every client is sent to {redirect.alt_server} ({where}), TTL "
+            f"{redirect.ttl} s (RFC 9132 §4.6)")
 

@@ -216,6 +216,10 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
              domains=list(policy.allowed_domains))
         if settings.lab_mode:
             log.warning("lab mode: documentation prefixes only")
+        if settings.redirect is not None:
+            server.redirect(settings.redirect)
+            _say(args, server_config.redirect_summary(settings.redirect),
+                 redirect=settings.to_dict()["redirect"])
         transports = "+".join(settings.transports)
         _say(args, f"listening on [{settings.bind}]:{port} ({transports}), state "
                    f"{settings.state}, mitigator {mitigator.name}, {resumed} active "
@@ -227,6 +231,7 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(args, settings, server))
         await stop.wait()
         _say(args, "stopping", reason="signal")
     finally:
@@ -241,6 +246,32 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
             with contextlib.suppress(Exception):
                 await bridge.mitigator.stop()
         store.close()
+
+
+def _reload(args: argparse.Namespace, current: ServerSettings, server: SignalServer | None
+            ) -> None:
+    """SIGHUP: read the configuration again and apply what can change while serving — the
+    policy, the session configuration bounds (for new sessions) and the redirection (RFC 9132
+    §4.6); the rest needs a restart. A bad file changes nothing."""
+    if server is None:
+        return
+    try:
+        new = _settings(args)
+    except CommandError as exc:
+        log.error("reload failed, configuration unchanged: %s", exc)
+        _say(args, f"reload failed, configuration unchanged: {exc}", reload="failed")
+        return
+    server.set_policy(new.effective_policy, new.session_config)
+    server.redirect(new.redirect)
+    restart = [name for name in ("bind", "port", "transports", "pki", "state", "mitigator")
+               if getattr(new, name) != getattr(current, name)]
+    summary = server_config.policy_summary(new)
+    if new.redirect is not None:
+        summary += "; " + server_config.redirect_summary(new.redirect)
+    _say(args, f"reloaded: {summary}"
+               + (f"; needs a restart: {', '.join(restart)}" if restart else ""),
+         reload="ok", mode="lab" if new.lab_mode else "policy",
+         redirect=new.redirect.alt_server if new.redirect else None, restart=restart)
 
 
 def run(args: argparse.Namespace) -> int:

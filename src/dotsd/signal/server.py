@@ -282,6 +282,14 @@ class SignalServer:
         self._wake: asyncio.Event | None = None
         self.redirection: Redirection | None = None
 
+    def set_policy(self, policy: Policy, config_policy: ConfigPolicy | None = None) -> None:
+        """A new operator policy for the requests to come (what was accepted stays); a new
+        session configuration policy applies to sessions started from now on."""
+        self.policy = policy
+        self.table.policy = policy
+        if config_policy is not None:
+            self.config_policy = config_policy
+
     # -- redirection (RFC 9132 §4.6) ------------------------------------------------------
 
     def redirect(self, redirection: Redirection | None) -> int:
