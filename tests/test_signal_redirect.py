@@ -258,12 +258,13 @@ async def test_request_redirected_to_alternate(pki: PkiPaths, tmp_path: Path) ->
 
 async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -> None:
     """UDP is black-holed (a socket that never answers): TLS starts after the attempt delay
-    and wins well before a DTLS handshake would time out; the outcome is cached."""
+    and wins well before a DTLS handshake would time out; the outcome is cached; once DTLS
+    answers again, the probe moves the session to it."""
     port = _free_port()
     hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     hole.bind(("127.0.0.1", port))
     try:
-        async with serve(pki, "127.0.0.1", port, tmp_path / "s", dtls=False):
+        async with serve(pki, "127.0.0.1", port, tmp_path / "s", dtls=False) as served:
             client, dialer = make_client(pki, "127.0.0.1", port)
             try:
                 started = time.monotonic()
@@ -273,7 +274,25 @@ async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -
                 assert (await client.session_config_get()).current is not None
                 assert dialer.cache.lookup(f"127.0.0.1:{port}", asyncio.get_running_loop(
                 ).time()) == dialer.current
-                assert not dialer.dtls_probe_due(asyncio.get_running_loop().time())
+                loop = asyncio.get_running_loop()
+                assert not dialer.dtls_probe_due(loop.time())  # not before 5 minutes
+                # RFC 9132 §4.3: probe DTLS again later; still black-holed: stay on TLS.
+                dialer.dtls_probe_interval = 0.0
+                dialer.timeout = 0.5
+                assert dialer.dtls_probe_due(loop.time())
+                assert await dialer.probe_dtls() is None
+                assert dialer.current.transport == "tls"
+                # DTLS becomes available: the probe succeeds, the session moves to it.
+                hole.close()
+                listener = await serve_dtls(
+                    served.server.node, "127.0.0.1", port,
+                    dtls_server_context(DtlsConfig.from_pki(pki)))
+                served.listeners.append(listener)
+                link = await dialer.probe_dtls()
+                assert link is not None and dialer.current.transport == "dtls"
+                await client.reconnect(link)
+                assert client.link is link
+                assert (await client.mitigate(SCOPE)).code == Code.CREATED
             finally:
                 await client.close()
     finally:

@@ -732,6 +732,12 @@ async def _run(args: argparse.Namespace) -> int:
                     _say(args, "redirection expired: back to the provisioned server")
                     with contextlib.suppress(Exception):
                         await client.reconnect()
+                if session.dialer.dtls_probe_due(now) and client.link is not None:
+                    link = await session.dialer.probe_dtls()  # RFC 9132 §4.3
+                    if link is not None:
+                        await client.reconnect(link)
+                        _say(args, f"DTLS available again: session moved to "
+                                   f"{session.link_text()}")
                 if refresh_at is not None and now >= refresh_at and client.link is not None:
                     with contextlib.suppress(ClientError):
                         await client.session_config_get(client.sid)  # RFC 9132 §4.5.3

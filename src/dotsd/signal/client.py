@@ -528,15 +528,18 @@ class SignalClient:
                              diagnostic) from None
         self.redirects += 1
 
-    async def reconnect(self) -> None:
-        """Replace the link with a new one from ``connect`` (after a redirection, or when a
-        redirection expired, RFC 9132 §4.6)."""
-        if self.connect is None:
+    async def reconnect(self, link: Link | None = None) -> None:
+        """Replace the link with ``link`` or a new one from ``connect`` (after a redirection,
+        when a redirection expired, RFC 9132 §4.6, or to move from TLS to DTLS, §4.3)."""
+        if link is None and self.connect is None:
             raise ValueError("no connect factory")
         old, self.link, self.monitor = self.link, None, None
         if old is not None:
             old.close()  # not self.link any more: its link_down is no session loss
-        self._attach(await self.connect())
+        if link is None:
+            assert self.connect is not None
+            link = await self.connect()
+        self._attach(link)
 
     async def _request_once(self, msg: Message) -> Message:
         link = self._require_link()

@@ -216,6 +216,7 @@ class ServerDialer:
         self.current: Candidate | None = None
         self.server_name: str = host
         self._tls_since: float | None = None
+        self.dtls_probe_interval = DTLS_PROBE_INTERVAL
         self._sessions: dict[Candidate, SSL.Session] = {}  # DTLS sessions for resumption
 
     @property
@@ -302,4 +303,24 @@ class ServerDialer:
     def dtls_probe_due(self, now: float) -> bool:
         """Whether a session on TLS should probe DTLS again (RFC 9132 §4.3: not more often
         than every 5 minutes)."""
-        return self._tls_since is not None and now - self._tls_since >= DTLS_PROBE_INTERVAL
+        return self._tls_since is not None and now - self._tls_since >= self.dtls_probe_interval
+
+    async def probe_dtls(self) -> Link | None:
+        """RFC 9132 §4.3: a session that fell back to TLS "periodically repeats the mechanism
+        to discover whether DOTS signal channel messages with DTLS over UDP become available";
+        returns a DTLS link to the same server (the caller moves the session to it), or None
+        (the next probe waits another interval)."""
+        current = self.current
+        if current is None or current.transport != "tls" or self.dtls is None:
+            return None
+        cand = Candidate("dtls", current.address, current.port)
+        try:
+            link = await self._attempt(cand, self.server_name)
+        except Exception as exc:
+            log.info("DTLS probe to %s failed: %s", cand, _reason(exc))
+            self._tls_since = self._now()
+            return None
+        self.current, self._tls_since = cand, None
+        self.cache.remember(f"{self.server_name}:{cand.port}", cand, self._now())
+        log.info("DTLS available again: moving the session to %s", cand)
+        return link
