@@ -293,3 +293,32 @@ async def test_operator_redirects_by_reloading(pki: PkiPaths, tmp_path: Path) ->
         assert (await _event(a, "reload"))["redirect"] is None
         here = await cli.json("--direct", "mitigate", "--target-prefix", "2001:db8::8")
         assert here["server"] == f"::1 over dtls://[::1]:{a.port}"
+
+
+async def test_run_survives_a_server_restart(pki: PkiPaths, tmp_path: Path) -> None:
+    """`dotsd client run` over TLS: the server is killed (-9) and restarted on its state; the
+    client sees the session end, redials (RFC 9132 §4.7) and serves commands again."""
+    state = tmp_path / "client"
+    async with running(pki, tmp_path / "server") as server:
+        port = server.port
+        proc = await asyncio.create_subprocess_exec(
+            *DOTSD, "client", "--pki", str(pki.directory), "--server", f"[::1]:{port}",
+            "--state", str(state), "--transport", "tls", "--json", "run",
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            await _events(proc, "session up")
+            cli = Cli(pki, port, state)
+            made = await cli.json("mitigate", "--target-prefix", "2001:db8::9")
+            assert made["via"] == "dotsd client run"
+            server.proc.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(server.proc.wait(), 10)
+            async with running(pki, tmp_path / "server", "--port", str(port)):
+                again = await _events(proc, "re-established")
+                assert again[-1]["reconnects"] >= 1
+                listing = await cli.json("status")
+                assert listing["via"] == "dotsd client run"
+                assert [m["mid"] for m in listing["mitigations"]] == [made["mid"]]
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
