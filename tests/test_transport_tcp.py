@@ -371,6 +371,21 @@ def test_tls_client_refuses_server_from_wrong_ca(pki: Path) -> None:
     run(main())
 
 
+def test_tls_client_refuses_server_without_coap_alpn(pki: Path) -> None:
+    """RFC 8323 §8.2: off port 5684 a server that does not select ALPN "coap" is refused."""
+    async def main() -> None:
+        plain_ctx = server_context(pki / "server.pem", pki / "server.key", pki / "ca.pem",
+                                   alpn=None)
+        async with await serve(Node("server"), "127.0.0.1", plain_ctx) as server:
+            with pytest.raises(ConnectionError, match="ALPN"):
+                await connect_tcp(Node("c"), "127.0.0.1", server.port, client_ctx(pki))
+            # The check can be waived explicitly (a peer known not to do ALPN).
+            link = await connect_tcp(Node("c"), "127.0.0.1", server.port, client_ctx(pki),
+                                     require_alpn=False)
+            link.close()
+    run(main())
+
+
 def test_tls_handshake_timeout_is_logged(pki: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         server_node = Node("server")

@@ -23,6 +23,7 @@ from typing import Final, cast
 
 from cryptography import x509
 
+from dotsd.tls.context import ALPN_COAP
 from dotsd.transport.base import (
     Address,
     Link,
@@ -86,8 +87,9 @@ class _StreamProtocol(asyncio.Protocol):
     def __init__(self, handler: LinkHandler, initiator: bool, *,
                  ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
                  handshake_timeout: float = DEFAULT_TIMEOUT,
-                 server: TcpServer | None = None) -> None:
+                 server: TcpServer | None = None, require_alpn: str | None = None) -> None:
         self._handler = handler
+        self._require_alpn = require_alpn
         self._initiator = initiator
         self._ssl_context = ssl_context
         self._server_hostname = server_hostname
@@ -251,6 +253,13 @@ class _StreamProtocol(asyncio.Protocol):
             self._handshake_failed(exc)
             return False
         self._flush()  # Finished, TLS 1.3 session tickets
+        if self._require_alpn is not None and \
+                self._tls.selected_alpn_protocol() != self._require_alpn:
+            # RFC 8323 §8.2: on a port other than 5684 the TLS client "MUST close the
+            # connection" unless the server selected "coap".
+            self._handshake_failed(ConnectionError(
+                f"the TLS server did not select ALPN {self._require_alpn!r} (RFC 8323 §8.2)"))
+            return False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -394,13 +403,14 @@ async def serve_tcp(handler: LinkHandler, host: str | Sequence[str] | None, port
 async def connect_tcp(handler: LinkHandler, host: str, port: int,
                       ssl_context: ssl.SSLContext | None = None,
                       server_hostname: str | None = None,
-                      timeout: float = DEFAULT_TIMEOUT) -> Link:
+                      timeout: float = DEFAULT_TIMEOUT, require_alpn: bool = True) -> Link:
     """Dial CoAP over TCP (or TLS with ``ssl_context``); returns the link once it is up.
 
     ``handler.link_up`` has been called when this returns (``initiator`` True). The TLS
     server name defaults to ``host`` (SNI and RFC 6125 check, RFC 9132 §7.1). Raises
     ``OSError`` (``ssl.SSLError`` for a refused handshake, ``ConnectionError`` when the
-    peer hangs up during it) or ``TimeoutError``.
+    peer hangs up during it) or ``TimeoutError``. With ``require_alpn`` and TLS on a port
+    other than 5684, a server that does not select ALPN "coap" is refused (RFC 8323 §8.2).
     """
     if ssl_context is None and server_hostname is not None:
         raise ValueError("server_hostname is only meaningful with ssl_context")
@@ -408,7 +418,9 @@ async def connect_tcp(handler: LinkHandler, host: str, port: int,
     proto = _StreamProtocol(
         handler, True, ssl_context=ssl_context,
         server_hostname=server_hostname if server_hostname is not None else host,
-        handshake_timeout=timeout)
+        handshake_timeout=timeout,
+        require_alpn=ALPN_COAP if ssl_context is not None and require_alpn and port != 5684
+        else None)
     ready: asyncio.Future[TcpLink] = loop.create_future()
     # The outcome is retrieved here even when nobody waits any more (timeout, cancel).
     ready.add_done_callback(lambda f: f.cancelled() or f.exception())
