@@ -283,6 +283,10 @@ def battery(a: str, b: str) -> list[Case]:
              Code.UNSUPPORTED_CONTENT_FORMAT, "RFC 9132 §9"),
         Case("config sid not a number", raw(put, (*CONFIG, "sid=abc"), cbor2.dumps(A_CONFIG)),
              Code.BAD_REQUEST, "RFC 9132 §4.5.2"),
+        Case("config sid 2**32", raw(put, (*CONFIG, "sid=4294967296"), cbor2.dumps(A_CONFIG)),
+             Code.BAD_REQUEST, "RFC 9132 §5.3 (uint32), §4.5.2"),
+        Case("config GET sid 2**32", raw(Code.GET, (*CONFIG, "sid=4294967296")),
+             Code.BAD_REQUEST, "RFC 9132 §5.3 (uint32)"),
         Case("config PUT without sid", raw(put, CONFIG, cbor2.dumps(A_CONFIG)),
              Code.BAD_REQUEST, "RFC 9132 §4.5.2"),
         Case("config value out of range", raw(put, (*CONFIG, "sid=1"), cbor2.dumps(
