@@ -169,6 +169,10 @@ def battery(a: str, b: str) -> list[Case]:
              "RFC 9132 §4.4.1.3"),
         Case("cdid in the body", raw(put, mine, with_key(K_CDID, "x")), Code.BAD_REQUEST,
              "RFC 9132 §4.4.1.3"),
+        Case("alias-name never created by B", raw(put, (*MITIGATE, f"cuid={b}", "mid=3"),
+                                                  mitigation({13: ["web-servers"],
+                                                              K_LIFETIME: 60})),
+             Code.BAD_REQUEST, "RFC 9132 §4.4.1.3 (no data channel: no alias exists)"),
         Case("conflict acl-list in a request", raw(put, mine, with_key(K_ACL, [{23: "x"}])),
              Code.BAD_REQUEST, "RFC 9132 §4.4.1.3"),
         Case("target-uri not a URI", raw(put, (*MITIGATE, f"cuid={b}", "mid=2"), mitigation(
@@ -566,6 +570,31 @@ async def test_malformed_datagrams_and_records(pki: PkiPaths, tmp_path: Path) ->
 
         assert (await two.ask_b(probe)).code == Code.NOT_FOUND
         assert await two.snapshot() == before
+
+
+async def test_alias_check_of_the_server(pki: PkiPaths) -> None:
+    """RFC 9132 §4.4.1.3: only aliases the client created (through a data channel, which
+    dotsd does not have yet) are accepted; a server given an alias check uses it."""
+    from test_signal_server import make_env
+
+    def body(alias: str) -> dict[str, Any]:
+        return {"ietf-dots-signal-channel:mitigation-scope": {"scope": [
+            {"alias-name": [alias], "lifetime": 60}]}}
+
+    env = make_env(pki, None, alias_check=lambda cuid, cdid, alias: alias == f"{cuid}-web")
+    try:
+        assert (await env.put(1, body(f"{env.cuid}-web"))).code == Code.CREATED
+        refused = await env.put(2, body("someone-elses"))
+        assert refused.code == Code.BAD_REQUEST and b"alias" in refused.payload
+        default = make_env(pki, None)
+        try:
+            refused = await default.put(1, body(f"{env.cuid}-web"))
+            assert refused.code == Code.BAD_REQUEST and diagnostic_ok(refused)
+            assert len(default.server.table) == 0
+        finally:
+            await default.client.close()
+    finally:
+        await env.client.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ from dotsd.signal.heartbeat import (
 from dotsd.signal.identity import ClientIdentity, client_identity
 from dotsd.signal.mitigation import (
     PRECONFIGURED_REPEATS,
+    AliasCheck,
     Change,
     ConflictCause,
     ConflictInfo,
@@ -107,6 +108,7 @@ __all__ = [
     "SignalServer",
     "mitigation_from_record",
     "mitigation_record",
+    "no_data_channel",
 ]
 
 log = logging.getLogger("dotsd.signal.server")
@@ -117,6 +119,13 @@ ChangeHook = Callable[[Change], None]
 _REPEATED: Final = frozenset({Status.ATTACK_STOPPED, Status.ATTACK_MITIGATION_WITHDRAWN})
 _EXTRA_KEY: Final = "signal"  # store record 'extra': the full signal-layer record
 _MAX_SLEEP: Final = 30.0  # re-check at least this often (wall clock may jump)
+
+
+def no_data_channel(cuid: str, cdid: str | None, alias: str) -> bool:
+    """The alias check of a server without a DOTS data channel (RFC 8783): no client created
+    any alias, so a request naming one is refused with 4.00 ("If the aliases were not created
+    by the DOTS client, the DOTS server MUST return 4.00", RFC 9132 §4.4.1.3)."""
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +249,8 @@ class SignalServer:
     lifetimes are allowed (default :data:`~dotsd.signal.policy.LAB`); ``config_policy``: the
     session configuration bounds (RFC 9132 §4.5); ``on_change``: the mitigator hook;
     ``strict_cuid``: require the 'cuid' derived from the client's credentials (RFC 9132
-    §4.4.1.1); ``clock``: wall-clock epoch seconds. ``node``: an existing node to add the
+    §4.4.1.1); ``alias_check``: whether a client created an 'alias-name' (default: no data
+    channel, none did); ``clock``: wall-clock epoch seconds. ``node``: an existing node to add the
     resources to (default: a new one with the DOTS transmission defaults, RFC 9132 §4.5.2).
     """
 
@@ -253,6 +263,7 @@ class SignalServer:
         conflict_policy: ConflictPolicy = ConflictPolicy.ACCEPT,
         on_change: ChangeHook | None = None,
         strict_cuid: bool = True,
+        alias_check: AliasCheck = no_data_channel,
         clock: Callable[[], float] = time.time,
         node: CoapNode | None = None,
     ) -> None:
@@ -262,6 +273,7 @@ class SignalServer:
         self.conflict_policy = conflict_policy
         self.on_change = on_change
         self.strict_cuid = strict_cuid
+        self.alias_check = alias_check
         self.clock = clock
         self.node = node if node is not None else CoapNode(Site(), params=dots_defaults())
         self.site = self.node.site
@@ -277,7 +289,7 @@ class SignalServer:
 
     def _new_table(self, records: Iterable[Mitigation] = ()) -> MitigationTable:
         return MitigationTable(self.policy, conflict_policy=self.conflict_policy,
-                               records=records)
+                               alias_check=self.alias_check, records=records)
 
     def _load_table(self) -> MitigationTable:
         """RFC 9132 §4.4.1: acknowledged requests survive a restart; expiry is absolute, so
