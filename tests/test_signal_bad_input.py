@@ -253,6 +253,10 @@ def battery(a: str, b: str) -> list[Case]:
                                                  with_key(K_ATTACK_STATUS, 2),
                                                  options=((OptionNumber.IF_MATCH, b""),)),
              Code.PRECONDITION_FAILED, "RFC 9132 §4.4.3, RFC 7252 §5.10.8.1"),
+        Case("If-Match with an ETag", raw(put, (*MITIGATE, f"cuid={b}", "mid=4"),
+                                          mitigation(b_scope()),
+                                          options=((OptionNumber.IF_MATCH, b"\x01\x02"),)),
+             Code.PRECONDITION_FAILED, "RFC 7252 §5.10.8.1 (the server assigns no ETags)"),
         # Methods and CoAP options (RFC 9132 §9: 4.02, 4.05).
         Case("POST", raw(Code.POST, mine, mitigation(b_scope())), Code.METHOD_NOT_ALLOWED,
              "RFC 9132 §9"),
@@ -593,6 +597,40 @@ async def test_alias_check_of_the_server(pki: PkiPaths) -> None:
             assert len(default.server.table) == 0
         finally:
             await default.client.close()
+    finally:
+        await env.client.close()
+
+
+async def test_conditional_puts(pki: PkiPaths) -> None:
+    """RFC 7252 §5.10.8 on the mitigation resource: If-Match with a value never matches (no
+    ETags here), If-None-Match fails on an existing mitigation; RFC 9132 §4.4.3's empty
+    If-Match is the efficacy update. A failed precondition changes nothing."""
+    from test_signal_server import FIG7, make_env
+    from test_signal_server import request as mem_request
+
+    from dotsd.signal.uri import mitigate_path
+
+    env = make_env(pki, None)
+    try:
+        def conditional(mid: int, number: int, value: bytes) -> Message:
+            msg = mem_request(Code.PUT, mitigate_path(env.cuid, mid), FIG7)
+            return msg.add(number, value)
+
+        assert (await env.put(1)).code == Code.CREATED
+        env.clock.now += 100
+        for number, value in ((OptionNumber.IF_NONE_MATCH, b""),
+                              (OptionNumber.IF_MATCH, b"\x01")):
+            resp = await env.ask(conditional(1, number, value))
+            assert resp.code == Code.PRECONDITION_FAILED and diagnostic_ok(resp), resp
+        got = await env.get(1)
+        scope = cbor2.loads(got.payload)[K_SCOPE_ROOT][K_SCOPE][0]
+        assert scope[K_LIFETIME] == 3500  # not refreshed
+        # If-None-Match on a new 'mid' creates it; no ETag ever creates anything.
+        assert (await env.ask(conditional(2, OptionNumber.IF_MATCH, b"\x01"))).code == \
+            Code.PRECONDITION_FAILED
+        assert env.server.table.lookup(env.cuid, 2) is None
+        created = await env.ask(conditional(3, OptionNumber.IF_NONE_MATCH, b""))
+        assert created.code == Code.CREATED, created
     finally:
         await env.client.close()
 

@@ -620,9 +620,16 @@ class MitigateResource(Resource):
         body = _decode(msg)
         now = s.clock()
         s._heard(ident, req.link, now)
-        # RFC 9132 §4.4.3: an efficacy update carries an empty If-Match Option.
-        if_match = msg.opt(OptionNumber.IF_MATCH) == b""
         assert uri.mid is not None  # parse_mitigate_uri: mandatory for PUT (§4.4.1.3)
+        # RFC 9132 §4.4.3: an efficacy update carries an empty If-Match Option. RFC 7252
+        # §5.10.8: no ETag is ever assigned here, so an If-Match naming one cannot match, and
+        # If-None-Match fails when the mitigation exists: 4.12, nothing done.
+        conditions = msg.opts(OptionNumber.IF_MATCH)
+        if_match = b"" in conditions
+        if (conditions and not if_match) or (msg.opt(OptionNumber.IF_NONE_MATCH) is not None
+                                             and s.table.lookup(uri.cuid, uri.mid) is not None):
+            return error_response(Code.PRECONDITION_FAILED,
+                                  "precondition failed (If-Match / If-None-Match)")
         outcome = s.table.put(uri.cuid, uri.mid, None, body, now,
                               identity=ident.identity, if_match=if_match)
         if isinstance(outcome, Ignored):
