@@ -495,6 +495,35 @@ async def test_oversized_bodies(pki: PkiPaths, tmp_path: Path) -> None:
         assert await two.snapshot() == before
 
 
+async def test_large_overlapping_requests_do_not_stall_the_server(pki: PkiPaths,
+                                                                   tmp_path: Path) -> None:
+    """B lists thousands of hosts, twice, overlapping (RFC 9132 §4.4.1.3: the server looks
+    for common targets); meanwhile A's status request is answered promptly."""
+    async with two_clients(pki, tmp_path / "state") as two:
+        before = await two.snapshot()
+        loop = asyncio.get_running_loop()
+
+        def hosts(first: int, count: int) -> bytes:
+            return mitigation({K_PREFIX: [f"2001:db8:bbbb::{i:x}/128"
+                                          for i in range(first, first + count)],
+                               K_LIFETIME: 600})
+
+        path = (*MITIGATE, f"cuid={two.b_cuid}")
+        first = await two.ask_b(request(Code.PUT, (*path, "mid=1"), payload=hosts(0, 3000)))
+        assert first.code == Code.CREATED, first
+        second = asyncio.create_task(two.ask_b(request(Code.PUT, (*path, "mid=2"),
+                                                       payload=hosts(1500, 3000))))
+        await asyncio.sleep(0.05)  # B's request is being transferred / processed
+        started = loop.time()
+        a_view = await two.ask_a(request(Code.GET, (*MITIGATE, f"cuid={two.a_cuid}")))
+        assert a_view.code == Code.CONTENT and loop.time() - started < 3.0
+        resp = await asyncio.wait_for(second, STEP)
+        # The higher 'mid' of the same client overrides the overlapping one (§4.4.1.3).
+        assert resp.code == Code.CREATED, resp
+        assert [m.mid for m in two.net.server.table.of_client(two.b_cuid)] == [2]
+        assert await two.snapshot() == before
+
+
 async def exchange_raw(two: Two, data: bytes, wait: float = 0.3) -> list[Message]:
     """Send ``data`` as one CoAP datagram inside B's DTLS session; what B receives."""
     got: list[Message] = []
