@@ -829,3 +829,19 @@ def test_overlap_of_large_scopes_is_fast() -> None:
     assert common is not None and len(common.target_prefix) == 3000 + 100
     assert common.target_prefix[0] == "2001:db8:1::bb8/128"
     assert elapsed < 2.0, elapsed  # pairwise: 36 million comparisons, minutes
+
+
+def test_new_requests_stay_cheap_next_to_a_large_scope() -> None:
+    """Every new request is compared with the stored ones (RFC 9132 §4.4.1.3); a stored
+    request with thousands of prefixes must not make each of those comparisons slow."""
+    import time
+
+    table = MitigationTable()
+    many = scope_body(target_prefix=[f"2001:db8:1::{i:x}/128" for i in range(9000)])
+    table.put(CUID, 1, None, many, T0)
+    started = time.perf_counter()
+    for mid in range(2, 12):
+        table.put(CUID, mid, None, scope_body(target_prefix=[f"2001:db8:2:{mid:x}::/64"]), T0)
+    elapsed = time.perf_counter() - started
+    assert len(table) == 11
+    assert elapsed < 0.8, elapsed  # parsing the 9000 prefixes again each time: ~1.3 s

@@ -38,6 +38,7 @@ wording is available with ``MitigationTable(..., match_ports_protocols=False)``.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -290,7 +291,10 @@ _INVALID_TARGETS: Final[tuple[IPNetwork, ...]] = (
 )
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _network(text: str) -> IPNetwork:
+    # Cached: every new request is compared with every stored scope (§4.4.1.3), whose
+    # prefixes would otherwise be parsed again each time. Bounded, networks are immutable.
     return ipaddress.ip_network(text, strict=False)
 
 
