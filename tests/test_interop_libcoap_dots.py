@@ -183,3 +183,45 @@ async def test_libcoap_session_config(scheme: str, pki: PkiPaths, tmp_path: Path
                          "-t", "0", "-f", str(body))
         assert codes(run) == ["4.15"], run
         assert len(net.server.table) == 0
+
+
+async def test_libcoap_against_dotsd_server_process(pki: PkiPaths, tmp_path: Path) -> None:
+    """The operator's `dotsd server` (a subprocess, log mitigator): libcoap observes all of
+    its mitigations, creates one, and sees it notified twice: when created (status 1) and
+    when the mitigator reports it mitigated one second later (status 2, RFC 9132 §4.4.2.1)."""
+    from test_cli_server import running
+
+    cuid = cuid_of(pki)
+    p = pki
+    creds = ("-c", str(p.client_cert), "-j", str(p.client_key), "-C", str(p.ca_cert))
+    async with running(pki, tmp_path / "state") as server:
+        def at(path: str) -> str:
+            return f"coaps://[::1]:{server.port}/.well-known/dots/{path}"
+
+        body = tmp_path / "request.cbor"
+        body.write_bytes(cbor2.dumps(REQUEST))
+        run = await libcoap_client(at(f"mitigate/cuid={cuid}/mid=1"), *creds, "-m", "put",
+                                   "-t", DOTS_CBOR, "-f", str(body))
+        assert codes(run) == ["2.01"], run
+
+        notes_file = tmp_path / "notes.cbor"
+        watcher = asyncio.create_task(libcoap_client(
+            at(f"mitigate/cuid={cuid}"), *creds, "-s", "4", "-o", str(notes_file), wait=5))
+        await asyncio.sleep(0.8)  # registered (a handshake and one exchange on loopback)
+        other = {MITIGATION_SCOPE: {SCOPE: [{TARGET_PREFIX: ["2001:db8:6402::/48"],
+                                             LIFETIME: 600}]}}
+        body.write_bytes(cbor2.dumps(other))
+        run = await libcoap_client(at(f"mitigate/cuid={cuid}/mid=2"), *creds, "-m", "put",
+                                   "-t", DOTS_CBOR, "-f", str(body))
+        assert codes(run) == ["2.01"], run
+        run = await bounded(watcher, 15)
+        items = cbor_items(notes_file.read_bytes())
+        assert {e[MID] for e in items[0][MITIGATION_SCOPE][SCOPE]} == {1}, run
+        mid2 = [scope_entry(item)[STATUS] for item in items[1:]
+                if scope_entry(item)[MID] == 2]
+        assert mid2 == [IN_PROGRESS, MITIGATED], (items, run)
+
+        run = await libcoap_client(at(f"mitigate/cuid={cuid}/mid=2"), *creds, "-m", "delete")
+        assert codes(run) == ["2.02"], run
+        run = await libcoap_client(at("config"), *creds)
+        assert codes(run) == ["2.05"], run

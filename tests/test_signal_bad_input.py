@@ -169,6 +169,10 @@ def battery(a: str, b: str) -> list[Case]:
              "RFC 9132 §4.4.1.3"),
         Case("cdid in the body", raw(put, mine, with_key(K_CDID, "x")), Code.BAD_REQUEST,
              "RFC 9132 §4.4.1.3"),
+        Case("alias-name never created by B", raw(put, (*MITIGATE, f"cuid={b}", "mid=3"),
+                                                  mitigation({13: ["web-servers"],
+                                                              K_LIFETIME: 60})),
+             Code.BAD_REQUEST, "RFC 9132 §4.4.1.3 (no data channel: no alias exists)"),
         Case("conflict acl-list in a request", raw(put, mine, with_key(K_ACL, [{23: "x"}])),
              Code.BAD_REQUEST, "RFC 9132 §4.4.1.3"),
         Case("target-uri not a URI", raw(put, (*MITIGATE, f"cuid={b}", "mid=2"), mitigation(
@@ -249,6 +253,10 @@ def battery(a: str, b: str) -> list[Case]:
                                                  with_key(K_ATTACK_STATUS, 2),
                                                  options=((OptionNumber.IF_MATCH, b""),)),
              Code.PRECONDITION_FAILED, "RFC 9132 §4.4.3, RFC 7252 §5.10.8.1"),
+        Case("If-Match with an ETag", raw(put, (*MITIGATE, f"cuid={b}", "mid=4"),
+                                          mitigation(b_scope()),
+                                          options=((OptionNumber.IF_MATCH, b"\x01\x02"),)),
+             Code.PRECONDITION_FAILED, "RFC 7252 §5.10.8.1 (the server assigns no ETags)"),
         # Methods and CoAP options (RFC 9132 §9: 4.02, 4.05).
         Case("POST", raw(Code.POST, mine, mitigation(b_scope())), Code.METHOD_NOT_ALLOWED,
              "RFC 9132 §9"),
@@ -283,6 +291,10 @@ def battery(a: str, b: str) -> list[Case]:
              Code.UNSUPPORTED_CONTENT_FORMAT, "RFC 9132 §9"),
         Case("config sid not a number", raw(put, (*CONFIG, "sid=abc"), cbor2.dumps(A_CONFIG)),
              Code.BAD_REQUEST, "RFC 9132 §4.5.2"),
+        Case("config sid 2**32", raw(put, (*CONFIG, "sid=4294967296"), cbor2.dumps(A_CONFIG)),
+             Code.BAD_REQUEST, "RFC 9132 §5.3 (uint32), §4.5.2"),
+        Case("config GET sid 2**32", raw(Code.GET, (*CONFIG, "sid=4294967296")),
+             Code.BAD_REQUEST, "RFC 9132 §5.3 (uint32)"),
         Case("config PUT without sid", raw(put, CONFIG, cbor2.dumps(A_CONFIG)),
              Code.BAD_REQUEST, "RFC 9132 §4.5.2"),
         Case("config value out of range", raw(put, (*CONFIG, "sid=1"), cbor2.dumps(
@@ -483,6 +495,35 @@ async def test_oversized_bodies(pki: PkiPaths, tmp_path: Path) -> None:
         assert await two.snapshot() == before
 
 
+async def test_large_overlapping_requests_do_not_stall_the_server(pki: PkiPaths,
+                                                                   tmp_path: Path) -> None:
+    """B lists thousands of hosts, twice, overlapping (RFC 9132 §4.4.1.3: the server looks
+    for common targets); meanwhile A's status request is answered promptly."""
+    async with two_clients(pki, tmp_path / "state") as two:
+        before = await two.snapshot()
+        loop = asyncio.get_running_loop()
+
+        def hosts(first: int, count: int) -> bytes:
+            return mitigation({K_PREFIX: [f"2001:db8:bbbb::{i:x}/128"
+                                          for i in range(first, first + count)],
+                               K_LIFETIME: 600})
+
+        path = (*MITIGATE, f"cuid={two.b_cuid}")
+        first = await two.ask_b(request(Code.PUT, (*path, "mid=1"), payload=hosts(0, 3000)))
+        assert first.code == Code.CREATED, first
+        second = asyncio.create_task(two.ask_b(request(Code.PUT, (*path, "mid=2"),
+                                                       payload=hosts(1500, 3000))))
+        await asyncio.sleep(0.05)  # B's request is being transferred / processed
+        started = loop.time()
+        a_view = await two.ask_a(request(Code.GET, (*MITIGATE, f"cuid={two.a_cuid}")))
+        assert a_view.code == Code.CONTENT and loop.time() - started < 3.0
+        resp = await asyncio.wait_for(second, STEP)
+        # The higher 'mid' of the same client overrides the overlapping one (§4.4.1.3).
+        assert resp.code == Code.CREATED, resp
+        assert [m.mid for m in two.net.server.table.of_client(two.b_cuid)] == [2]
+        assert await two.snapshot() == before
+
+
 async def exchange_raw(two: Two, data: bytes, wait: float = 0.3) -> list[Message]:
     """Send ``data`` as one CoAP datagram inside B's DTLS session; what B receives."""
     got: list[Message] = []
@@ -562,6 +603,65 @@ async def test_malformed_datagrams_and_records(pki: PkiPaths, tmp_path: Path) ->
 
         assert (await two.ask_b(probe)).code == Code.NOT_FOUND
         assert await two.snapshot() == before
+
+
+async def test_alias_check_of_the_server(pki: PkiPaths) -> None:
+    """RFC 9132 §4.4.1.3: only aliases the client created (through a data channel, which
+    dotsd does not have yet) are accepted; a server given an alias check uses it."""
+    from test_signal_server import make_env
+
+    def body(alias: str) -> dict[str, Any]:
+        return {"ietf-dots-signal-channel:mitigation-scope": {"scope": [
+            {"alias-name": [alias], "lifetime": 60}]}}
+
+    env = make_env(pki, None, alias_check=lambda cuid, cdid, alias: alias == f"{cuid}-web")
+    try:
+        assert (await env.put(1, body(f"{env.cuid}-web"))).code == Code.CREATED
+        refused = await env.put(2, body("someone-elses"))
+        assert refused.code == Code.BAD_REQUEST and b"alias" in refused.payload
+        default = make_env(pki, None)
+        try:
+            refused = await default.put(1, body(f"{env.cuid}-web"))
+            assert refused.code == Code.BAD_REQUEST and diagnostic_ok(refused)
+            assert len(default.server.table) == 0
+        finally:
+            await default.client.close()
+    finally:
+        await env.client.close()
+
+
+async def test_conditional_puts(pki: PkiPaths) -> None:
+    """RFC 7252 §5.10.8 on the mitigation resource: If-Match with a value never matches (no
+    ETags here), If-None-Match fails on an existing mitigation; RFC 9132 §4.4.3's empty
+    If-Match is the efficacy update. A failed precondition changes nothing."""
+    from test_signal_server import FIG7, make_env
+    from test_signal_server import request as mem_request
+
+    from dotsd.signal.uri import mitigate_path
+
+    env = make_env(pki, None)
+    try:
+        def conditional(mid: int, number: int, value: bytes) -> Message:
+            msg = mem_request(Code.PUT, mitigate_path(env.cuid, mid), FIG7)
+            return msg.add(number, value)
+
+        assert (await env.put(1)).code == Code.CREATED
+        env.clock.now += 100
+        for number, value in ((OptionNumber.IF_NONE_MATCH, b""),
+                              (OptionNumber.IF_MATCH, b"\x01")):
+            resp = await env.ask(conditional(1, number, value))
+            assert resp.code == Code.PRECONDITION_FAILED and diagnostic_ok(resp), resp
+        got = await env.get(1)
+        scope = cbor2.loads(got.payload)[K_SCOPE_ROOT][K_SCOPE][0]
+        assert scope[K_LIFETIME] == 3500  # not refreshed
+        # If-None-Match on a new 'mid' creates it; no ETag ever creates anything.
+        assert (await env.ask(conditional(2, OptionNumber.IF_MATCH, b"\x01"))).code == \
+            Code.PRECONDITION_FAILED
+        assert env.server.table.lookup(env.cuid, 2) is None
+        created = await env.ask(conditional(3, OptionNumber.IF_NONE_MATCH, b""))
+        assert created.code == Code.CREATED, created
+    finally:
+        await env.client.close()
 
 
 # ---------------------------------------------------------------------------------------------

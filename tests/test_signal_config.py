@@ -269,7 +269,9 @@ def test_paths() -> None:
     assert config_path(123) == (".well-known", "dots", "config", "sid=123")
     assert parse_config_path(config_path(123)) == 123
     assert parse_config_path(config_path()) is None
-    for bad in (("cuid=abc",), ("sid=",), ("sid=-1",), ("sid=1", "x"), ("sid=1x",)):
+    assert parse_config_path(config_path(2**32 - 1)) == 2**32 - 1  # uint32 (RFC 9132 §5.3)
+    for bad in (("cuid=abc",), ("sid=",), ("sid=-1",), ("sid=1", "x"), ("sid=1x",),
+                ("sid=4294967296",), ("sid=" + "9" * 40,), ("sid=٣",)):
         with pytest.raises(ConfigError):
             parse_config_path((*config_path(), *bad))
     with pytest.raises(ConfigError):

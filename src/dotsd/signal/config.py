@@ -63,6 +63,7 @@ __all__ = [
 
 MEMBER: Final = "ietf-dots-signal-channel:signal-config"  # RFC 9132 §4.5.1, Table 5 key 30
 CONFIG_PATH: Final = (".well-known", "dots", "config")  # RFC 9132 §4.2 Table 1
+MAX_SID: Final = 2**32 - 1  # 'sid' is a uint32 (RFC 9132 §5.3)
 UINT16_MAX: Final = 0xFFFF
 DECIMAL_PLACES: Final = Decimal("0.01")  # decimal64 fraction-digits 2 (RFC 9132 §5.3)
 
@@ -288,8 +289,9 @@ def parse_config_path(path: Sequence[str]) -> int | None:
     if name != "sid":
         raise ConfigError(f"Uri-Path parameter {name!r} not allowed on /config "
                           "(RFC 9132 §4.5.2: only 'sid'; 'cuid' MUST NOT be used)")
-    if not value.isascii() or not value.isdigit():
-        raise ConfigError(f"'sid' must be a non-negative integer, got {value!r}")
+    # RFC 9132 §5.3: 'sid' is a uint32.
+    if not value.isascii() or not value.isdigit() or len(value) > 10 or int(value) > MAX_SID:
+        raise ConfigError(f"'sid' must be an unsigned 32-bit integer, got {value!r}")
     return int(value)
 
 

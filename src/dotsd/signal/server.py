@@ -85,6 +85,7 @@ from dotsd.signal.heartbeat import (
 from dotsd.signal.identity import ClientIdentity, client_identity
 from dotsd.signal.mitigation import (
     PRECONFIGURED_REPEATS,
+    AliasCheck,
     Change,
     ConflictCause,
     ConflictInfo,
@@ -114,6 +115,7 @@ __all__ = [
     "SignalServer",
     "mitigation_from_record",
     "mitigation_record",
+    "no_data_channel",
 ]
 
 log = logging.getLogger("dotsd.signal.server")
@@ -124,6 +126,13 @@ ChangeHook = Callable[[Change], None]
 _REPEATED: Final = frozenset({Status.ATTACK_STOPPED, Status.ATTACK_MITIGATION_WITHDRAWN})
 _EXTRA_KEY: Final = "signal"  # store record 'extra': the full signal-layer record
 _MAX_SLEEP: Final = 30.0  # re-check at least this often (wall clock may jump)
+
+
+def no_data_channel(cuid: str, cdid: str | None, alias: str) -> bool:
+    """The alias check of a server without a DOTS data channel (RFC 8783): no client created
+    any alias, so a request naming one is refused with 4.00 ("If the aliases were not created
+    by the DOTS client, the DOTS server MUST return 4.00", RFC 9132 §4.4.1.3)."""
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +256,8 @@ class SignalServer:
     lifetimes are allowed (default :data:`~dotsd.signal.policy.LAB`); ``config_policy``: the
     session configuration bounds (RFC 9132 §4.5); ``on_change``: the mitigator hook;
     ``strict_cuid``: require the 'cuid' derived from the client's credentials (RFC 9132
-    §4.4.1.1); ``clock``: wall-clock epoch seconds. ``node``: an existing node to add the
+    §4.4.1.1); ``alias_check``: whether a client created an 'alias-name' (default: no data
+    channel, none did); ``clock``: wall-clock epoch seconds. ``node``: an existing node to add the
     resources to (default: a new one with the DOTS transmission defaults, RFC 9132 §4.5.2).
     """
 
@@ -260,6 +270,7 @@ class SignalServer:
         conflict_policy: ConflictPolicy = ConflictPolicy.ACCEPT,
         on_change: ChangeHook | None = None,
         strict_cuid: bool = True,
+        alias_check: AliasCheck = no_data_channel,
         clock: Callable[[], float] = time.time,
         node: CoapNode | None = None,
     ) -> None:
@@ -269,6 +280,7 @@ class SignalServer:
         self.conflict_policy = conflict_policy
         self.on_change = on_change
         self.strict_cuid = strict_cuid
+        self.alias_check = alias_check
         self.clock = clock
         self.node = node if node is not None else CoapNode(Site(), params=dots_defaults())
         self.site = self.node.site
@@ -314,7 +326,7 @@ class SignalServer:
 
     def _new_table(self, records: Iterable[Mitigation] = ()) -> MitigationTable:
         return MitigationTable(self.policy, conflict_policy=self.conflict_policy,
-                               records=records)
+                               alias_check=self.alias_check, records=records)
 
     def _load_table(self) -> MitigationTable:
         """RFC 9132 §4.4.1: acknowledged requests survive a restart; expiry is absolute, so
@@ -681,9 +693,16 @@ class MitigateResource(Resource):
         body = _decode(msg)
         now = s.clock()
         s._heard(ident, req.link, now)
-        # RFC 9132 §4.4.3: an efficacy update carries an empty If-Match Option.
-        if_match = msg.opt(OptionNumber.IF_MATCH) == b""
         assert uri.mid is not None  # parse_mitigate_uri: mandatory for PUT (§4.4.1.3)
+        # RFC 9132 §4.4.3: an efficacy update carries an empty If-Match Option. RFC 7252
+        # §5.10.8: no ETag is ever assigned here, so an If-Match naming one cannot match, and
+        # If-None-Match fails when the mitigation exists: 4.12, nothing done.
+        conditions = msg.opts(OptionNumber.IF_MATCH)
+        if_match = b"" in conditions
+        if (conditions and not if_match) or (msg.opt(OptionNumber.IF_NONE_MATCH) is not None
+                                             and s.table.lookup(uri.cuid, uri.mid) is not None):
+            return error_response(Code.PRECONDITION_FAILED,
+                                  "precondition failed (If-Match / If-None-Match)")
         outcome = s.table.put(uri.cuid, uri.mid, None, body, now,
                               identity=ident.identity, if_match=if_match)
         if isinstance(outcome, Ignored):
