@@ -115,3 +115,27 @@ def test_protection_round_trip_and_tamper(name: str) -> None:
     back = server.seal(CT_APPLICATION_DATA, b"")
     assert client.open(back, split_records(back)[0]) == b""
     assert len(back) == HEADER_LEN + suite.explicit_nonce_len + suite.tag_len
+
+
+@pytest.mark.parametrize("name", sorted(AEAD_SUITES))
+def test_lone_application_data_is_opened_once(name: str) -> None:
+    suite = AEAD_SUITES[name]
+    master, cr, sr = bytes(range(48)), b"c" * 32, b"s" * 32
+    client = RecordProtection.from_master_secret(suite, master, cr, sr, is_client=True)
+    server = RecordProtection.from_master_secret(suite, master, cr, sr, is_client=False)
+    first, second = (client.seal(CT_APPLICATION_DATA, b"one"),
+                     client.seal(CT_APPLICATION_DATA, b"two"))
+    assert server.is_lone_application_data(first)
+    assert not server.is_lone_application_data(first + second)  # two records
+    assert not server.is_lone_application_data(first[:-1])  # truncated
+    assert not server.is_lone_application_data(client.seal(CT_ALERT, b"\x01\x00"))
+    other_epoch = RecordProtection.from_master_secret(suite, master, cr, sr, is_client=True,
+                                                      epoch=2)
+    assert not server.is_lone_application_data(other_epoch.seal(CT_APPLICATION_DATA, b"x"))
+    assert server.open_lone(second) == b"two"
+    assert server.open_lone(second) is None  # RFC 6347 §4.1.2.6: a replay
+    tampered = bytearray(first)
+    tampered[-1] ^= 1
+    assert server.open_lone(bytes(tampered)) is None
+    assert server.open_lone(first) == b"one"  # the forgery did not enter the window
+    assert server.open_lone(first) is None

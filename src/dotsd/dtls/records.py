@@ -217,8 +217,9 @@ class RecordProtection:
     Finished message). The read side keeps a replay window (RFC 6347 §4.1.2.6).
     """
 
-    __slots__ = ("_read", "_read_iv", "_write", "_write_iv", "epoch", "suite", "window",
-                 "write_seq")
+    __slots__ = ("_epoch_bytes", "_epoch_high", "_explicit", "_read", "_read_iv",
+                 "_read_iv_int", "_tag_len", "_write", "_write_iv", "_write_iv_int", "epoch",
+                 "suite", "window", "write_seq")
 
     def __init__(self, suite: AeadSuite, write_key: bytes, write_iv: bytes, read_key: bytes,
                  read_iv: bytes, epoch: int = 1, next_write_seq: int = 0) -> None:
@@ -230,6 +231,13 @@ class RecordProtection:
         self._read = _aead(suite, read_key)
         self._write_iv = write_iv
         self._read_iv = read_iv
+        # Per-record work, precomputed: the epoch as sent, the nonce shape, the tag size.
+        self._epoch_bytes = epoch.to_bytes(2, "big")
+        self._epoch_high = epoch << 48
+        self._explicit = suite.explicit_nonce_len > 0
+        self._tag_len = suite.tag_len
+        self._write_iv_int = int.from_bytes(write_iv, "big")
+        self._read_iv_int = int.from_bytes(read_iv, "big")
 
     @classmethod
     def from_master_secret(cls, suite: AeadSuite, master_secret: bytes, client_random: bytes,
@@ -246,12 +254,6 @@ class RecordProtection:
                        next_write_seq)
         return cls(suite, server_key, server_iv, client_key, client_iv, epoch, next_write_seq)
 
-    def _nonce(self, iv: bytes, seq_num: bytes, explicit: bytes) -> bytes:
-        if self.suite.explicit_nonce_len:
-            return iv + explicit
-        # RFC 7905 §2: the 64-bit sequence number, left-padded, xor the 12-byte IV.
-        return (int.from_bytes(iv, "big") ^ int.from_bytes(seq_num, "big")).to_bytes(12, "big")
-
     def seal(self, content_type: int, plaintext: bytes) -> bytes:
         """One protected record carrying ``plaintext``."""
         seq = self.write_seq
@@ -259,13 +261,38 @@ class RecordProtection:
             # RFC 6347 §4.1: a sequence number must not wrap; the session is spent.
             raise OverflowError("DTLS sequence numbers exhausted for this epoch")
         self.write_seq = seq + 1
-        seq_num = (self.epoch << 48 | seq).to_bytes(8, "big")
-        ctype = bytes((content_type,))
-        aad = seq_num + ctype + _DTLS_1_2_BYTES + len(plaintext).to_bytes(2, "big")
-        explicit = seq_num if self.suite.explicit_nonce_len else b""
-        body = explicit + self._write.encrypt(self._nonce(self._write_iv, seq_num, explicit),
-                                              plaintext, aad)
-        return ctype + _DTLS_1_2_BYTES + seq_num + len(body).to_bytes(2, "big") + body
+        seq_num = (self._epoch_high | seq).to_bytes(8, "big")
+        head = bytes((content_type,)) + _DTLS_1_2_BYTES
+        size = len(plaintext)
+        aad = seq_num + head + size.to_bytes(2, "big")
+        size += self._tag_len
+        if self._explicit:
+            # RFC 5288 §3 / RFC 6655 §3: salt + explicit nonce; the sequence number serves.
+            sealed = self._write.encrypt(self._write_iv + seq_num, plaintext, aad)
+            return head + seq_num + (size + 8).to_bytes(2, "big") + seq_num + sealed
+        # RFC 7905 §2: the 64-bit sequence number, left-padded, xor the 12-byte IV.
+        nonce = (self._write_iv_int ^ (self._epoch_high | seq)).to_bytes(12, "big")
+        sealed = self._write.encrypt(nonce, plaintext, aad)
+        return head + seq_num + size.to_bytes(2, "big") + sealed
+
+    def _open_body(self, data: bytes, start: int, end: int) -> bytes | None:
+        """Decrypt the record whose header is at ``start`` and which ends at ``end``."""
+        body_start = start + HEADER_LEN
+        seq_num = data[start + 3:start + 11]
+        if self._explicit:
+            plain_len = end - body_start - 8 - self._tag_len
+            nonce = self._read_iv + data[body_start:body_start + 8]
+            body_start += 8
+        else:
+            plain_len = end - body_start - self._tag_len
+            nonce = (self._read_iv_int ^ int.from_bytes(seq_num, "big")).to_bytes(12, "big")
+        if plain_len < 0:
+            return None
+        aad = seq_num + data[start:start + 3] + plain_len.to_bytes(2, "big")
+        try:
+            return self._read.decrypt(nonce, data[body_start:end], aad)
+        except InvalidTag:
+            return None
 
     def open(self, data: bytes, record: Record) -> bytes | None:
         """The plaintext of ``record`` (in this epoch), or None if it does not authenticate.
@@ -273,20 +300,27 @@ class RecordProtection:
         The replay window is not consulted nor updated here: the caller decides, since a
         retransmitted Finished must be seen again (RFC 6347 §4.2.4).
         """
-        suite = self.suite
-        n = suite.explicit_nonce_len
-        body = data[record.body_start + n:record.end]
-        plain_len = len(body) - suite.tag_len
-        if plain_len < 0:
+        return self._open_body(data, record.start, record.end)
+
+    def is_lone_application_data(self, data: bytes) -> bool:
+        """Is ``data`` exactly one application_data record of this epoch (the usual datagram
+        of an established session, RFC 9132 §7.3)?"""
+        return (len(data) > HEADER_LEN and data[0] == CT_APPLICATION_DATA
+                and data[1] == 0xFE and data[3:5] == self._epoch_bytes
+                and int.from_bytes(data[11:13], "big") == len(data) - HEADER_LEN)
+
+    def open_lone(self, data: bytes) -> bytes | None:
+        """The plaintext of a datagram for which ``is_lone_application_data`` holds, or None
+        when it is replayed, too old (RFC 6347 §4.1.2.6) or not authentic (§4.1.2.7).
+        An accepted record enters the replay window."""
+        seq = int.from_bytes(data[5:11], "big")
+        window = self.window
+        if window.seen(seq):
             return None
-        seq_num = data[record.start + 3:record.start + 11]
-        explicit = data[record.body_start:record.body_start + n]
-        aad = (seq_num + data[record.start:record.start + 3]
-               + plain_len.to_bytes(2, "big"))
-        try:
-            return self._read.decrypt(self._nonce(self._read_iv, seq_num, explicit), body, aad)
-        except InvalidTag:
-            return None
+        plain = self._open_body(data, 0, len(data))
+        if plain is not None:
+            window.mark(seq)
+        return plain
 
     def overhead(self) -> int:
         """Bytes a record adds to its plaintext (header, explicit nonce, tag)."""

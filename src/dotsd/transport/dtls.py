@@ -90,9 +90,14 @@ class DtlsLink(LinkBase):
     def send(self, data: bytes) -> None:
         """Send one datagram (one DTLS record); dropped once the link is closed."""
         peer = self._peer
-        if self._closed or peer.conn.closed:
+        conn = peer.conn
+        if self._closed or conn.closed:
             return  # the close is being reported; nothing more goes out
-        peer.conn.send(data)
+        datagram = conn.protect(data)
+        if datagram is not None:
+            self._owner._sendto(peer, datagram)  # sealed by dotsd: no timer to re-arm
+            return
+        conn.send(data)
         self._owner._flush(peer)
 
     def close(self) -> None:
@@ -131,6 +136,24 @@ class _DtlsProtocol(DatagramProtocolBase, abc.ABC):
         log.debug("DTLS socket error: %s", exc)
 
     # ----------------------------------------------------------------- per peer
+    def _receive(self, peer: _Peer, data: bytes, now: float) -> None:
+        """One datagram from the peer: its plaintext straight to the handler when it is one
+        application-data record (the usual case), else through the connection's events."""
+        peer.last_active = now
+        conn = peer.conn
+        plain = conn.receive_application_data(data, now)
+        link = peer.link
+        if plain is None or link is None:
+            self._process(peer)
+            return
+        try:
+            self._handler.data_received(link, plain)
+        except Exception:
+            log.exception("link handler failed on data from %s", peer.addr)
+        # Only the end of a final-flight retention (a timer) or queued output needs work.
+        if not peer.gone and (peer.timer_at is not None or conn.has_output):
+            self._process(peer)
+
     def _process(self, peer: _Peer) -> None:
         """Hand the connection's events to the handler, then send and re-arm."""
         conn = peer.conn
@@ -164,6 +187,11 @@ class _DtlsProtocol(DatagramProtocolBase, abc.ABC):
         except Exception:
             log.exception("link handler failed on link_up of %s; closing", link)
             self._close_peer(peer, "link_up failed")
+
+    def _sendto(self, peer: _Peer, datagram: bytes) -> None:
+        tr = self._transport
+        if tr is not None and not tr.is_closing():
+            tr.sendto(datagram, peer.addr if not self._initiator else None)
 
     def _flush(self, peer: _Peer) -> None:
         datagrams = peer.conn.datagrams_to_send()
@@ -303,9 +331,7 @@ class DtlsServer(_DtlsProtocol, Listener):
         if data and data[0] == CT_HANDSHAKE and len(data) > 4 and data[3] == 0 == data[4] \
                 and self._restart(peer, data, addr, key, now):
             return
-        peer.last_active = now
-        peer.conn.receive_datagram(data, now)
-        self._process(peer)
+        self._receive(peer, data, now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._shutdown("socket closed" if exc is None else str(exc))
@@ -493,10 +519,7 @@ class DtlsClient(_DtlsProtocol):
         peer = self._peer
         if peer is None or peer.gone or self._loop is None:
             return
-        now = self._loop.time()
-        peer.last_active = now
-        peer.conn.receive_datagram(data, now)
-        self._process(peer)
+        self._receive(peer, data, self._loop.time())
 
     def error_received(self, exc: Exception) -> None:
         # An ICMP error (port unreachable, ...) may be forged or transient: keep trying
