@@ -92,8 +92,11 @@ class CoapNode:
 
     def __init__(self, site: Site | None = None, config: EndpointConfig | None = None,
                  params: TransmissionParameters | None = None,
-                 max_message_size: int = 1152) -> None:
+                 max_message_size: int = 1152, fast_path: bool = True) -> None:
         self.site = site or Site()
+        # A new request in a datagram is answered without going through events
+        # (CoapEndpoint.receive_request); False keeps every datagram on the general path.
+        self.fast_path = fast_path
         self.endpoint = CoapEndpoint(config, params)
         self.max_message_size = max_message_size
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -132,7 +135,21 @@ class CoapNode:
         now = self.loop.time()
         conn = self._streams.get(link)
         if conn is None:
-            self.endpoint.receive_datagram(link, data, now)
+            if self.fast_path:
+                ep = self.endpoint
+                exchange = ep.receive_request(link, data, now)
+                if exchange is not None:
+                    self._dispatch(exchange)
+                    if not exchange.responded:
+                        ep.defer(exchange, now)  # answered later (async handler)
+                    elif not ep.has_events:
+                        # The usual case: the response and nothing else. No timer changed:
+                        # the handler's own calls on this node pumped for themselves.
+                        for peer, msg in ep.messages_to_send():
+                            self._send(peer, msg)  # type: ignore[arg-type]
+                        return
+            else:
+                self.endpoint.receive_datagram(link, data, now)
         else:
             conn.receive_data(data)
             while (ev := conn.next_event()) is not None:
@@ -308,7 +325,7 @@ class CoapNode:
                 Code.INTERNAL_SERVER_ERROR, f"internal error: {type(exc).__name__}"),
                 self.loop.time())
             return
-        if inspect.isawaitable(reply):
+        if not isinstance(reply, Message) and inspect.isawaitable(reply):
             task = asyncio.ensure_future(self._finish_async(resource, request, reply))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
