@@ -58,8 +58,11 @@ _BYTE = [bytes((i,)) for i in range(256)]  # one-byte strings, built once (hot p
 
 
 def _option_header(delta: int, length: int) -> bytes:
-    if delta < 13 and length < 13:
-        return _BYTE[(delta << 4) | length]
+    if length < 13:
+        if delta < 13:
+            return _BYTE[(delta << 4) | length]
+        if delta < 269:  # e.g. Max-Age (14) as the first option: one extension byte
+            return _BYTE[0xD0 | length] + _BYTE[delta - 13]
     dn, dext = _encode_nibble(delta)
     ln, lext = _encode_nibble(length)
     return _BYTE[(dn << 4) | ln] + dext + lext
@@ -86,10 +89,14 @@ def _options_payload_parts(msg: Message, parts: list[bytes]) -> None:
     opts = msg.options
     # Stable sort: repeatable options keep their relative order (RFC 7252 §5.4.5).
     if opts and not _encode_options(opts, parts):
-        _encode_options(sorted(opts, key=lambda o: o[0]), parts)
+        _encode_options(sorted(opts, key=_number), parts)
     if msg.payload:
         parts.append(_MARKER)  # RFC 7252 §3: payload marker
         parts.append(msg.payload)
+
+
+def _number(option: tuple[int, bytes]) -> int:
+    return option[0]
 
 
 def encode_options_payload(msg: Message) -> bytes:
@@ -161,9 +168,15 @@ def encode(msg: Message) -> bytes:
         raise ValueError(f"code {code} out of range")
     head = (((0x40 | (msg.mtype << 4) | tkl) << 24) | (code << 16)
             | (msg.mid & 0xFFFF)).to_bytes(4, "big")
-    if msg.options or msg.payload:
+    opts = msg.options
+    if opts or msg.payload:
         parts = [head, token]
-        _options_payload_parts(msg, parts)
+        if opts and not _encode_options(opts, parts):
+            del parts[2:]
+            _encode_options(sorted(opts, key=_number), parts)
+        if msg.payload:
+            parts.append(_MARKER)
+            parts.append(msg.payload)
         return b"".join(parts)
     return head + token
 

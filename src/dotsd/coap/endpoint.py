@@ -652,9 +652,12 @@ class CoapEndpoint:
     def _apply_block2(self, state: PeerState, exchange: Exchange, response: Message,
                       now: float) -> None:
         """RFC 7959 §2.4: slice a body that does not fit into blocks; keep it for the rest."""
-        req = exchange.request
         asked = exchange.asked_block2
-        szx = min(asked.szx if asked else self.config.preferred_szx, self.config.preferred_szx)
+        preferred = self.config.preferred_szx
+        if asked is None and len(response.payload) <= 1 << (preferred + 4):
+            return  # fits in one message, none asked for: the usual case
+        req = exchange.request
+        szx = min(asked.szx if asked else preferred, preferred)
         size = 1 << (szx + 4)
         body = response.payload
         if len(body) <= size and (asked is None or asked.num == 0):

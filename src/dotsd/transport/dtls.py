@@ -89,13 +89,15 @@ class DtlsLink(LinkBase):
 
     def send(self, data: bytes) -> None:
         """Send one datagram (one DTLS record); dropped once the link is closed."""
+        if self._closed:
+            return  # the close is being reported; nothing more goes out
         peer = self._peer
         conn = peer.conn
-        if self._closed or conn.closed:
-            return  # the close is being reported; nothing more goes out
         datagram = conn.protect(data)
         if datagram is not None:
             self._owner._sendto(peer, datagram)  # sealed by dotsd: no timer to re-arm
+            return
+        if conn.closed:
             return
         conn.send(data)
         self._owner._flush(peer)

@@ -139,7 +139,7 @@ class CoapNode:
                 ep = self.endpoint
                 exchange = ep.receive_request(link, data, now)
                 if exchange is not None:
-                    self._dispatch(exchange)
+                    self._dispatch(exchange, now)
                     if not exchange.responded:
                         ep.defer(exchange, now)  # answered later (async handler)
                     elif not ep.has_events:
@@ -240,7 +240,7 @@ class CoapNode:
             ev = ep.next_event()
             while ev is not None:
                 if isinstance(ev, RequestReceived):
-                    self._dispatch(ev.exchange)
+                    self._dispatch(ev.exchange, self.loop.time())
                 elif isinstance(ev, ResponseReceived):
                     self._resolve(ev.request, ev.response)
                 elif isinstance(ev, RequestFailed):
@@ -307,13 +307,13 @@ class CoapNode:
         self._pump()
 
     # ----------------------------------------------------------------- dispatch
-    def _dispatch(self, exchange: Exchange) -> None:
+    def _dispatch(self, exchange: Exchange, now: float) -> None:
         link: Link = exchange.peer  # type: ignore[assignment]
         msg = exchange.request
         route = self.site.resolve(exchange.path)
         if route is None:
             self.endpoint.respond(exchange, error_response(
-                Code.NOT_FOUND, f"no resource at {msg.path_str}"), self.loop.time())
+                Code.NOT_FOUND, f"no resource at {msg.path_str}"), now)
             return
         resource, rest = route
         request = IncomingRequest(msg, link, exchange, rest)
@@ -322,15 +322,14 @@ class CoapNode:
         except Exception as exc:
             log.exception("handler failed path=%s", msg.path_str)
             self.endpoint.respond(exchange, error_response(
-                Code.INTERNAL_SERVER_ERROR, f"internal error: {type(exc).__name__}"),
-                self.loop.time())
+                Code.INTERNAL_SERVER_ERROR, f"internal error: {type(exc).__name__}"), now)
             return
         if not isinstance(reply, Message) and inspect.isawaitable(reply):
             task = asyncio.ensure_future(self._finish_async(resource, request, reply))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
-        self._answer(resource, request, reply)
+        self._answer(resource, request, reply, now)
 
     async def _finish_async(self, resource: Any, request: IncomingRequest,
                             reply: Awaitable[Message]) -> None:
@@ -342,10 +341,11 @@ class CoapNode:
                                       f"internal error: {type(exc).__name__}")
         if request.exchange.responded:
             return
-        self._answer(resource, request, response)
+        self._answer(resource, request, response, self.loop.time())
         self._pump()
 
-    def _answer(self, resource: Any, request: IncomingRequest, response: Message) -> None:
+    def _answer(self, resource: Any, request: IncomingRequest, response: Message,
+                now: float) -> None:
         key = None
         if resource.observable and request.exchange.wants_observe and \
                 64 <= response.code < 96:  # only a 2.xx registers (RFC 7641 §4.1)
@@ -355,7 +355,7 @@ class CoapNode:
                 log.exception("observe_key failed path=%s", request.message.path_str)
                 response = error_response(Code.INTERNAL_SERVER_ERROR,
                                           "internal error: observe registration")
-        self.endpoint.respond(request.exchange, response, self.loop.time(), key)
+        self.endpoint.respond(request.exchange, response, now, key)
 
     def _resolve(self, req: ClientRequest, response: Message) -> None:
         waiter = self._waiters.get(req)
