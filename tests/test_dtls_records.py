@@ -125,13 +125,14 @@ def test_lone_application_data_is_opened_once(name: str) -> None:
     server = RecordProtection.from_master_secret(suite, master, cr, sr, is_client=False)
     first, second = (client.seal(CT_APPLICATION_DATA, b"one"),
                      client.seal(CT_APPLICATION_DATA, b"two"))
-    assert server.is_lone_application_data(first)
-    assert not server.is_lone_application_data(first + second)  # two records
-    assert not server.is_lone_application_data(first[:-1])  # truncated
-    assert not server.is_lone_application_data(client.seal(CT_ALERT, b"\x01\x00"))
+    # Not one application-data record of this epoch: False, for the general path.
+    assert server.open_lone(first + second) is False  # two records
+    assert server.open_lone(first[:-1]) is False  # truncated
+    assert server.open_lone(first + b"\x00") is False  # trailing byte
+    assert server.open_lone(client.seal(CT_ALERT, b"\x01\x00")) is False
     other_epoch = RecordProtection.from_master_secret(suite, master, cr, sr, is_client=True,
                                                       epoch=2)
-    assert not server.is_lone_application_data(other_epoch.seal(CT_APPLICATION_DATA, b"x"))
+    assert server.open_lone(other_epoch.seal(CT_APPLICATION_DATA, b"x")) is False
     assert server.open_lone(second) == b"two"
     assert server.open_lone(second) is None  # RFC 6347 §4.1.2.6: a replay
     tampered = bytearray(first)

@@ -336,11 +336,12 @@ class DtlsConnection:
         for a replayed or forged record, which is dropped either way).
         """
         prot = self._prot
-        if prot is not None and prot.is_lone_application_data(data):
+        if prot is not None:
             plain = prot.open_lone(data)
-            if plain is not None:
-                self._final_flight = None  # the peer has our last flight
-            return plain
+            if plain is not False:
+                if plain is not None:
+                    self._final_flight = None  # the peer has our last flight
+                return plain
         self.receive_datagram(data, now)
         return None
 

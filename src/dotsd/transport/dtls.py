@@ -94,8 +94,11 @@ class DtlsLink(LinkBase):
         peer = self._peer
         conn = peer.conn
         datagram = conn.protect(data)
-        if datagram is not None:
-            self._owner._sendto(peer, datagram)  # sealed by dotsd: no timer to re-arm
+        if datagram is not None:  # sealed by dotsd: no timer to re-arm
+            owner = self._owner
+            tr = owner._transport
+            if tr is not None and not tr.is_closing():
+                tr.sendto(datagram, peer.addr if not owner._initiator else None)
             return
         if conn.closed:
             return
@@ -189,11 +192,6 @@ class _DtlsProtocol(DatagramProtocolBase, abc.ABC):
         except Exception:
             log.exception("link handler failed on link_up of %s; closing", link)
             self._close_peer(peer, "link_up failed")
-
-    def _sendto(self, peer: _Peer, datagram: bytes) -> None:
-        tr = self._transport
-        if tr is not None and not tr.is_closing():
-            tr.sendto(datagram, peer.addr if not self._initiator else None)
 
     def _flush(self, peer: _Peer) -> None:
         datagrams = peer.conn.datagrams_to_send()
