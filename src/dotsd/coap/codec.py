@@ -58,11 +58,6 @@ _BYTE = [bytes((i,)) for i in range(256)]  # one-byte strings, built once (hot p
 
 
 def _option_header(delta: int, length: int) -> bytes:
-    if length < 13:
-        if delta < 13:
-            return _BYTE[(delta << 4) | length]
-        if delta < 269:  # e.g. Max-Age (14) as the first option: one extension byte
-            return _BYTE[0xD0 | length] + _BYTE[delta - 13]
     dn, dext = _encode_nibble(delta)
     ln, lext = _encode_nibble(length)
     return _BYTE[(dn << 4) | ln] + dext + lext
@@ -79,8 +74,12 @@ def _encode_options(opts: list[tuple[int, bytes]], parts: list[bytes]) -> bool:
             return False
         last = number
         length = len(value)
-        parts.append(_BYTE[(delta << 4) | length] if delta < 13 and length < 13
-                     else _option_header(delta, length))
+        if length < 13 and delta < 13:
+            parts.append(_BYTE[(delta << 4) | length])
+        elif length < 13 and delta < 269:  # e.g. Max-Age (14) first: one extension byte
+            parts.append(_BYTE[0xD0 | length] + _BYTE[delta - 13])
+        else:
+            parts.append(_option_header(delta, length))
         parts.append(value)
     return True
 

@@ -362,10 +362,16 @@ class CoapEndpoint:
                 or ((entry := state.dedup.get(msg.mid)) is not None and entry.expires > now)):
             self.receive(peer, msg, now)
             return None
-        exchange, error = self._open_exchange(state, peer, msg, now)
-        if (error is None and exchange.observe is None and exchange.block1 is None
-                and exchange.asked_block2 is None):
-            return exchange
+        # _open_exchange, for a datagram peer:
+        exchange = Exchange(peer, msg)
+        exchange._dedup = self._remember(state, msg.mid, now)
+        error = self._parse_request(exchange) if msg.options else None
+        if error is None:
+            if len(msg.payload) > self.config.max_message_size:
+                error = self._too_large()
+            elif (exchange.observe is None and exchange.block1 is None
+                  and exchange.asked_block2 is None):
+                return exchange
         self._serve(state, exchange, error, now)
         return None
 
@@ -456,9 +462,9 @@ class CoapEndpoint:
                 if first.expires <= now:
                     dedup.popitem(last=False)
                 break
-        entry = _DedupEntry(now + state.exchange_lifetime)
-        dedup.pop(mid, None)
-        dedup[mid] = entry
+            if mid in dedup:
+                del dedup[mid]  # an expired entry of a reused MID: to the back
+        entry = dedup[mid] = _DedupEntry(now + state.exchange_lifetime)
         return entry
 
     # ------------------------------------------------------------------ server side
@@ -501,12 +507,14 @@ class CoapEndpoint:
     def _parse_request(self, exchange: Exchange) -> Message | None:
         """Read the request's options in one pass; returns an error response, if any."""
         path: list[str] = []
-        query: list[str] = []
+        query: list[str] | None = None
         try:
             for number, value in exchange.request.options or ():
                 if number == 11:  # Uri-Path
                     path.append(value.decode("utf-8"))
                 elif number == 15:  # Uri-Query
+                    if query is None:
+                        query = []
                     query.append(value.decode("utf-8"))
                 elif number == 6:  # Observe
                     exchange.observe = decode_uint(value)
@@ -527,7 +535,8 @@ class CoapEndpoint:
         except ValueError as exc:
             return error_response(Code.BAD_OPTION, str(exc))
         exchange.path = tuple(path)
-        exchange.query = tuple(query)
+        if query is not None:
+            exchange.query = tuple(query)
         return None
 
     def _too_large(self) -> Message:
@@ -617,8 +626,7 @@ class CoapEndpoint:
         if exchange.block1 is not None:
             response.set(OptionNumber.BLOCK1, Block(exchange.block1.num, False,
                                                     exchange.block1.szx).encode())
-        success = 64 <= response.code < 96
-        if observe_key is not None and exchange.wants_observe and success:
+        if observe_key is not None and exchange.wants_observe and 64 <= response.code < 96:
             old = state.observers.get(req.token)
             obs = _Observer(peer, req.token, observe_key, req)
             if old is not None:
@@ -631,7 +639,9 @@ class CoapEndpoint:
             response.set(OptionNumber.OBSERVE, obs.seq)
         elif exchange.observe is not None:
             response.remove(OptionNumber.OBSERVE)
-        self._apply_block2(state, exchange, response, now)
+        if (exchange.asked_block2 is not None
+                or len(response.payload) > 1 << (self.config.preferred_szx + 4)):
+            self._apply_block2(state, exchange, response, now)  # RFC 7959 §2.4
         if state.reliable:
             self._out.append((peer, response))
             return
@@ -654,8 +664,6 @@ class CoapEndpoint:
         """RFC 7959 §2.4: slice a body that does not fit into blocks; keep it for the rest."""
         asked = exchange.asked_block2
         preferred = self.config.preferred_szx
-        if asked is None and len(response.payload) <= 1 << (preferred + 4):
-            return  # fits in one message, none asked for: the usual case
         req = exchange.request
         szx = min(asked.szx if asked else preferred, preferred)
         size = 1 << (szx + 4)

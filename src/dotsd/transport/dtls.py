@@ -323,7 +323,7 @@ class DtlsServer(_DtlsProtocol, Listener):
         loop = self._loop
         assert loop is not None
         now = loop.time()
-        key = (addr[0], addr[1]) if len(addr) == 2 or not addr[3] else peer_key(addr)
+        key = addr if len(addr) == 2 else peer_key(addr)  # an IPv4 address is its own key
         peer = self._peers.get(key)
         if peer is None:
             self._hello(data, addr, key, now)

@@ -132,7 +132,7 @@ class CoapNode:
             self.on_link_up(link)
 
     def data_received(self, link: Link, data: bytes) -> None:
-        now = self.loop.time()
+        now = (self._loop or self.loop).time()
         conn = self._streams.get(link)
         if conn is None:
             if self.fast_path:
@@ -329,7 +329,10 @@ class CoapNode:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
-        self._answer(resource, request, reply, now)
+        if exchange.observe is None:  # no registration to consider (RFC 7641 §4.1)
+            self.endpoint.respond(exchange, reply, now)
+        else:
+            self._answer(resource, request, reply, now)
 
     async def _finish_async(self, resource: Any, request: IncomingRequest,
                             reply: Awaitable[Message]) -> None:
