@@ -367,7 +367,7 @@ class CoapEndpoint:
         exchange._dedup = self._remember(state, msg.mid, now)
         error = self._parse_request(exchange) if msg.options else None
         if error is None:
-            if len(msg.payload) > self.config.max_message_size:
+            if msg.payload and len(msg.payload) > self.config.max_message_size:
                 error = self._too_large()
             elif (exchange.observe is None and exchange.block1 is None
                   and exchange.asked_block2 is None):
