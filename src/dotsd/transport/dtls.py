@@ -320,9 +320,7 @@ class DtlsServer(_DtlsProtocol, Listener):
             self._sweeper = self._loop.call_later(self._sweep_interval, self._sweep)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        loop = self._loop
-        assert loop is not None
-        now = loop.time()
+        now = self._clock()
         key = addr if len(addr) == 2 else peer_key(addr)  # an IPv4 address is its own key
         peer = self._peers.get(key)
         if peer is None:

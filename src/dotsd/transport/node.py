@@ -41,7 +41,7 @@ from dotsd.coap.tcp import (
     MessageReceived,
     ReleaseReceived,
 )
-from dotsd.transport.base import Link
+from dotsd.transport.base import Link, loop_clock
 
 log = logging.getLogger("dotsd.coap")
 _REJECT_LOG_RATE = 10
@@ -100,6 +100,7 @@ class CoapNode:
         self.endpoint = CoapEndpoint(config, params)
         self.max_message_size = max_message_size
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: Callable[[], float] | None = None  # loop.time, per datagram
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._streams: dict[Link, CoapTcpConnection] = {}
@@ -132,7 +133,10 @@ class CoapNode:
             self.on_link_up(link)
 
     def data_received(self, link: Link, data: bytes) -> None:
-        now = (self._loop or self.loop).time()
+        clock = self._clock
+        if clock is None:
+            clock = self._clock = loop_clock(self.loop)
+        now = clock()
         conn = self._streams.get(link)
         if conn is None:
             if self.fast_path:
