@@ -409,12 +409,13 @@ def test_replayed_records_are_dropped(cctx: DtlsContext, sctx: DtlsContext) -> N
 
 
 # One step of what the server gets: ("msg", i) the client's i-th record, ("flip", i, pos) that
-# record with one byte changed, ("pair", i, j) two records in one datagram, ("close", 0) the
-# client's close_notify, ("junk", n) n bytes of garbage.
+# record with one byte changed, ("cut", i, n) its first n bytes, ("pair", i, j) two records in
+# one datagram, ("close", 0) the client's close_notify, ("junk", n) n bytes of garbage.
 _STEPS = st.lists(st.one_of(
     st.tuples(st.just("msg"), st.integers(0, 7)),
     st.tuples(st.just("flip"), st.integers(0, 7), st.integers(0, 60)),
     st.tuples(st.just("pair"), st.integers(0, 7), st.integers(0, 7)),
+    st.tuples(st.just("cut"), st.integers(0, 7), st.integers(0, 30)),
     st.tuples(st.just("close"), st.just(0)),
     st.tuples(st.just("junk"), st.integers(0, 40))), min_size=1, max_size=12)
 
@@ -439,6 +440,8 @@ def _server_sees(cctx: DtlsContext, sctx: DtlsContext, steps: list[tuple[int | s
             raw = bytearray(records[int(args[0])])
             raw[int(args[1]) % len(raw)] ^= 0x41
             data = bytes(raw)
+        elif kind == "cut":
+            data = records[int(args[0])][:int(args[1])]
         elif kind == "pair":
             data = records[int(args[0])] + records[int(args[1])]
         elif kind == "close":

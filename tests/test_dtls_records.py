@@ -128,6 +128,8 @@ def test_lone_application_data_is_opened_once(name: str) -> None:
     # Not one application-data record of this epoch: False, for the general path.
     assert server.open_lone(first + second) is False  # two records
     assert server.open_lone(first[:-1]) is False  # truncated
+    for cut in range(HEADER_LEN + 1):
+        assert server.open_lone(first[:cut]) is False  # not even a header
     assert server.open_lone(first + b"\x00") is False  # trailing byte
     assert server.open_lone(client.seal(CT_ALERT, b"\x01\x00")) is False
     other_epoch = RecordProtection.from_master_secret(suite, master, cr, sr, is_client=True,

@@ -153,7 +153,10 @@ class ReplayWindow:
     def mark(self, seq: int) -> None:
         """Record ``seq`` as received; call only after the record was authenticated."""
         top = self._top
-        if seq > top:
+        if seq == top + 1:  # the next record in order: the usual case
+            self._bits = ((self._bits << 1) | 1) & _WINDOW_MASK
+            self._top = seq
+        elif seq > top:
             shift = seq - top
             self._bits = ((self._bits << shift) | 1) & _WINDOW_MASK if shift < 64 else 1
             self._top = seq
@@ -201,6 +204,7 @@ def _suites() -> dict[str, AeadSuite]:
 
 # The first three bytes of a DTLS 1.2 record of each content type (RFC 6347 §4.1).
 _RECORD_HEADS: Final = {ct: bytes((ct,)) + _DTLS_1_2_BYTES for ct in range(20, 24)}
+_APPLICATION_HEAD: Final = _RECORD_HEADS[CT_APPLICATION_DATA]
 
 # Suites whose records dotsd protects itself after the handshake (all use the SHA-256 PRF).
 AEAD_SUITES: Final[dict[str, AeadSuite]] = _suites()
@@ -223,7 +227,7 @@ class RecordProtection:
     Finished message). The read side keeps a replay window (RFC 6347 §4.1.2.6).
     """
 
-    __slots__ = ("_epoch_high", "_explicit", "_read", "_read_iv",
+    __slots__ = ("_epoch_high", "_explicit", "_lone_prefix", "_read", "_read_iv",
                  "_read_iv_int", "_tag_len", "_write", "_write_iv", "_write_iv_int", "epoch",
                  "suite", "window", "write_seq")
 
@@ -239,6 +243,7 @@ class RecordProtection:
         self._read_iv = read_iv
         # Per-record work, precomputed: the epoch's place in the nonce, its shape, the tag.
         self._epoch_high = epoch << 48
+        self._lone_prefix = _APPLICATION_HEAD + epoch.to_bytes(2, "big")
         self._explicit = suite.explicit_nonce_len > 0
         self._tag_len = suite.tag_len
         self._write_iv_int = int.from_bytes(write_iv, "big")
@@ -316,9 +321,10 @@ class RecordProtection:
         (§4.1.2.7), and is dropped. Otherwise its plaintext; the record entered the window.
         """
         size = len(data)
-        if (size <= HEADER_LEN or data[0] != CT_APPLICATION_DATA or data[1] != 0xFE
-                or (data[3] << 8 | data[4]) != self.epoch
-                or (data[11] << 8 | data[12]) != size - HEADER_LEN):
+        # Type, DTLS 1.2 and epoch at once; anything else (a DTLS 1.0 version field...) is
+        # left to the general path, which treats it the same.
+        if size <= HEADER_LEN or data[:5] != self._lone_prefix \
+                or (data[11] << 8 | data[12]) != size - HEADER_LEN:
             return False
         seq = int.from_bytes(data[5:11], "big")
         window = self.window
@@ -336,7 +342,7 @@ class RecordProtection:
             return None
         try:
             plain = self._read.decrypt(nonce, body, b"".join(
-                (data[3:11], data[:3], plain_len.to_bytes(2, "big"))))
+                (data[3:11], _APPLICATION_HEAD, plain_len.to_bytes(2, "big"))))
         except InvalidTag:
             return None
         window.mark(seq)
