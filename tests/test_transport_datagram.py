@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from dotsd.transport.base import loop_clock
 from dotsd.transport.datagram import BatchDatagramTransport, open_datagram
 
 pytestmark = pytest.mark.timeout(30)
@@ -100,3 +101,19 @@ async def test_what_was_sent_before_a_close_still_leaves(sockets: Any) -> None:
     transport.sendto(b"after", client.getsockname())  # closed: dropped
     await asyncio.sleep(0.02)
     assert _pending(client) == []
+
+
+async def test_loop_clock_is_the_loops_time() -> None:
+    loop = asyncio.get_running_loop()
+    clock = loop_clock(loop)
+    assert abs(clock() - loop.time()) < 0.05
+
+    class Shifted(asyncio.SelectorEventLoop):
+        def time(self) -> float:
+            return 1000.0 + super().time()
+
+    other = Shifted()
+    try:
+        assert abs(loop_clock(other)() - other.time()) < 0.05  # a loop's own clock is kept
+    finally:
+        other.close()
