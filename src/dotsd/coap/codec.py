@@ -6,6 +6,8 @@ for a partial TCP frame); encoding raises ``ValueError`` for a message that cann
 
 from __future__ import annotations
 
+import struct
+
 from dotsd.coap.message import Message
 
 _PAYLOAD_MARKER = 0xFF
@@ -54,6 +56,7 @@ def _encode_nibble(value: int) -> tuple[int, bytes]:
     raise ValueError(f"option delta/length {value} too large")
 
 
+_FIXED_HEADER = struct.Struct(">BBH")  # RFC 7252 §3: Ver/T/TKL, Code, Message ID
 _BYTE = [bytes((i,)) for i in range(256)]  # one-byte strings, built once (hot path)
 
 
@@ -165,8 +168,7 @@ def encode(msg: Message) -> bytes:
     code = msg.code
     if not 0 <= code <= 0xFF:
         raise ValueError(f"code {code} out of range")
-    head = (((0x40 | (msg.mtype << 4) | tkl) << 24) | (code << 16)
-            | (msg.mid & 0xFFFF)).to_bytes(4, "big")
+    head = _FIXED_HEADER.pack(0x40 | (msg.mtype << 4) | tkl, code, msg.mid & 0xFFFF)
     opts = msg.options
     if opts or msg.payload:
         parts = [head, token]
@@ -185,13 +187,11 @@ def decode(data: bytes) -> Message:
     size = len(data)
     if size < 4:
         raise MessageFormatError("datagram shorter than the 4-byte header")
-    b0 = data[0]
+    b0, code, mid = _FIXED_HEADER.unpack_from(data)
     if b0 >> 6 != 1:
         raise MessageFormatError(f"unknown version {b0 >> 6}")
     mtype = (b0 >> 4) & 0x03
     tkl = b0 & 0x0F
-    code = data[1]
-    mid = (data[2] << 8) | data[3]
     if tkl > 8:
         raise MessageFormatError("token length 9-15 is reserved", mid, mtype, code=code)
     pos = 4 + tkl

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -205,6 +206,12 @@ def _suites() -> dict[str, AeadSuite]:
 # The first three bytes of a DTLS 1.2 record of each content type (RFC 6347 §4.1).
 _RECORD_HEADS: Final = {ct: bytes((ct,)) + _DTLS_1_2_BYTES for ct in range(20, 24)}
 _APPLICATION_HEAD: Final = _RECORD_HEADS[CT_APPLICATION_DATA]
+# Packed in one call each (hot path): the record header (type, version, epoch+sequence,
+# length), the same followed by an explicit nonce, the AEAD additional data, and a nonce.
+_HEADER: Final = struct.Struct(">BHQH")
+_HEADER_EXPLICIT: Final = struct.Struct(">BHQHQ")
+_AAD: Final = struct.Struct(">QBHH")
+_NONCE: Final = struct.Struct(">4sQ")
 
 # Suites whose records dotsd protects itself after the handshake (all use the SHA-256 PRF).
 AEAD_SUITES: Final[dict[str, AeadSuite]] = _suites()
@@ -271,19 +278,20 @@ class RecordProtection:
             # RFC 6347 §4.1: a sequence number must not wrap; the session is spent.
             raise OverflowError("DTLS sequence numbers exhausted for this epoch")
         self.write_seq = seq + 1
-        seq_num = (self._epoch_high | seq).to_bytes(8, "big")
-        head = _RECORD_HEADS[content_type]
+        seq_num = self._epoch_high | seq  # RFC 6347 §4.1: epoch and sequence number, 64 bits
         size = len(plaintext)
-        aad = b"".join((seq_num, head, size.to_bytes(2, "big")))
+        aad = _AAD.pack(seq_num, content_type, DTLS_1_2, size)  # RFC 5246 §6.2.3.3
         size += self._tag_len
         if self._explicit:
             # RFC 5288 §3 / RFC 6655 §3: salt + explicit nonce; the sequence number serves.
-            sealed = self._write.encrypt(self._write_iv + seq_num, plaintext, aad)
-            return b"".join((head, seq_num, (size + 8).to_bytes(2, "big"), seq_num, sealed))
-        # RFC 7905 §2: the 64-bit sequence number, left-padded, xor the 12-byte IV.
-        nonce = (self._write_iv_int ^ (self._epoch_high | seq)).to_bytes(12, "big")
+            sealed = self._write.encrypt(_NONCE.pack(self._write_iv, seq_num), plaintext, aad)
+            return _HEADER_EXPLICIT.pack(content_type, DTLS_1_2, seq_num, size + 8,
+                                         seq_num) + sealed
+        # RFC 7905 §2: the 64-bit sequence number, left-padded, xor the 12-byte IV (the
+        # other suites have a 4-byte salt: _NONCE).
+        nonce = (self._write_iv_int ^ seq_num).to_bytes(12, "big")
         sealed = self._write.encrypt(nonce, plaintext, aad)
-        return b"".join((head, seq_num, size.to_bytes(2, "big"), sealed))
+        return _HEADER.pack(content_type, DTLS_1_2, seq_num, size) + sealed
 
     def _open_body(self, data: bytes, start: int, end: int) -> bytes | None:
         """Decrypt the record whose header is at ``start`` and which ends at ``end``."""
@@ -341,8 +349,8 @@ class RecordProtection:
         if plain_len < 0:
             return None
         try:
-            plain = self._read.decrypt(nonce, body, b"".join(
-                (data[3:11], _APPLICATION_HEAD, plain_len.to_bytes(2, "big"))))
+            plain = self._read.decrypt(nonce, body, _AAD.pack(
+                self._epoch_high | seq, CT_APPLICATION_DATA, DTLS_1_2, plain_len))
         except InvalidTag:
             return None
         window.mark(seq)
