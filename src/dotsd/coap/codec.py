@@ -165,10 +165,10 @@ def encode(msg: Message) -> bytes:
     tkl = len(token)
     if tkl > 8:
         raise ValueError("token longer than 8 bytes")
-    code = msg.code
-    if not 0 <= code <= 0xFF:
-        raise ValueError(f"code {code} out of range")
-    head = _FIXED_HEADER.pack(0x40 | (msg.mtype << 4) | tkl, code, msg.mid & 0xFFFF)
+    try:
+        head = _FIXED_HEADER.pack(0x40 | (msg.mtype << 4) | tkl, msg.code, msg.mid & 0xFFFF)
+    except struct.error as exc:
+        raise ValueError(f"cannot encode type {msg.mtype} code {msg.code}: {exc}") from None
     opts = msg.options
     if opts or msg.payload:
         parts = [head, token]

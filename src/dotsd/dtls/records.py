@@ -209,6 +209,7 @@ _APPLICATION_HEAD: Final = _RECORD_HEADS[CT_APPLICATION_DATA]
 # Packed in one call each (hot path): the record header (type, version, epoch+sequence,
 # length), the same followed by an explicit nonce, the AEAD additional data, and a nonce.
 _HEADER: Final = struct.Struct(">BHQH")
+_LONE_HEADER: Final = struct.Struct(">3sQH")  # the same, type and version as one string
 _HEADER_EXPLICIT: Final = struct.Struct(">BHQHQ")
 _AAD: Final = struct.Struct(">QBHH")
 _NONCE: Final = struct.Struct(">4sQ")
@@ -234,7 +235,7 @@ class RecordProtection:
     Finished message). The read side keeps a replay window (RFC 6347 §4.1.2.6).
     """
 
-    __slots__ = ("_epoch_high", "_explicit", "_lone_prefix", "_read", "_read_iv",
+    __slots__ = ("_epoch_high", "_explicit", "_read", "_read_iv",
                  "_read_iv_int", "_tag_len", "_write", "_write_iv", "_write_iv_int", "epoch",
                  "suite", "window", "write_seq")
 
@@ -250,7 +251,6 @@ class RecordProtection:
         self._read_iv = read_iv
         # Per-record work, precomputed: the epoch's place in the nonce, its shape, the tag.
         self._epoch_high = epoch << 48
-        self._lone_prefix = _APPLICATION_HEAD + epoch.to_bytes(2, "big")
         self._explicit = suite.explicit_nonce_len > 0
         self._tag_len = suite.tag_len
         self._write_iv_int = int.from_bytes(write_iv, "big")
@@ -329,12 +329,15 @@ class RecordProtection:
         (§4.1.2.7), and is dropped. Otherwise its plaintext; the record entered the window.
         """
         size = len(data)
-        # Type, DTLS 1.2 and epoch at once; anything else (a DTLS 1.0 version field...) is
-        # left to the general path, which treats it the same.
-        if size <= HEADER_LEN or data[:5] != self._lone_prefix \
-                or (data[11] << 8 | data[12]) != size - HEADER_LEN:
+        if size <= HEADER_LEN:
             return False
-        seq = int.from_bytes(data[5:11], "big")
+        head, seq_num, length = _LONE_HEADER.unpack_from(data)
+        # Type and DTLS 1.2 at once; anything else (a DTLS 1.0 version field...) is left to
+        # the general path, which treats it the same.
+        if head != _APPLICATION_HEAD or seq_num >> 48 != self.epoch \
+                or length != size - HEADER_LEN:
+            return False
+        seq = seq_num & MAX_SEQ
         window = self.window
         if window.seen(seq):
             return None
@@ -343,14 +346,14 @@ class RecordProtection:
             nonce = self._read_iv + data[13:21]
             body = data[21:]
         else:
-            nonce = (self._read_iv_int ^ (self._epoch_high | seq)).to_bytes(12, "big")
+            nonce = (self._read_iv_int ^ seq_num).to_bytes(12, "big")
             body = data[13:]
         plain_len = len(body) - self._tag_len
         if plain_len < 0:
             return None
         try:
             plain = self._read.decrypt(nonce, body, _AAD.pack(
-                self._epoch_high | seq, CT_APPLICATION_DATA, DTLS_1_2, plain_len))
+                seq_num, CT_APPLICATION_DATA, DTLS_1_2, plain_len))
         except InvalidTag:
             return None
         window.mark(seq)
