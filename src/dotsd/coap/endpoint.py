@@ -646,9 +646,11 @@ class CoapEndpoint:
             self._out.append((peer, response))
             return
         if req.mtype == CON and not exchange.acked:
-            response.mtype = ACK
+            response.mtype = ACK  # piggybacked (RFC 7252 §5.2.1)
             response.mid = req.mid
             self._out.append((peer, response))
+            if exchange._dedup is not None:
+                exchange._dedup.response = response  # replayed to a duplicate (§4.5)
         elif req.mtype == CON:
             response.mtype = CON
             self._send_con(state, peer, response, now).exchange = exchange
@@ -656,8 +658,6 @@ class CoapEndpoint:
             response.mtype = NON
             response.mid = state.new_mid()
             self._out.append((peer, response))
-        if exchange._dedup is not None and response.mtype == ACK:
-            exchange._dedup.response = response
 
     def _apply_block2(self, state: PeerState, exchange: Exchange, response: Message,
                       now: float) -> None:
