@@ -67,13 +67,12 @@ def _option_header(delta: int, length: int) -> bytes:
 
 
 def _encode_options(opts: list[tuple[int, bytes]], parts: list[bytes]) -> bool:
-    """Append the options to ``parts``; False (parts untouched) if they are not sorted."""
+    """Append the options to ``parts``; False if they are not sorted (some were appended:
+    the caller takes them back)."""
     last = 0
-    start = len(parts)
     for number, value in opts:
         delta = number - last
         if delta < 0:
-            del parts[start:]
             return False
         last = number
         length = len(value)
@@ -89,8 +88,10 @@ def _encode_options(opts: list[tuple[int, bytes]], parts: list[bytes]) -> bool:
 
 def _options_payload_parts(msg: Message, parts: list[bytes]) -> None:
     opts = msg.options
+    start = len(parts)
     # Stable sort: repeatable options keep their relative order (RFC 7252 §5.4.5).
     if opts and not _encode_options(opts, parts):
+        del parts[start:]
         _encode_options(sorted(opts, key=_number), parts)
     if msg.payload:
         parts.append(_MARKER)  # RFC 7252 §3: payload marker

@@ -71,11 +71,12 @@ class DtlsHandshakeError(ConnectionError):
 class DtlsLink(LinkBase):
     """One DTLS session, as the CoAP layer sees it (implements ``Link``)."""
 
-    __slots__ = ("_owner", "_peer")
+    __slots__ = ("_owner", "_peer", "_to")
 
     def __init__(self, owner: _DtlsProtocol, peer: _Peer, info: PeerInfo) -> None:
         self._owner = owner
         self._peer = peer
+        self._to = None if owner._initiator else peer.addr  # sendto's address
         super().__init__(info)
 
     @property
@@ -95,10 +96,9 @@ class DtlsLink(LinkBase):
         conn = peer.conn
         datagram = conn.protect(data)
         if datagram is not None:  # sealed by dotsd: no timer to re-arm
-            owner = self._owner
-            tr = owner._transport
+            tr = self._owner._transport
             if tr is not None and not tr.is_closing():
-                tr.sendto(datagram, peer.addr if not owner._initiator else None)
+                tr.sendto(datagram, self._to)
             return
         if conn.closed:
             return
