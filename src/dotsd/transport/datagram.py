@@ -53,10 +53,21 @@ class BatchDatagramTransport(asyncio.DatagramTransport):
             self._read_batch()
         finally:
             self._held = None
-            for data, addr in held:
-                # Also when the protocol closed the transport meanwhile (a close_notify just
-                # before): the socket itself is closed only later, by _finish.
+            if held:
+                self._send_held(held)
+
+    def _send_held(self, held: list[tuple[bytes, Any]]) -> None:
+        # Also when the protocol closed the transport meanwhile (a close_notify just before):
+        # the socket itself is closed only later, by _finish.
+        sendto = self._sock.sendto
+        for data, addr in held:
+            if addr is None or self._queue:
                 self._send(data, addr)
+                continue
+            try:
+                sendto(data, addr)
+            except OSError:
+                self._send(data, addr)  # once more the careful way: queued, or reported
 
     def _read_batch(self) -> None:
         recvfrom = self._sock.recvfrom
