@@ -1,6 +1,6 @@
 """Server cost per request on the DTLS path, without sockets.
 
-    python -m bench.dtls_path [N]
+    python -m bench.dtls_path [N] [--profile]
 
 A real ``DtlsServer`` (fed through a fake datagram transport) runs a ``CoapNode`` with one
 resource; a client ``DtlsConnection`` in memory completes a mutual-certificate handshake, then
@@ -28,6 +28,8 @@ from dotsd.pki import init_pki
 from dotsd.transport.dtls import DtlsServer
 from dotsd.transport.node import CoapNode
 
+_PEER = ("127.0.0.1", 40000)
+
 
 class _Time(Resource):
     def get(self, request: IncomingRequest) -> Message:
@@ -53,8 +55,8 @@ class _Capture(asyncio.DatagramTransport):
         pass
 
 
-async def measure(n: int) -> float:
-    """Microseconds of server work per request."""
+async def prepare(n: int) -> tuple[DtlsServer, _Capture, list[bytes]]:
+    """A server with one established session, and ``n`` protected CON GETs for it."""
     with tempfile.TemporaryDirectory() as tmp:
         pki = init_pki(Path(tmp))
         site = Site()
@@ -64,11 +66,10 @@ async def measure(n: int) -> float:
         server.connection_made(wire)
         client = DtlsConnection(client_context(DtlsConfig.from_pki(pki, client=True)),
                                 time.monotonic(), server_hostname="localhost")
-    addr = ("127.0.0.1", 40000)
     done = False
     for _ in range(20):  # bounded handshake
         for datagram in client.datagrams_to_send():
-            server.datagram_received(datagram, addr)
+            server.datagram_received(datagram, _PEER)
         for datagram in wire.out:
             client.receive_datagram(datagram, time.monotonic())
         wire.out.clear()
@@ -79,16 +80,36 @@ async def measure(n: int) -> float:
     if not done:
         raise RuntimeError("handshake did not complete")
     for datagram in client.datagrams_to_send():
-        server.datagram_received(datagram, addr)
+        server.datagram_received(datagram, _PEER)
     wire.out.clear()
     requests: list[bytes] = []
     for i in range(n):
         msg = Message(MessageType.CON, Code.GET, i & 0xFFFF, i.to_bytes(4, "big"))
         client.send(codec.encode(msg.set_path("/time")))
         requests.extend(client.datagrams_to_send())
-    start = time.perf_counter()
+    return server, wire, requests
+
+
+def run(server: DtlsServer, requests: list[bytes]) -> None:
+    """Feed every request to the server, back to back."""
+    received = server.datagram_received
     for datagram in requests:
-        server.datagram_received(datagram, addr)
+        received(datagram, _PEER)
+
+
+async def measure(n: int, profile: bool = False) -> float:
+    """Microseconds of server work per request (with ``profile``: print where it goes)."""
+    server, wire, requests = await prepare(n)
+    if profile:
+        import cProfile
+        import pstats
+
+        with cProfile.Profile() as prof:
+            run(server, requests)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        return 0.0
+    start = time.perf_counter()
+    run(server, requests)
     elapsed = time.perf_counter() - start
     if len(wire.out) != n:
         raise RuntimeError(f"{len(wire.out)} responses for {n} requests")
@@ -96,8 +117,11 @@ async def measure(n: int) -> float:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
-    cost = asyncio.run(measure(n))
+    args = [a for a in sys.argv[1:] if a != "--profile"]
+    n = int(args[0]) if args else 50_000
+    cost = asyncio.run(measure(n, profile="--profile" in sys.argv))
+    if not cost:
+        return
     print(f"DTLS server path: {cost:.1f} µs per request ({1e6 / cost:,.0f} requests/s "
           f"of Python work, before any syscall)")
 

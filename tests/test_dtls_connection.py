@@ -408,6 +408,88 @@ def test_replayed_records_are_dropped(cctx: DtlsContext, sctx: DtlsContext) -> N
     assert got == [b"m2", b"m0", b"m4", b"m1", b"m3"]  # reordered ones taken, replays not
 
 
+# One step of what the server gets: ("msg", i) the client's i-th record, ("flip", i, pos) that
+# record with one byte changed, ("cut", i, n) its first n bytes, ("pair", i, j) two records in
+# one datagram, ("close", 0) the client's close_notify, ("junk", n) n bytes of garbage.
+_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("msg"), st.integers(0, 7)),
+    st.tuples(st.just("flip"), st.integers(0, 7), st.integers(0, 60)),
+    st.tuples(st.just("pair"), st.integers(0, 7), st.integers(0, 7)),
+    st.tuples(st.just("cut"), st.integers(0, 7), st.integers(0, 30)),
+    st.tuples(st.just("close"), st.just(0)),
+    st.tuples(st.just("junk"), st.integers(0, 40))), min_size=1, max_size=12)
+
+
+def _server_sees(cctx: DtlsContext, sctx: DtlsContext, steps: list[tuple[int | str, ...]],
+                 fast: bool) -> list[object]:
+    """What the server reports for ``steps``, through receive_application_data or not."""
+    client, server = connect(cctx, sctx)
+    drain(client), drain(server)
+    records = []
+    for i in range(8):
+        client.send(b"message %d" % i)
+        (d,) = client.datagrams_to_send()
+        records.append(d)
+    client.close()
+    (close_notify,) = client.datagrams_to_send()
+    seen: list[object] = []
+    for kind, *args in steps:
+        if kind == "msg":
+            data = records[int(args[0])]
+        elif kind == "flip":
+            raw = bytearray(records[int(args[0])])
+            raw[int(args[1]) % len(raw)] ^= 0x41
+            data = bytes(raw)
+        elif kind == "cut":
+            data = records[int(args[0])][:int(args[1])]
+        elif kind == "pair":
+            data = records[int(args[0])] + records[int(args[1])]
+        elif kind == "close":
+            data = close_notify
+        else:
+            data = bytes(range(int(args[0])))
+        if fast:
+            plain = server.receive_application_data(data, 0.0)
+            if plain is not None:
+                seen.append(DataReceived(plain))
+        else:
+            server.receive_datagram(data, 0.0)
+        seen += drain(server)
+        seen.append(server.datagrams_to_send() and "output")
+    seen.append(server.closed)
+    return seen
+
+
+@given(_STEPS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+def test_short_cut_for_application_data_matches_the_general_path(
+        cctx: DtlsContext, sctx: DtlsContext, steps: list[tuple[int | str, ...]]) -> None:
+    fast = _server_sees(cctx, sctx, steps, fast=True)
+    assert fast == _server_sees(cctx, sctx, steps, fast=False)
+
+
+def test_protect_seals_at_once_only_when_dotsd_protects(pki: Pki, cctx: DtlsContext,
+                                                        sctx: DtlsContext) -> None:
+    client, server = connect(cctx, sctx)
+    drain(client), drain(server)
+    datagram = client.protect(b"now")
+    assert datagram is not None and not client.has_output
+    assert server.receive_application_data(datagram, 0.0) == b"now"
+    assert server.receive_application_data(datagram, 0.0) is None  # a replay: dropped
+    assert drain(server) == []
+    client.send(b"queued")
+    assert client.has_output and client.protect(b"later") is None  # keeps the order
+    assert client.protect(b"x" * 20000) is None
+    kept, openssl_side = connect(cctx, sctx, offload_server=False)
+    assert openssl_side.protect(b"x") is None and not openssl_side.offloaded
+    openssl_side.send(b"via openssl")
+    for d in openssl_side.datagrams_to_send():
+        assert kept.receive_application_data(d, 0.0) == b"via openssl"
+    client.close()
+    assert client.protect(b"x") is None
+
+
 def test_send_before_handshake_or_after_close_raises(cctx: DtlsContext) -> None:
     client = DtlsConnection(cctx, 0.0, server_hostname="localhost")
     with pytest.raises(DtlsStateError):

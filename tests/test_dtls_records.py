@@ -115,3 +115,30 @@ def test_protection_round_trip_and_tamper(name: str) -> None:
     back = server.seal(CT_APPLICATION_DATA, b"")
     assert client.open(back, split_records(back)[0]) == b""
     assert len(back) == HEADER_LEN + suite.explicit_nonce_len + suite.tag_len
+
+
+@pytest.mark.parametrize("name", sorted(AEAD_SUITES))
+def test_lone_application_data_is_opened_once(name: str) -> None:
+    suite = AEAD_SUITES[name]
+    master, cr, sr = bytes(range(48)), b"c" * 32, b"s" * 32
+    client = RecordProtection.from_master_secret(suite, master, cr, sr, is_client=True)
+    server = RecordProtection.from_master_secret(suite, master, cr, sr, is_client=False)
+    first, second = (client.seal(CT_APPLICATION_DATA, b"one"),
+                     client.seal(CT_APPLICATION_DATA, b"two"))
+    # Not one application-data record of this epoch: False, for the general path.
+    assert server.open_lone(first + second) is False  # two records
+    assert server.open_lone(first[:-1]) is False  # truncated
+    for cut in range(HEADER_LEN + 1):
+        assert server.open_lone(first[:cut]) is False  # not even a header
+    assert server.open_lone(first + b"\x00") is False  # trailing byte
+    assert server.open_lone(client.seal(CT_ALERT, b"\x01\x00")) is False
+    other_epoch = RecordProtection.from_master_secret(suite, master, cr, sr, is_client=True,
+                                                      epoch=2)
+    assert server.open_lone(other_epoch.seal(CT_APPLICATION_DATA, b"x")) is False
+    assert server.open_lone(second) == b"two"
+    assert server.open_lone(second) is None  # RFC 6347 §4.1.2.6: a replay
+    tampered = bytearray(first)
+    tampered[-1] ^= 1
+    assert server.open_lone(bytes(tampered)) is None
+    assert server.open_lone(first) == b"one"  # the forgery did not enter the window
+    assert server.open_lone(first) is None

@@ -6,9 +6,12 @@ for a partial TCP frame); encoding raises ``ValueError`` for a message that cann
 
 from __future__ import annotations
 
+import struct
+
 from dotsd.coap.message import Message
 
 _PAYLOAD_MARKER = 0xFF
+_MARKER = b"\xff"
 
 
 class CoapDecodeError(Exception):
@@ -53,31 +56,56 @@ def _encode_nibble(value: int) -> tuple[int, bytes]:
     raise ValueError(f"option delta/length {value} too large")
 
 
-def encode_options_payload(msg: Message) -> bytes:
-    out = bytearray()
-    if msg.options:
-        opts = msg.options
-        # Stable sort: repeatable options keep their relative order (RFC 7252 §5.4.5).
-        if any(opts[i][0] > opts[i + 1][0] for i in range(len(opts) - 1)):
-            opts = sorted(opts, key=lambda o: o[0])
-        last = 0
-        for number, value in opts:
-            delta = number - last
-            last = number
-            length = len(value)
-            if delta < 13 and length < 13:
-                out.append((delta << 4) | length)
-            else:
-                dn, dext = _encode_nibble(delta)
-                ln, lext = _encode_nibble(length)
-                out.append((dn << 4) | ln)
-                out += dext
-                out += lext
-            out += value
+_FIXED_HEADER = struct.Struct(">BBH")  # RFC 7252 §3: Ver/T/TKL, Code, Message ID
+_BYTE = [bytes((i,)) for i in range(256)]  # one-byte strings, built once (hot path)
+
+
+def _option_header(delta: int, length: int) -> bytes:
+    dn, dext = _encode_nibble(delta)
+    ln, lext = _encode_nibble(length)
+    return _BYTE[(dn << 4) | ln] + dext + lext
+
+
+def _encode_options(opts: list[tuple[int, bytes]], parts: list[bytes]) -> bool:
+    """Append the options to ``parts``; False if they are not sorted (some were appended:
+    the caller takes them back)."""
+    last = 0
+    for number, value in opts:
+        delta = number - last
+        if delta < 0:
+            return False
+        last = number
+        length = len(value)
+        if length < 13 and delta < 13:
+            parts.append(_BYTE[(delta << 4) | length])
+        elif length < 13 and delta < 269:  # e.g. Max-Age (14) first: one extension byte
+            parts.append(_BYTE[0xD0 | length] + _BYTE[delta - 13])
+        else:
+            parts.append(_option_header(delta, length))
+        parts.append(value)
+    return True
+
+
+def _options_payload_parts(msg: Message, parts: list[bytes]) -> None:
+    opts = msg.options
+    start = len(parts)
+    # Stable sort: repeatable options keep their relative order (RFC 7252 §5.4.5).
+    if opts and not _encode_options(opts, parts):
+        del parts[start:]
+        _encode_options(sorted(opts, key=_number), parts)
     if msg.payload:
-        out.append(_PAYLOAD_MARKER)
-        out += msg.payload
-    return bytes(out)
+        parts.append(_MARKER)  # RFC 7252 §3: payload marker
+        parts.append(msg.payload)
+
+
+def _number(option: tuple[int, bytes]) -> int:
+    return option[0]
+
+
+def encode_options_payload(msg: Message) -> bytes:
+    parts: list[bytes] = []
+    _options_payload_parts(msg, parts)
+    return b"".join(parts)
 
 
 def _decode_options_payload(data: bytes, pos: int, end: int, msg: Message) -> None:
@@ -94,35 +122,38 @@ def _decode_options_payload(data: bytes, pos: int, end: int, msg: Message) -> No
         pos += 1
         delta = byte >> 4
         length = byte & 0x0F
-        if delta == 13:
-            if pos >= end:
-                raise MessageFormatError("truncated option delta")
-            delta = data[pos] + 13
-            pos += 1
-        elif delta == 14:
-            if pos + 2 > end:
-                raise MessageFormatError("truncated option delta")
-            delta = ((data[pos] << 8) | data[pos + 1]) + 269
-            pos += 2
-        elif delta == 15:
-            raise MessageFormatError("reserved option delta 15")
-        if length == 13:
-            if pos >= end:
-                raise MessageFormatError("truncated option length")
-            length = data[pos] + 13
-            pos += 1
-        elif length == 14:
-            if pos + 2 > end:
-                raise MessageFormatError("truncated option length")
-            length = ((data[pos] << 8) | data[pos + 1]) + 269
-            pos += 2
-        elif length == 15:
-            raise MessageFormatError("reserved option length 15")
+        if delta > 12:
+            if delta == 13:
+                if pos >= end:
+                    raise MessageFormatError("truncated option delta")
+                delta = data[pos] + 13
+                pos += 1
+            elif delta == 14:
+                if pos + 2 > end:
+                    raise MessageFormatError("truncated option delta")
+                delta = ((data[pos] << 8) | data[pos + 1]) + 269
+                pos += 2
+            else:
+                raise MessageFormatError("reserved option delta 15")
+        if length > 12:
+            if length == 13:
+                if pos >= end:
+                    raise MessageFormatError("truncated option length")
+                length = data[pos] + 13
+                pos += 1
+            elif length == 14:
+                if pos + 2 > end:
+                    raise MessageFormatError("truncated option length")
+                length = ((data[pos] << 8) | data[pos + 1]) + 269
+                pos += 2
+            else:
+                raise MessageFormatError("reserved option length 15")
         number += delta
-        if pos + length > end:
+        stop = pos + length
+        if stop > end:
             raise MessageFormatError("option value runs past the end of the message")
-        options.append((number, data[pos:pos + length]))
-        pos += length
+        options.append((number, data[pos:stop]))
+        pos = stop
     if options:
         msg.options = options
 
@@ -131,38 +162,51 @@ def _decode_options_payload(data: bytes, pos: int, end: int, msg: Message) -> No
 
 def encode(msg: Message) -> bytes:
     """Encode a message as one UDP/DTLS datagram."""
-    tkl = len(msg.token)
+    token = msg.token
+    tkl = len(token)
     if tkl > 8:
         raise ValueError("token longer than 8 bytes")
-    head = bytes((0x40 | (msg.mtype << 4) | tkl, msg.code, (msg.mid >> 8) & 0xFF, msg.mid & 0xFF))
-    if msg.options or msg.payload:
-        return head + msg.token + encode_options_payload(msg)
-    return head + msg.token
+    try:
+        head = _FIXED_HEADER.pack(0x40 | (msg.mtype << 4) | tkl, msg.code, msg.mid & 0xFFFF)
+    except struct.error as exc:
+        raise ValueError(f"cannot encode type {msg.mtype} code {msg.code}: {exc}") from None
+    opts = msg.options
+    if opts or msg.payload:
+        parts = [head, token]
+        if opts and not _encode_options(opts, parts):
+            del parts[2:]
+            _encode_options(sorted(opts, key=_number), parts)
+        if msg.payload:
+            parts.append(_MARKER)
+            parts.append(msg.payload)
+        return b"".join(parts)
+    return head + token
 
 
 def decode(data: bytes) -> Message:
     """Decode one UDP/DTLS datagram."""
-    if len(data) < 4:
+    size = len(data)
+    if size < 4:
         raise MessageFormatError("datagram shorter than the 4-byte header")
-    b0 = data[0]
+    b0, code, mid = _FIXED_HEADER.unpack_from(data)
     if b0 >> 6 != 1:
         raise MessageFormatError(f"unknown version {b0 >> 6}")
     mtype = (b0 >> 4) & 0x03
     tkl = b0 & 0x0F
-    code = data[1]
-    mid = (data[2] << 8) | data[3]
     if tkl > 8:
         raise MessageFormatError("token length 9-15 is reserved", mid, mtype, code=code)
-    if len(data) < 4 + tkl:
+    pos = 4 + tkl
+    if size < pos:
         raise MessageFormatError("datagram shorter than its token", mid, mtype, code=code)
-    token = data[4:4 + tkl]
+    token = data[4:pos]
     msg = Message(mtype, code, mid, token)
-    if code == 0 and len(data) != 4 + tkl:
-        # RFC 7252 §4.1: an Empty message has nothing after the header (and tkl 0).
-        raise MessageFormatError("empty message with options or payload", mid, mtype, token, code)
-    if len(data) > 4 + tkl:
+    if size > pos:
+        if code == 0:
+            # RFC 7252 §4.1: an Empty message has nothing after the header (and tkl 0).
+            raise MessageFormatError("empty message with options or payload", mid, mtype, token,
+                                     code)
         try:
-            _decode_options_payload(data, 4 + tkl, len(data), msg)
+            _decode_options_payload(data, pos, size, msg)
         except MessageFormatError as exc:
             exc.mid, exc.mtype, exc.token, exc.code = mid, mtype, token, code
             raise

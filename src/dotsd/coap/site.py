@@ -72,7 +72,8 @@ class Site:
     """Uri-Path → resource. Exact routes win over prefix routes; longer prefixes win."""
 
     def __init__(self) -> None:
-        self._exact: dict[tuple[str, ...], Resource] = {}
+        # Exact routes map to what resolve returns, built once: (resource, no rest).
+        self._exact: dict[tuple[str, ...], tuple[Resource, tuple[str, ...]]] = {}
         self._prefix: list[tuple[tuple[str, ...], Resource]] = []
 
     @staticmethod
@@ -85,12 +86,12 @@ class Site:
             self._prefix.append((key, resource))
             self._prefix.sort(key=lambda item: -len(item[0]))
         else:
-            self._exact[key] = resource
+            self._exact[key] = (resource, ())
 
     def resolve(self, path: tuple[str, ...]) -> tuple[Resource, tuple[str, ...]] | None:
-        resource = self._exact.get(path)
-        if resource is not None:
-            return resource, ()
+        route = self._exact.get(path)
+        if route is not None:
+            return route
         for key, res in self._prefix:
             if path[:len(key)] == key:
                 return res, path[len(key):]

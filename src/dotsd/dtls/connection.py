@@ -326,6 +326,39 @@ class DtlsConnection:
         else:
             self._receive_handshake(data, records, now)
 
+    def receive_application_data(self, data: bytes, now: float) -> bytes | None:
+        """``receive_datagram``, with a short cut for the usual datagram of a session.
+
+        A datagram that is one application_data record of the current epoch (RFC 9132
+        §7.3: one CoAP message per record) has its plaintext returned here instead of
+        queued as :class:`DataReceived`. Anything else goes through ``receive_datagram``
+        and None is returned: look at ``next_event()`` as usual (None is also returned
+        for a replayed or forged record, which is dropped either way).
+        """
+        prot = self._prot
+        if prot is not None:
+            plain = prot.open_lone(data)
+            if plain is not False:
+                if plain is not None:
+                    self._final_flight = None  # the peer has our last flight
+                return plain
+        self.receive_datagram(data, now)
+        return None
+
+    def protect(self, data: bytes) -> bytes | None:
+        """The datagram carrying ``data`` as one application-data record, sealed by dotsd,
+        to be sent now; None when ``send`` must be used instead (records protected by
+        OpenSSL, output already queued, not established, or too large to fit)."""
+        prot = self._prot
+        if prot is None or self._out or len(data) > MAX_PLAINTEXT:
+            return None
+        return prot.seal(CT_APPLICATION_DATA, data)
+
+    @property
+    def has_output(self) -> bool:
+        """Datagrams are waiting in ``datagrams_to_send()``."""
+        return bool(self._out)
+
     def send(self, data: bytes) -> None:
         """Protect ``data`` as one application-data record; it leaves as one datagram."""
         if self._state is not _State.ESTABLISHED:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
@@ -129,6 +130,9 @@ def pack_datagrams(data: bytes, records: Iterable[Record], mtu: int) -> list[byt
     return out
 
 
+_WINDOW_MASK: Final = (1 << 64) - 1
+
+
 class ReplayWindow:
     """Anti-replay sliding window of 64 records (RFC 6347 §4.1.2.6, as RFC 4303 §3.4.3)."""
 
@@ -149,10 +153,13 @@ class ReplayWindow:
 
     def mark(self, seq: int) -> None:
         """Record ``seq`` as received; call only after the record was authenticated."""
-        if seq > self._top:
-            shift = seq - self._top
-            self._bits = ((self._bits << shift) | 1) & ((1 << self.SIZE) - 1) \
-                if shift < self.SIZE else 1
+        top = self._top
+        if seq == top + 1:  # the next record in order: the usual case
+            self._bits = ((self._bits << 1) | 1) & _WINDOW_MASK
+            self._top = seq
+        elif seq > top:
+            shift = seq - top
+            self._bits = ((self._bits << shift) | 1) & _WINDOW_MASK if shift < 64 else 1
             self._top = seq
         else:
             self._bits |= 1 << (self._top - seq)
@@ -196,6 +203,17 @@ def _suites() -> dict[str, AeadSuite]:
     return table
 
 
+# The first three bytes of a DTLS 1.2 record of each content type (RFC 6347 §4.1).
+_RECORD_HEADS: Final = {ct: bytes((ct,)) + _DTLS_1_2_BYTES for ct in range(20, 24)}
+_APPLICATION_HEAD: Final = _RECORD_HEADS[CT_APPLICATION_DATA]
+# Packed in one call each (hot path): the record header (type, version, epoch+sequence,
+# length), the same followed by an explicit nonce, the AEAD additional data, and a nonce.
+_HEADER: Final = struct.Struct(">BHQH")
+_LONE_HEADER: Final = struct.Struct(">3sQH")  # the same, type and version as one string
+_HEADER_EXPLICIT: Final = struct.Struct(">BHQHQ")
+_AAD: Final = struct.Struct(">QBHH")
+_NONCE: Final = struct.Struct(">4sQ")
+
 # Suites whose records dotsd protects itself after the handshake (all use the SHA-256 PRF).
 AEAD_SUITES: Final[dict[str, AeadSuite]] = _suites()
 
@@ -217,8 +235,9 @@ class RecordProtection:
     Finished message). The read side keeps a replay window (RFC 6347 §4.1.2.6).
     """
 
-    __slots__ = ("_read", "_read_iv", "_write", "_write_iv", "epoch", "suite", "window",
-                 "write_seq")
+    __slots__ = ("_epoch_high", "_explicit", "_read", "_read_iv",
+                 "_read_iv_int", "_tag_len", "_write", "_write_iv", "_write_iv_int", "epoch",
+                 "suite", "window", "write_seq")
 
     def __init__(self, suite: AeadSuite, write_key: bytes, write_iv: bytes, read_key: bytes,
                  read_iv: bytes, epoch: int = 1, next_write_seq: int = 0) -> None:
@@ -230,6 +249,12 @@ class RecordProtection:
         self._read = _aead(suite, read_key)
         self._write_iv = write_iv
         self._read_iv = read_iv
+        # Per-record work, precomputed: the epoch's place in the nonce, its shape, the tag.
+        self._epoch_high = epoch << 48
+        self._explicit = suite.explicit_nonce_len > 0
+        self._tag_len = suite.tag_len
+        self._write_iv_int = int.from_bytes(write_iv, "big")
+        self._read_iv_int = int.from_bytes(read_iv, "big")
 
     @classmethod
     def from_master_secret(cls, suite: AeadSuite, master_secret: bytes, client_random: bytes,
@@ -246,12 +271,6 @@ class RecordProtection:
                        next_write_seq)
         return cls(suite, server_key, server_iv, client_key, client_iv, epoch, next_write_seq)
 
-    def _nonce(self, iv: bytes, seq_num: bytes, explicit: bytes) -> bytes:
-        if self.suite.explicit_nonce_len:
-            return iv + explicit
-        # RFC 7905 §2: the 64-bit sequence number, left-padded, xor the 12-byte IV.
-        return (int.from_bytes(iv, "big") ^ int.from_bytes(seq_num, "big")).to_bytes(12, "big")
-
     def seal(self, content_type: int, plaintext: bytes) -> bytes:
         """One protected record carrying ``plaintext``."""
         seq = self.write_seq
@@ -259,13 +278,39 @@ class RecordProtection:
             # RFC 6347 §4.1: a sequence number must not wrap; the session is spent.
             raise OverflowError("DTLS sequence numbers exhausted for this epoch")
         self.write_seq = seq + 1
-        seq_num = (self.epoch << 48 | seq).to_bytes(8, "big")
-        ctype = bytes((content_type,))
-        aad = seq_num + ctype + _DTLS_1_2_BYTES + len(plaintext).to_bytes(2, "big")
-        explicit = seq_num if self.suite.explicit_nonce_len else b""
-        body = explicit + self._write.encrypt(self._nonce(self._write_iv, seq_num, explicit),
-                                              plaintext, aad)
-        return ctype + _DTLS_1_2_BYTES + seq_num + len(body).to_bytes(2, "big") + body
+        seq_num = self._epoch_high | seq  # RFC 6347 §4.1: epoch and sequence number, 64 bits
+        size = len(plaintext)
+        aad = _AAD.pack(seq_num, content_type, DTLS_1_2, size)  # RFC 5246 §6.2.3.3
+        size += self._tag_len
+        if self._explicit:
+            # RFC 5288 §3 / RFC 6655 §3: salt + explicit nonce; the sequence number serves.
+            sealed = self._write.encrypt(_NONCE.pack(self._write_iv, seq_num), plaintext, aad)
+            return _HEADER_EXPLICIT.pack(content_type, DTLS_1_2, seq_num, size + 8,
+                                         seq_num) + sealed
+        # RFC 7905 §2: the 64-bit sequence number, left-padded, xor the 12-byte IV (the
+        # other suites have a 4-byte salt: _NONCE).
+        nonce = (self._write_iv_int ^ seq_num).to_bytes(12, "big")
+        sealed = self._write.encrypt(nonce, plaintext, aad)
+        return _HEADER.pack(content_type, DTLS_1_2, seq_num, size) + sealed
+
+    def _open_body(self, data: bytes, start: int, end: int) -> bytes | None:
+        """Decrypt the record whose header is at ``start`` and which ends at ``end``."""
+        body_start = start + HEADER_LEN
+        seq_num = data[start + 3:start + 11]
+        if self._explicit:
+            plain_len = end - body_start - 8 - self._tag_len
+            nonce = self._read_iv + data[body_start:body_start + 8]
+            body_start += 8
+        else:
+            plain_len = end - body_start - self._tag_len
+            nonce = (self._read_iv_int ^ int.from_bytes(seq_num, "big")).to_bytes(12, "big")
+        if plain_len < 0:
+            return None
+        aad = seq_num + data[start:start + 3] + plain_len.to_bytes(2, "big")
+        try:
+            return self._read.decrypt(nonce, data[body_start:end], aad)
+        except InvalidTag:
+            return None
 
     def open(self, data: bytes, record: Record) -> bytes | None:
         """The plaintext of ``record`` (in this epoch), or None if it does not authenticate.
@@ -273,20 +318,46 @@ class RecordProtection:
         The replay window is not consulted nor updated here: the caller decides, since a
         retransmitted Finished must be seen again (RFC 6347 §4.2.4).
         """
-        suite = self.suite
-        n = suite.explicit_nonce_len
-        body = data[record.body_start + n:record.end]
-        plain_len = len(body) - suite.tag_len
+        return self._open_body(data, record.start, record.end)
+
+    def open_lone(self, data: bytes) -> bytes | Literal[False] | None:
+        """The usual datagram of an established session: one application_data record of
+        this epoch (RFC 9132 §7.3), opened with its replay check in one step.
+
+        False: ``data`` is not such a datagram (take ``split_records`` and ``open``).
+        None: the record is replayed, too old (RFC 6347 §4.1.2.6) or not authentic
+        (§4.1.2.7), and is dropped. Otherwise its plaintext; the record entered the window.
+        """
+        size = len(data)
+        if size <= HEADER_LEN:
+            return False
+        head, seq_num, length = _LONE_HEADER.unpack_from(data)
+        # Type and DTLS 1.2 at once; anything else (a DTLS 1.0 version field...) is left to
+        # the general path, which treats it the same.
+        if head != _APPLICATION_HEAD or seq_num >> 48 != self.epoch \
+                or length != size - HEADER_LEN:
+            return False
+        seq = seq_num & MAX_SEQ
+        window = self.window
+        if window.seen(seq):
+            return None
+        # _open_body for a record at offset 0 (the hot path: no offsets to add).
+        if self._explicit:
+            nonce = self._read_iv + data[13:21]
+            body = data[21:]
+        else:
+            nonce = (self._read_iv_int ^ seq_num).to_bytes(12, "big")
+            body = data[13:]
+        plain_len = len(body) - self._tag_len
         if plain_len < 0:
             return None
-        seq_num = data[record.start + 3:record.start + 11]
-        explicit = data[record.body_start:record.body_start + n]
-        aad = (seq_num + data[record.start:record.start + 3]
-               + plain_len.to_bytes(2, "big"))
         try:
-            return self._read.decrypt(self._nonce(self._read_iv, seq_num, explicit), body, aad)
+            plain = self._read.decrypt(nonce, body, _AAD.pack(
+                seq_num, CT_APPLICATION_DATA, DTLS_1_2, plain_len))
         except InvalidTag:
             return None
+        window.mark(seq)
+        return plain
 
     def overhead(self) -> int:
         """Bytes a record adds to its plaintext (header, explicit nonce, tag)."""

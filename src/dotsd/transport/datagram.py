@@ -35,6 +35,7 @@ class BatchDatagramTransport(asyncio.DatagramTransport):
         self._queue: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._closing = False
         self._dropped = 0
+        self._held: list[tuple[bytes, Any]] | None = None  # sends held during a batch
         sock.setblocking(False)
         self._extra = {"socket": sock, "sockname": sock.getsockname()}
         with contextlib.suppress(OSError):
@@ -43,6 +44,32 @@ class BatchDatagramTransport(asyncio.DatagramTransport):
         loop.add_reader(self._fd, self._read_ready)
 
     def _read_ready(self) -> None:
+        # What the protocol sends while a batch is read goes out after the batch: a peer
+        # waiting for answers is then woken once per batch, not once per datagram (on
+        # loopback each wake-up made sendto cost ~20 µs of the server's time).
+        held: list[tuple[bytes, Any]] = []
+        self._held = held
+        try:
+            self._read_batch()
+        finally:
+            self._held = None
+            if held:
+                self._send_held(held)
+
+    def _send_held(self, held: list[tuple[bytes, Any]]) -> None:
+        # Also when the protocol closed the transport meanwhile (a close_notify just before):
+        # the socket itself is closed only later, by _finish.
+        sendto = self._sock.sendto
+        for data, addr in held:
+            if addr is None or self._queue:
+                self._send(data, addr)
+                continue
+            try:
+                sendto(data, addr)
+            except OSError:
+                self._send(data, addr)  # once more the careful way: queued, or reported
+
+    def _read_batch(self) -> None:
         recvfrom = self._sock.recvfrom
         received = self._protocol.datagram_received
         for _ in range(self._batch):
@@ -63,6 +90,14 @@ class BatchDatagramTransport(asyncio.DatagramTransport):
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
         if self._closing:
             return
+        held = self._held
+        if held is not None:
+            held.append((data if type(data) is bytes else bytes(data), addr))
+            return
+        self._send(data, addr)
+
+    def _send(self, data: bytes | bytearray | memoryview, addr: Any) -> None:
+        """Send now, or queue behind what already waits for the socket."""
         if not self._queue:
             try:
                 if addr is None:
@@ -71,10 +106,14 @@ class BatchDatagramTransport(asyncio.DatagramTransport):
                     self._sock.sendto(data, addr)
                 return
             except (BlockingIOError, InterruptedError):
+                if self._closing:
+                    return  # no more waiting for the socket once closed
                 self._loop.add_writer(self._fd, self._write_ready)
             except OSError as exc:
                 self._protocol.error_received(exc)
                 return
+        if self._closing:
+            return
         if len(self._queue) >= MAX_QUEUED:
             self._dropped += 1  # datagram semantics: a full buffer loses the newest
             return

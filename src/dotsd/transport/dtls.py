@@ -71,11 +71,12 @@ class DtlsHandshakeError(ConnectionError):
 class DtlsLink(LinkBase):
     """One DTLS session, as the CoAP layer sees it (implements ``Link``)."""
 
-    __slots__ = ("_owner", "_peer")
+    __slots__ = ("_owner", "_peer", "_to")
 
     def __init__(self, owner: _DtlsProtocol, peer: _Peer, info: PeerInfo) -> None:
         self._owner = owner
         self._peer = peer
+        self._to = None if owner._initiator else peer.addr  # sendto's address
         super().__init__(info)
 
     @property
@@ -89,10 +90,19 @@ class DtlsLink(LinkBase):
 
     def send(self, data: bytes) -> None:
         """Send one datagram (one DTLS record); dropped once the link is closed."""
-        peer = self._peer
-        if self._closed or peer.conn.closed:
+        if self._closed:
             return  # the close is being reported; nothing more goes out
-        peer.conn.send(data)
+        peer = self._peer
+        conn = peer.conn
+        datagram = conn.protect(data)
+        if datagram is not None:  # sealed by dotsd: no timer to re-arm
+            tr = self._owner._transport
+            if tr is not None and not tr.is_closing():
+                tr.sendto(datagram, self._to)
+            return
+        if conn.closed:
+            return
+        conn.send(data)
         self._owner._flush(peer)
 
     def close(self) -> None:
@@ -131,6 +141,24 @@ class _DtlsProtocol(DatagramProtocolBase, abc.ABC):
         log.debug("DTLS socket error: %s", exc)
 
     # ----------------------------------------------------------------- per peer
+    def _receive(self, peer: _Peer, data: bytes, now: float) -> None:
+        """One datagram from the peer: its plaintext straight to the handler when it is one
+        application-data record (the usual case), else through the connection's events."""
+        peer.last_active = now
+        conn = peer.conn
+        plain = conn.receive_application_data(data, now)
+        link = peer.link
+        if plain is None or link is None:
+            self._process(peer)
+            return
+        try:
+            self._handler.data_received(link, plain)
+        except Exception:
+            log.exception("link handler failed on data from %s", peer.addr)
+        # Only the end of a final-flight retention (a timer) or queued output needs work.
+        if not peer.gone and (peer.timer_at is not None or conn.has_output):
+            self._process(peer)
+
     def _process(self, peer: _Peer) -> None:
         """Hand the connection's events to the handler, then send and re-arm."""
         conn = peer.conn
@@ -292,10 +320,8 @@ class DtlsServer(_DtlsProtocol, Listener):
             self._sweeper = self._loop.call_later(self._sweep_interval, self._sweep)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        loop = self._loop
-        assert loop is not None
-        now = loop.time()
-        key = (addr[0], addr[1]) if len(addr) == 2 or not addr[3] else peer_key(addr)
+        now = self._clock()
+        key = addr if len(addr) == 2 else peer_key(addr)  # an IPv4 address is its own key
         peer = self._peers.get(key)
         if peer is None:
             self._hello(data, addr, key, now)
@@ -303,9 +329,7 @@ class DtlsServer(_DtlsProtocol, Listener):
         if data and data[0] == CT_HANDSHAKE and len(data) > 4 and data[3] == 0 == data[4] \
                 and self._restart(peer, data, addr, key, now):
             return
-        peer.last_active = now
-        peer.conn.receive_datagram(data, now)
-        self._process(peer)
+        self._receive(peer, data, now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._shutdown("socket closed" if exc is None else str(exc))
@@ -493,10 +517,7 @@ class DtlsClient(_DtlsProtocol):
         peer = self._peer
         if peer is None or peer.gone or self._loop is None:
             return
-        now = self._loop.time()
-        peer.last_active = now
-        peer.conn.receive_datagram(data, now)
-        self._process(peer)
+        self._receive(peer, data, self._loop.time())
 
     def error_received(self, exc: Exception) -> None:
         # An ICMP error (port unreachable, ...) may be forged or transient: keep trying

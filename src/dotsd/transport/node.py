@@ -41,7 +41,7 @@ from dotsd.coap.tcp import (
     MessageReceived,
     ReleaseReceived,
 )
-from dotsd.transport.base import Link
+from dotsd.transport.base import Link, loop_clock
 
 log = logging.getLogger("dotsd.coap")
 _REJECT_LOG_RATE = 10
@@ -92,11 +92,15 @@ class CoapNode:
 
     def __init__(self, site: Site | None = None, config: EndpointConfig | None = None,
                  params: TransmissionParameters | None = None,
-                 max_message_size: int = 1152) -> None:
+                 max_message_size: int = 1152, fast_path: bool = True) -> None:
         self.site = site or Site()
+        # A new request in a datagram is answered without going through events
+        # (CoapEndpoint.receive_request); False keeps every datagram on the general path.
+        self.fast_path = fast_path
         self.endpoint = CoapEndpoint(config, params)
         self.max_message_size = max_message_size
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: Callable[[], float] | None = None  # loop.time, per datagram
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._streams: dict[Link, CoapTcpConnection] = {}
@@ -129,10 +133,27 @@ class CoapNode:
             self.on_link_up(link)
 
     def data_received(self, link: Link, data: bytes) -> None:
-        now = self.loop.time()
+        clock = self._clock
+        if clock is None:
+            clock = self._clock = loop_clock(self.loop)
+        now = clock()
         conn = self._streams.get(link)
         if conn is None:
-            self.endpoint.receive_datagram(link, data, now)
+            if self.fast_path:
+                ep = self.endpoint
+                exchange = ep.receive_request(link, data, now)
+                if exchange is not None:
+                    self._dispatch(exchange, now)
+                    if not exchange.responded:
+                        ep.defer(exchange, now)  # answered later (async handler)
+                    elif not ep.has_events:
+                        # The usual case: the response and nothing else. No timer changed:
+                        # the handler's own calls on this node pumped for themselves.
+                        for peer, msg in ep.messages_to_send():
+                            self._send(peer, msg)  # type: ignore[arg-type]
+                        return
+            else:
+                self.endpoint.receive_datagram(link, data, now)
         else:
             conn.receive_data(data)
             while (ev := conn.next_event()) is not None:
@@ -223,7 +244,7 @@ class CoapNode:
             ev = ep.next_event()
             while ev is not None:
                 if isinstance(ev, RequestReceived):
-                    self._dispatch(ev.exchange)
+                    self._dispatch(ev.exchange, self.loop.time())
                 elif isinstance(ev, ResponseReceived):
                     self._resolve(ev.request, ev.response)
                 elif isinstance(ev, RequestFailed):
@@ -290,13 +311,13 @@ class CoapNode:
         self._pump()
 
     # ----------------------------------------------------------------- dispatch
-    def _dispatch(self, exchange: Exchange) -> None:
+    def _dispatch(self, exchange: Exchange, now: float) -> None:
         link: Link = exchange.peer  # type: ignore[assignment]
         msg = exchange.request
         route = self.site.resolve(exchange.path)
         if route is None:
             self.endpoint.respond(exchange, error_response(
-                Code.NOT_FOUND, f"no resource at {msg.path_str}"), self.loop.time())
+                Code.NOT_FOUND, f"no resource at {msg.path_str}"), now)
             return
         resource, rest = route
         request = IncomingRequest(msg, link, exchange, rest)
@@ -305,15 +326,17 @@ class CoapNode:
         except Exception as exc:
             log.exception("handler failed path=%s", msg.path_str)
             self.endpoint.respond(exchange, error_response(
-                Code.INTERNAL_SERVER_ERROR, f"internal error: {type(exc).__name__}"),
-                self.loop.time())
+                Code.INTERNAL_SERVER_ERROR, f"internal error: {type(exc).__name__}"), now)
             return
-        if inspect.isawaitable(reply):
+        if not isinstance(reply, Message) and inspect.isawaitable(reply):
             task = asyncio.ensure_future(self._finish_async(resource, request, reply))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
-        self._answer(resource, request, reply)
+        if exchange.observe is None:  # no registration to consider (RFC 7641 §4.1)
+            self.endpoint.respond(exchange, reply, now)
+        else:
+            self._answer(resource, request, reply, now)
 
     async def _finish_async(self, resource: Any, request: IncomingRequest,
                             reply: Awaitable[Message]) -> None:
@@ -325,10 +348,11 @@ class CoapNode:
                                       f"internal error: {type(exc).__name__}")
         if request.exchange.responded:
             return
-        self._answer(resource, request, response)
+        self._answer(resource, request, response, self.loop.time())
         self._pump()
 
-    def _answer(self, resource: Any, request: IncomingRequest, response: Message) -> None:
+    def _answer(self, resource: Any, request: IncomingRequest, response: Message,
+                now: float) -> None:
         key = None
         if resource.observable and request.exchange.wants_observe and \
                 64 <= response.code < 96:  # only a 2.xx registers (RFC 7641 §4.1)
@@ -338,7 +362,7 @@ class CoapNode:
                 log.exception("observe_key failed path=%s", request.message.path_str)
                 response = error_response(Code.INTERNAL_SERVER_ERROR,
                                           "internal error: observe registration")
-        self.endpoint.respond(request.exchange, response, self.loop.time(), key)
+        self.endpoint.respond(request.exchange, response, now, key)
 
     def _resolve(self, req: ClientRequest, response: Message) -> None:
         waiter = self._waiters.get(req)

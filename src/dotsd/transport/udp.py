@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
+from collections.abc import Callable
 from typing import Final, cast
 
 from dotsd.transport.base import (
@@ -21,6 +23,7 @@ from dotsd.transport.base import (
     LinkHandler,
     Listener,
     PeerInfo,
+    loop_clock,
     make_peer_info,
     wait_event,
 )
@@ -73,6 +76,7 @@ class DatagramProtocolBase(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self._transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: Callable[[], float] = time.monotonic  # the loop's, once known
         self._address: Address = ("", 0)
         self.closed_event: asyncio.Event | None = None
 
@@ -87,6 +91,7 @@ class DatagramProtocolBase(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport, address = datagram_transport_made(transport)
         self._loop = asyncio.get_running_loop()
+        self._clock = loop_clock(self._loop)
         self.closed_event = asyncio.Event()
         if address is not None:
             self._address = address
@@ -217,9 +222,7 @@ class UdpEndpoint(DatagramProtocolBase, Listener):
             self._sweeper = self._loop.call_later(self._sweep_interval, self._sweep)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        loop = self._loop
-        assert loop is not None
-        key = (addr[0], addr[1]) if len(addr) == 2 or not addr[3] else peer_key(addr)
+        key = addr if len(addr) == 2 else peer_key(addr)  # an IPv4 address is its own key
         link = self._links.get(key)
         if link is None:
             if self._closed:
@@ -230,7 +233,7 @@ class UdpEndpoint(DatagramProtocolBase, Listener):
             link = self._new_link(addr, key, initiator=False)
             if link._closed:
                 return
-        link.last_active = loop.time()
+        link.last_active = self._clock()
         try:
             self._handler.data_received(link, data)
         except Exception:

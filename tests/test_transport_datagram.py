@@ -1,0 +1,119 @@
+"""The batch-draining datagram transport, on real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from dotsd.transport.base import loop_clock
+from dotsd.transport.datagram import BatchDatagramTransport, open_datagram
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _pending(sock: socket.socket) -> list[bytes]:
+    out: list[bytes] = []
+    while True:
+        try:
+            out.append(sock.recv(2048))
+        except BlockingIOError:
+            return out
+
+
+class Echo(asyncio.DatagramProtocol):
+    """Answers each datagram twice; notes what the client had received at that moment."""
+
+    def __init__(self, client: socket.socket) -> None:
+        self.client = client
+        self.transport: BatchDatagramTransport | None = None
+        self.seen_by_client: list[int] = []
+        self.arrived: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, BatchDatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assert self.transport is not None
+        self.arrived += _pending(self.client)
+        self.seen_by_client.append(len(self.arrived))
+        self.transport.sendto(data + b"/1", addr)
+        self.transport.sendto(bytearray(data + b"/2"), addr)  # copied when held
+        if data == b"bye":
+            self.transport.close()
+
+
+@pytest.fixture
+def sockets() -> Any:
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.setblocking(False)
+    yield server, client
+    client.close()
+    server.close()
+
+
+async def _until(cond: Any, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        assert loop.time() < end, "timed out"
+        await asyncio.sleep(0.005)
+
+
+async def _receive(client: socket.socket, into: list[bytes], count: int) -> list[bytes]:
+    def enough() -> bool:
+        into.extend(_pending(client))
+        return len(into) >= count
+
+    await _until(enough)
+    return into
+
+
+async def test_answers_leave_after_the_batch_in_order(sockets: Any) -> None:
+    server, client = sockets
+    proto = Echo(client)
+    transport = open_datagram(proto, server, batch=64)
+    for i in range(5):  # all queued before the loop reads: one batch
+        client.sendto(b"m%d" % i, server.getsockname())
+    await _until(lambda: len(proto.seen_by_client) == 5)
+    assert proto.seen_by_client == [0] * 5  # nothing went out while the batch was read
+    got = await _receive(client, list(proto.arrived), 10)
+    assert got == [b"m%d/%d" % (i, k) for i in range(5) for k in (1, 2)]
+    # Outside a batch a send leaves at once.
+    transport.sendto(b"now", client.getsockname())
+    assert _pending(client) == [b"now"]
+    transport.close()
+
+
+async def test_what_was_sent_before_a_close_still_leaves(sockets: Any) -> None:
+    server, client = sockets
+    proto = Echo(client)
+    transport = open_datagram(proto, server)
+    client.sendto(b"bye", server.getsockname())
+    assert await _receive(client, [], 2) == [b"bye/1", b"bye/2"]
+    assert transport.is_closing()
+    transport.sendto(b"after", client.getsockname())  # closed: dropped
+    await asyncio.sleep(0.02)
+    assert _pending(client) == []
+
+
+async def test_loop_clock_is_the_loops_time() -> None:
+    loop = asyncio.get_running_loop()
+    clock = loop_clock(loop)
+    assert abs(clock() - loop.time()) < 0.05
+
+    class Shifted(asyncio.SelectorEventLoop):
+        def time(self) -> float:
+            return 1000.0 + super().time()
+
+    other = Shifted()
+    try:
+        assert abs(loop_clock(other)() - other.time()) < 0.05  # a loop's own clock is kept
+    finally:
+        other.close()
