@@ -23,7 +23,7 @@ from test_signal_redirect import serve
 from dotsd.cli import CommandError
 from dotsd.cli.client import _split_server
 from dotsd.cli.main import main
-from dotsd.pki import PkiPaths, init_pki
+from dotsd.pki import PkiPaths, init_pki, issue_client, load_certificate, summarize
 from dotsd.signal.mids import ROLLOVER_MID, MidFile, MidStateError, next_mid
 
 
@@ -322,3 +322,34 @@ async def test_run_survives_a_server_restart(pki: PkiPaths, tmp_path: Path) -> N
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
+
+
+async def test_each_client_in_its_own_domain(pki: PkiPaths, tmp_path: Path) -> None:
+    """[[client]] sections: a listed client gets its own prefixes, an unlisted one is refused
+    (4.01, exit 4) with unlisted-clients = "refuse"; SIGHUP admits it again."""
+    issue_client(pki.directory, "acme")
+    acme = pki.directory / "acme.pem"
+    cuid = summarize(load_certificate(acme)).cuid
+    config = tmp_path / "server.toml"
+    listed = (f'[[client]]\nname = "acme"\ncuid = "{cuid}"\n'
+              'allowed-prefixes = ["10.20.0.0/16"]\nmax-lifetime = 600\n')
+    config.write_text('[policy]\nunlisted-clients = "refuse"\n' + listed)
+    async with running(pki, tmp_path / "server", "--config", str(config)) as server:
+        started = next(e for e in server.events if "clients" in e)
+        assert started["clients"] == ["acme"] and started["unlisted"] == "refuse"
+        cli = Cli(pki, server.port, tmp_path / "acme")
+        cli.base += ["--cert", "acme"]
+        made = await cli.json("mitigate", "--target-prefix", "10.20.0.7/32",
+                              "--lifetime", "3600")
+        assert made["lifetime"] == 600
+        code, _, err = await cli("mitigate", "--target-prefix", "2001:db8::7")
+        assert code == 4 and "outside the DOTS client domain" in err
+        other = Cli(pki, server.port, tmp_path / "other")
+        code, _, err = await other("mitigate", "--target-prefix", "2001:db8::7")
+        assert code == 4 and "4.01" in err and "not authorized" in err
+        config.write_text(listed)  # unlisted clients: lab mode again
+        server.proc.send_signal(signal.SIGHUP)
+        assert (await _event(server, "reload"))["reload"] == "ok"
+        assert (await other.json("mitigate", "--target-prefix", "2001:db8::7"))["mid"] >= 1
+        code, _, err = await other("mitigate", "--target-prefix", "10.20.0.8/32")
+        assert code == 4 and "outside the DOTS client domain" in err

@@ -21,8 +21,10 @@ from dotsd.pki import PkiPaths
 from dotsd.server_config import (
     ConfigFileError,
     ServerSettings,
+    describe,
     from_mapping,
     load,
+    policy_summary,
 )
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigSetKind
 from dotsd.signal.policy import LAB
@@ -92,6 +94,48 @@ def test_partial_transports_and_domain_normalisation(tmp_path: Path) -> None:
     assert s.policy.allowed_prefixes == ()
 
 
+CLIENTS = """
+[policy]
+allowed-prefixes = ["203.0.113.0/24"]
+max-lifetime = 7200
+max-mitigations-per-client = 10
+
+[[client]]
+name = "acme"
+common-name = "acme-dots"
+allowed-prefixes = ["198.51.100.0/24"]
+max-lifetime = 600
+
+[[client]]
+name = "cpe-17"
+psk-identity = "cpe-17"
+allowed-domains = ["cpe17.example"]
+"""
+
+
+def test_client_sections_give_each_client_its_domain(tmp_path: Path) -> None:
+    s = load(write(tmp_path, CLIENTS))
+    assert [c.name for c in s.clients] == ["acme", "cpe-17"]
+    acme, cpe = s.clients
+    assert (acme.match.kind, acme.match.value) == ("common-name", "acme-dots")
+    assert acme.policy.allowed_prefixes == (ipaddress.ip_network("198.51.100.0/24"),)
+    # Limits not given come from [policy]; the domain never does.
+    assert acme.policy.max_lifetime == 600 and acme.policy.max_mitigations_per_client == 10
+    assert cpe.policy.max_lifetime == 7200 and cpe.policy.allowed_prefixes == ()
+    assert s.policy_set.default is s.policy and not s.refuse_unlisted
+    assert from_mapping(s.to_dict()) == s
+    summary = "\n".join(describe(s))
+    assert "2 listed client(s)" in summary and "client acme (common-name acme-dots)" in summary
+    refuse = load(write(tmp_path, '[policy]\nunlisted-clients = "refuse"\n'
+                        + CLIENTS[CLIENTS.index("[[client]]"):]))
+    assert refuse.refuse_unlisted and refuse.policy_set.default is None
+    assert "others are refused" in policy_summary(refuse)
+    assert from_mapping(refuse.to_dict()) == refuse
+    # Without [policy], unlisted clients stay in lab mode.
+    lab = load(write(tmp_path, CLIENTS[CLIENTS.index("[[client]]"):]))
+    assert lab.lab_mode and lab.policy_set.default is LAB and len(lab.clients) == 2
+
+
 ERRORS = [
     # (file text, substrings the one-line message must contain)
     ("[polcy]\n", ["'polcy'", "did you mean 'policy'"]),
@@ -132,6 +176,25 @@ ERRORS = [
     ('[redirect]\nalt-server = "alt.example"\nttl = -1\n', ["redirect.ttl", "got -1"]),
     ('[redirect]\nalt-sever = "alt.example"\n', ["did you mean 'alt-server'"]),
     ("[server]\nport = = 3\n", ["invalid TOML", "line 2"]),
+    ('[[client]]\ncuid = "x"\nallowed-prefixes = ["10.0.0.0/8"]\n',
+     ["client[0]", "'name'", "required"]),
+    ('[[client]]\nname = "a"\nallowed-prefixes = ["10.0.0.0/8"]\n',
+     ["client[0]", "exactly one of cuid, spki-sha256, common-name, psk-identity"]),
+    ('[[client]]\nname = "a"\ncuid = "x"\ncommon-name = "a"\nallowed-prefixes = ["10.0.0.0/8"]\n',
+     ["client[0]", "exactly one of"]),
+    ('[[client]]\nname = "a"\ncuid = "x"\n', ["client[0]", "admits no target"]),
+    ('[[client]]\nname = "a"\nspki-sha256 = "abc"\nallowed-prefixes = ["10.0.0.0/8"]\n',
+     ["client[0].spki-sha256", '"abc"', "64 hexadecimal digits"]),
+    ('[[client]]\nname = "a"\ncuid = "x"\nallowed-prefixes = ["10.0.0.0/8"]\n'
+     '[[client]]\nname = "b"\ncuid = "x"\nallowed-prefixes = ["10.0.0.0/8"]\n',
+     ["client[1].cuid", "another [[client]] already has cuid x"]),
+    ('[[client]]\nname = "a"\ncuid = "x"\nallowed-prefixes = ["10.0.0.0/8"]\n'
+     '[[client]]\nname = "a"\ncuid = "y"\nallowed-prefixes = ["10.0.0.0/8"]\n',
+     ["client[1].name", "a name no other [[client]] has"]),
+    ('[[client]]\nname = "a"\ncn = "x"\n', ["'client[0].cn'", "known keys"]),
+    ('[client]\nname = "a"\n', ["client", "an array of tables"]),
+    ('[policy]\nunlisted-clients = "deny"\n', ["policy.unlisted-clients", '"deny"',
+                                                '"allow" or "refuse"']),
     ('[policy]\nallowed-prefixes = ["10.0.0.0/8"\n', ["invalid TOML", "after line 2"]),
 ]
 
@@ -163,7 +226,8 @@ KEYS = ["server", "policy", "session-config", "mitigator", "bind", "port", "tran
         "pki", "state", "allowed-prefixes", "allowed-domains", "max-lifetime",
         "allow-indefinite", "max-mitigations-per-client", "retry-after", "max-age",
         "mitigating", "idle", "allow-heartbeat-disable", "min", "max", "default", "name",
-        "options", *(a.value for a in Attribute)]
+        "options", "client", "unlisted-clients", "cuid", "common-name",
+        *(a.value for a in Attribute)]
 SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats()
            | st.text(max_size=12) | st.sampled_from(["::1", "10.0.0.0/8", "dtls", "tls",
                                                     "example.com", "log", "x"])
@@ -174,7 +238,8 @@ VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(KEYS[:4]) | st.text(max_size=6), VALUES, max_size=4))
+@given(st.dictionaries(st.sampled_from([*KEYS[:4], "client"]) | st.text(max_size=6), VALUES,
+                      max_size=4))
 def test_random_documents_give_settings_or_the_loaders_error(data: dict[str, Any]) -> None:
     try:
         loaded = from_mapping(data, source="random.toml")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ipaddress
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from dotsd.signal.config import config_path
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
 from dotsd.signal.identity import client_identity, cuid_from_psk_identity
 from dotsd.signal.mitigation import MEMBER, Change, Event
+from dotsd.signal.policy import ClientMatch, ClientPolicy, Policy, PolicySet
 from dotsd.signal.server import SignalServer
 from dotsd.signal.uri import mitigate_path
 from dotsd.store import SqliteStore
@@ -540,3 +542,50 @@ async def test_conflict_body_and_store_failure(pki: PkiPaths, tmp_path: Path,
     assert env.server.table.lookup(env.cuid, 123) is not None
     monkeypatch.undo()
     assert (await env.get(200)).code == Code.NOT_FOUND
+
+
+# ---------------------------------------------------------------------------------------------
+# one domain per client (RFC 9132 §10)
+
+
+async def test_each_client_in_its_own_domain(pki: PkiPaths) -> None:
+    """Listed clients get their own prefixes and limits, the others the default; with no
+    default an unlisted client is refused 4.01, and a reload changes it for what comes."""
+    other_cert = pki.directory / "other.pem"  # CN=other
+    own = Policy(allowed_prefixes=(ipaddress.ip_network("198.51.100.0/24"),),
+                 allowed_domains=(), max_lifetime=600, name="other")
+    default = Policy(allowed_prefixes=(ipaddress.ip_network("203.0.113.0/24"),),
+                     allowed_domains=())
+    policies = PolicySet(default,
+                         (ClientPolicy("other", ClientMatch("common-name", "other"), own),))
+    env = make_env(pki, policy=policies)
+    other = CoapNode()
+    lo, _ = cert_links(other, env.server.node, other_cert)
+    other_cuid = cuid_of(other_cert)
+
+    def body(prefix: str, lifetime: int = 3600) -> dict[str, Any]:
+        return {MEMBER: {"scope": [{"target-prefix": [prefix], "lifetime": lifetime}]}}
+
+    async def put_other(mid: int, prefix: str) -> Message:
+        return await env.ask(request(Code.PUT, mitigate_path(other_cuid, mid), body(prefix)),
+                             lo, other)
+
+    # The listed client: its own prefix, its own max-lifetime; not the default domain.
+    resp = await put_other(1, "198.51.100.7/32")
+    assert resp.code == Code.CREATED and entry(resp)["lifetime"] == 600
+    resp = await put_other(2, "203.0.113.7/32")
+    assert resp.code == Code.BAD_REQUEST and b"outside" in resp.payload
+    # The unlisted client: the default domain only.
+    assert (await env.put(1, body("203.0.113.9/32"))).code == Code.CREATED
+    resp = await env.put(2, body("198.51.100.9/32"))
+    assert resp.code == Code.BAD_REQUEST
+    # No default: the unlisted client is refused everything, the listed one is served.
+    env.server.set_policy(PolicySet(None, policies.clients))
+    for msg in (request(Code.GET, mitigate_path(env.cuid)),
+                request(Code.PUT, mitigate_path(env.cuid, 3), body("203.0.113.9/32")),
+                request(Code.GET, config_path())):
+        resp = await env.ask(msg)
+        assert resp.code == Code.UNAUTHORIZED and b"policy" in resp.payload, msg
+    assert (await put_other(3, "198.51.100.8/32")).code == Code.CREATED
+    # What was accepted before stays (RFC 9132 §4.4.1: nothing acknowledged is lost).
+    assert env.server.table.lookup(env.cuid, 1) is not None

@@ -17,6 +17,12 @@
     max-mitigations-per-client = 100
     retry-after = 60
 
+    [[client]]               # a client's own domain (RFC 9132 §10); repeat per client
+    name = "acme"
+    common-name = "acme-dots"          # or cuid, spki-sha256, psk-identity
+    allowed-prefixes = ["198.51.100.0/24"]
+    max-mitigations-per-client = 20    # other limits as [policy]; unset ones inherited
+
     [session-config]         # RFC 9132 §4.5: what clients may negotiate
     max-age = 3600
     [session-config.idle.heartbeat-interval]
@@ -56,7 +62,15 @@ from typing import Any, Final
 
 from dotsd.mitigate import registry
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigPolicy, ConfigSetKind
-from dotsd.signal.policy import LAB, IPNetwork, Policy
+from dotsd.signal.policy import (
+    LAB,
+    MATCH_KINDS,
+    ClientMatch,
+    ClientPolicy,
+    IPNetwork,
+    Policy,
+    PolicySet,
+)
 from dotsd.signal.redirect import Redirection
 
 __all__ = [
@@ -66,6 +80,7 @@ __all__ = [
     "ConfigFileError",
     "MitigatorSettings",
     "ServerSettings",
+    "client_summaries",
     "describe",
     "from_mapping",
     "load",
@@ -81,11 +96,15 @@ INT32_MAX: Final = 2**31 - 1
 UINT16_MAX: Final = 0xFFFF
 DECIMAL_MAX: Final = Decimal(UINT16_MAX)
 
-_SECTIONS: Final = ("server", "policy", "session-config", "mitigator", "redirect")
+_SECTIONS: Final = ("server", "policy", "client", "session-config", "mitigator", "redirect")
 _REDIRECT_KEYS: Final = ("alt-server", "alt-server-record", "ttl")
 _SERVER_KEYS: Final = ("bind", "port", "transports", "pki", "state")
-_POLICY_KEYS: Final = ("allowed-prefixes", "allowed-domains", "max-lifetime",
-                       "allow-indefinite", "max-mitigations-per-client", "retry-after")
+_DOMAIN_KEYS: Final = ("allowed-prefixes", "allowed-domains")
+_LIMIT_KEYS: Final = ("max-lifetime", "allow-indefinite", "max-mitigations-per-client",
+                      "retry-after")
+_POLICY_KEYS: Final = (*_DOMAIN_KEYS, *_LIMIT_KEYS, "unlisted-clients")
+_CLIENT_KEYS: Final = ("name", *MATCH_KINDS, *_DOMAIN_KEYS, *_LIMIT_KEYS)
+_UNLISTED: Final = ("allow", "refuse")
 _SESSION_KEYS: Final = ("max-age", *(k.value.removesuffix("-config") for k in ConfigSetKind))
 _SET_KEYS: Final = (*(a.value for a in Attribute), "allow-heartbeat-disable")
 _BOUND_KEYS: Final = ("min", "max", "default")
@@ -124,6 +143,8 @@ class ServerSettings:
     pki: Path | None = None
     state: Path | None = None
     policy: Policy | None = None
+    clients: tuple[ClientPolicy, ...] = ()
+    refuse_unlisted: bool = False
     session_config: ConfigPolicy = field(default_factory=ConfigPolicy)
     mitigator: MitigatorSettings = field(default_factory=MitigatorSettings)
     redirect: Redirection | None = None
@@ -136,6 +157,12 @@ class ServerSettings:
     @property
     def effective_policy(self) -> Policy:
         return LAB if self.policy is None else self.policy
+
+    @property
+    def policy_set(self) -> PolicySet:
+        """What the server applies: each listed client's own policy, and the default (none
+        with ``unlisted-clients = "refuse"``) for the others."""
+        return PolicySet(None if self.refuse_unlisted else self.effective_policy, self.clients)
 
     def replace(self, **changes: Any) -> ServerSettings:
         return dataclasses.replace(self, **changes)
@@ -152,6 +179,11 @@ class ServerSettings:
         result: dict[str, Any] = {"server": server}
         if self.policy is not None:
             result["policy"] = _policy_dict(self.policy)
+            if self.refuse_unlisted:
+                result["policy"]["unlisted-clients"] = "refuse"
+        if self.clients:
+            result["client"] = [{"name": c.name, c.match.kind: c.match.value,
+                                 **_policy_dict(c.policy)} for c in self.clients]
         result["session-config"] = _session_dict(self.session_config)
         result["mitigator"] = {"name": self.mitigator.name,
                                "options": _plain(self.mitigator.options)}
@@ -200,7 +232,12 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "<config>",
     if "server" in top:
         settings = reader.server(reader.table(top["server"], "server"), settings)
     if "policy" in top:
-        settings = settings.replace(policy=reader.policy(reader.table(top["policy"], "policy")))
+        table = reader.table(top["policy"], "policy")
+        settings = settings.replace(policy=reader.policy(table),
+                                    refuse_unlisted=reader.unlisted(table))
+    if "client" in top:
+        settings = settings.replace(clients=reader.clients(top["client"],
+                                                           settings.effective_policy))
     if "session-config" in top:
         settings = settings.replace(session_config=reader.session_config(
             reader.table(top["session-config"], "session-config")))
@@ -321,12 +358,33 @@ class _Reader:
     # -- [policy] ------------------------------------------------------------------------------
 
     def policy(self, table: Mapping[str, Any]) -> Policy:
-        """RFC 9132 §4.4.1.1, §10: the client domain (one for every client here)."""
+        """RFC 9132 §4.4.1.1, §10: the client domain of every client not listed under
+        [[client]]."""
         self.known(table, "policy", _POLICY_KEYS)
+        prefixes, domains = self.domain(table, "policy")
+        if not prefixes and not domains and not self.unlisted(table):
+            raise self.fail("policy", "admits no target: give allowed-prefixes and/or "
+                                      "allowed-domains (or leave [policy] out for lab mode)")
+        return Policy(allowed_prefixes=prefixes, allowed_domains=domains, name="operator",
+                      **self.limits(table, "policy", LAB))
+
+    def unlisted(self, table: Mapping[str, Any]) -> bool:
+        """``unlisted-clients``: True when clients not under [[client]] are refused."""
+        if "unlisted-clients" not in table:
+            return False
+        form = " or ".join(f'"{v}"' for v in _UNLISTED)
+        value = table["unlisted-clients"]
+        if value not in _UNLISTED:
+            raise self.bad("policy.unlisted-clients", value, form)
+        return bool(value == "refuse")
+
+    def domain(self, table: Mapping[str, Any], where: str
+               ) -> tuple[tuple[IPNetwork, ...], tuple[str, ...]]:
+        """'allowed-prefixes' and 'allowed-domains' of a policy table."""
         prefixes: list[IPNetwork] = []
         if "allowed-prefixes" in table:
             form = 'an IP prefix such as "10.0.0.0/8" (no host bits set)'
-            key = "policy.allowed-prefixes"
+            key = f"{where}.allowed-prefixes"
             for i, text in enumerate(self.strings(table["allowed-prefixes"], key, form)):
                 try:
                     prefixes.append(ipaddress.ip_network(text, strict=True))
@@ -335,31 +393,77 @@ class _Reader:
         domains: list[str] = []
         if "allowed-domains" in table:
             form = 'a domain name such as "example.com" (its subdomains are included)'
-            key = "policy.allowed-domains"
+            key = f"{where}.allowed-domains"
             for i, text in enumerate(self.strings(table["allowed-domains"], key, form)):
                 name = text.lower().removesuffix(".")
                 if len(name) > 253 or not all(_LABEL.fullmatch(x) for x in name.split(".")):
                     raise self.bad(f"{key}[{i}]", text, form)
                 domains.append(name)
-        if not prefixes and not domains:
-            raise self.fail("policy", "admits no target: give allowed-prefixes and/or "
-                                      "allowed-domains (or leave [policy] out for lab mode)")
-        changes: dict[str, Any] = {}
+        return tuple(prefixes), tuple(domains)
+
+    def limits(self, table: Mapping[str, Any], where: str, base: Policy) -> dict[str, Any]:
+        """Lifetimes and rate limits, those not given taken from ``base``."""
+        changes: dict[str, Any] = {"max_lifetime": base.max_lifetime,
+                                   "allow_indefinite": base.allow_indefinite,
+                                   "max_mitigations_per_client":
+                                       base.max_mitigations_per_client,
+                                   "retry_after": base.retry_after}
         if "max-lifetime" in table:  # 'lifetime' is int32 seconds (RFC 9132 §5.3)
-            changes["max_lifetime"] = self.integer(table["max-lifetime"], "policy.max-lifetime",
-                                                   1, INT32_MAX, " (seconds)")
+            changes["max_lifetime"] = self.integer(table["max-lifetime"],
+                                                   f"{where}.max-lifetime", 1, INT32_MAX,
+                                                   " (seconds)")
         if "allow-indefinite" in table:
             changes["allow_indefinite"] = self.boolean(table["allow-indefinite"],
-                                                       "policy.allow-indefinite")
+                                                       f"{where}.allow-indefinite")
         if "max-mitigations-per-client" in table:
             changes["max_mitigations_per_client"] = self.integer(
-                table["max-mitigations-per-client"], "policy.max-mitigations-per-client",
+                table["max-mitigations-per-client"], f"{where}.max-mitigations-per-client",
                 1, INT32_MAX)
         if "retry-after" in table:  # sent as Max-Age, a uint32 (RFC 7252 §5.10.5)
-            changes["retry_after"] = self.integer(table["retry-after"], "policy.retry-after",
+            changes["retry_after"] = self.integer(table["retry-after"], f"{where}.retry-after",
                                                   0, UINT32_MAX, " (seconds)")
-        return Policy(allowed_prefixes=tuple(prefixes), allowed_domains=tuple(domains),
-                      name="operator", **changes)
+        return changes
+
+    # -- [[client]] ----------------------------------------------------------------------------
+
+    def clients(self, value: object, base: Policy) -> tuple[ClientPolicy, ...]:
+        """One domain per client (RFC 9132 §10), limits not given inherited from ``base``."""
+        if not isinstance(value, list):
+            raise self.bad("client", value, "an array of tables ([[client]] sections)")
+        entries: list[ClientPolicy] = []
+        names: set[str] = set()
+        matches: set[str] = set()
+        for i, item in enumerate(value):
+            where = f"client[{i}]"
+            table = self.table(item, where)
+            self.known(table, where, _CLIENT_KEYS)
+            if "name" not in table:
+                raise self.fail(where, "'name' (how logs call this client) is required")
+            name = self.string(table["name"], f"{where}.name")
+            if name in names:
+                raise self.bad(f"{where}.name", name, "a name no other [[client]] has")
+            kinds = [k for k in MATCH_KINDS if k in table]
+            if len(kinds) != 1:
+                raise self.fail(where, "give exactly one of " + ", ".join(MATCH_KINDS)
+                                + " (how the client is recognised)")
+            kind = kinds[0]
+            text = self.string(table[kind], f"{where}.{kind}")
+            try:
+                match = ClientMatch(kind, text)
+            except ValueError as exc:
+                raise self.bad(f"{where}.{kind}", text, str(exc)) from None
+            if match.key in matches:
+                raise self.fail(f"{where}.{kind}", f"another [[client]] already has {match}")
+            prefixes, domains = self.domain(table, where)
+            if not prefixes and not domains:
+                raise self.fail(where, "admits no target: give allowed-prefixes and/or "
+                                       "allowed-domains (the client's own domain)")
+            policy = Policy(allowed_prefixes=prefixes, allowed_domains=domains, name=name,
+                            **self.limits(table, where, base))
+            names.add(name)
+            matches.add(match.key)
+            entries.append(ClientPolicy(name, match, policy))
+        return tuple(entries)
 
     # -- [session-config] ----------------------------------------------------------------------
 
@@ -517,19 +621,37 @@ def _listing(items: Iterable[object]) -> str:
     return text or "(none)"
 
 
-def policy_summary(settings: ServerSettings) -> str:
-    """One line saying which targets the server accepts mitigation requests for."""
-    policy = settings.effective_policy
-    if settings.lab_mode:
-        return (f"lab mode: mitigation only for the documentation prefixes "
-                f"{_listing(policy.allowed_prefixes)}")
+def _domain_text(policy: Policy) -> str:
     limits = [f"max lifetime {policy.max_lifetime} s",
               "indefinite allowed" if policy.allow_indefinite else "indefinite refused"]
     if policy.max_mitigations_per_client is not None:
         limits.append(f"at most {policy.max_mitigations_per_client} mitigations per client "
                       f"(retry after {policy.retry_after} s)")
-    return (f"policy: mitigation for prefixes {_listing(policy.allowed_prefixes)}; "
+    return (f"mitigation for prefixes {_listing(policy.allowed_prefixes)}; "
             f"domains {_listing(policy.allowed_domains)}; {', '.join(limits)}")
+
+
+def policy_summary(settings: ServerSettings) -> str:
+    """One line saying which targets the server accepts mitigation requests for."""
+    policy = settings.effective_policy
+    listed = (f"; {len(settings.clients)} listed client(s) with their own domain"
+              if settings.clients else "")
+    if settings.refuse_unlisted:
+        return (f"policy: only the {len(settings.clients)} listed client(s) are served, "
+                "others are refused (4.01)")
+    if settings.lab_mode:
+        return (f"lab mode: mitigation only for the documentation prefixes "
+                f"{_listing(policy.allowed_prefixes)}{listed}")
+    return f"policy: {_domain_text(policy)}{listed}"
+
+
+def client_summaries(settings: ServerSettings, limit: int = 20) -> list[str]:
+    """One line per listed client (the first ``limit``)."""
+    lines = [f"client {c.name} ({c.match}): {_domain_text(c.policy)}"
+             for c in settings.clients[:limit]]
+    if len(settings.clients) > limit:
+        lines.append(f"... and {len(settings.clients) - limit} more client(s)")
+    return lines
 
 
 def _range(bounds: ConfigBounds, attr: Attribute) -> str:
@@ -547,6 +669,7 @@ def describe(settings: ServerSettings) -> list[str]:
         f"state {settings.state if settings.state is not None else '(not set)'}",
         f"mitigator {mitigator.name}" + (f" {{{options}}}" if options else ""),
         policy_summary(settings),
+        *client_summaries(settings),
     ]
     session = settings.session_config
     for kind in ConfigSetKind:

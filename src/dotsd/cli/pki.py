@@ -59,6 +59,14 @@ def register(subparsers: Subparsers) -> None:
     _add_force(server)
     server.set_defaults(func=_issue_server)
 
+    show = commands.add_parser(
+        "show", help="show a certificate, its SPKI hash and the cuid of a client using it",
+        description="Print what identifies a certificate: subject, SANs, fingerprint, the "
+                    "SHA-256 of its SPKI and the 'cuid' a DOTS client using it derives "
+                    "(RFC 9132 §4.4.1.1); the names a server's [[client]] section can use.")
+    show.add_argument("files", metavar="FILE", type=Path, nargs="+")
+    show.set_defaults(func=_show)
+
 
 def _add_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", dest="directory", metavar="DIR", type=Path, required=True,
@@ -80,6 +88,16 @@ def _issue_client(args: argparse.Namespace) -> int:
     with _pki_errors():
         issued = issue_client(args.directory, args.name, force=args.force)
     return _report(args, issued.directory, issued.files(), [issued.cert])
+
+
+def _show(args: argparse.Namespace) -> int:
+    with _pki_errors():
+        for path in args.files:
+            try:
+                load_certificate(path)
+            except OSError as exc:
+                raise PkiError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return _report(args, None, [], args.files)
 
 
 def _issue_server(args: argparse.Namespace) -> int:
@@ -104,15 +122,16 @@ def _pki_errors() -> Iterator[None]:
         raise CommandError(str(exc)) from exc
 
 
-def _report(args: argparse.Namespace, directory: Path, written: Sequence[Path],
+def _report(args: argparse.Namespace, directory: Path | None, written: Sequence[Path],
             certs: Sequence[Path]) -> int:
     summaries = [(path, summarize(load_certificate(path))) for path in certs]
-    data = {
-        "directory": str(directory),
-        "files": [str(p) for p in written],
+    data: dict[str, object] = {
         "certificates": [{"path": str(p), **s.to_json()} for p, s in summaries],
     }
-    lines = [f"wrote {len(written)} files:"] + [f"  {p}" for p in written]
+    lines = []
+    if directory is not None:
+        data.update({"directory": str(directory), "files": [str(p) for p in written]})
+        lines = [f"wrote {len(written)} files:"] + [f"  {p}" for p in written]
     for path, s in summaries:
         info = s.to_json()
         lines += [
@@ -121,6 +140,8 @@ def _report(args: argparse.Namespace, directory: Path, written: Sequence[Path],
             f"  SANs       {', '.join(s.sans) or '(none)'}",
             f"  SHA-256    {s.sha256}",
             f"  not after  {info['not_after']}",
+            f"  SPKI       {s.spki_sha256}",
+            f"  cuid       {s.cuid}",
         ]
     emit(args, data, "\n".join(lines))
     return EXIT_OK

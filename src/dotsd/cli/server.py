@@ -184,7 +184,7 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
         mitigator = _create_mitigator(settings, lambda fb: bridge_holder[0].feedback(fb))
         bridge = MitigatorBridge(mitigator)
         bridge_holder.append(bridge)
-        server = SignalServer(store=store, policy=settings.effective_policy,
+        server = SignalServer(store=store, policy=settings.policy_set,
                               config_policy=settings.session_config)
         bridge.attach(server)
         await mitigator.start()
@@ -213,7 +213,9 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
         summary = server_config.policy_summary(settings)
         _say(args, summary, mode="lab" if settings.lab_mode else "policy",
              prefixes=[str(p) for p in policy.allowed_prefixes],
-             domains=list(policy.allowed_domains))
+             domains=list(policy.allowed_domains),
+             clients=[c.name for c in settings.clients],
+             unlisted="refuse" if settings.refuse_unlisted else "allow")
         if settings.lab_mode:
             log.warning("lab mode: documentation prefixes only")
         if settings.redirect is not None:
@@ -261,7 +263,7 @@ def _reload(args: argparse.Namespace, current: ServerSettings, server: SignalSer
         log.error("reload failed, configuration unchanged: %s", exc)
         _say(args, f"reload failed, configuration unchanged: {exc}", reload="failed")
         return
-    server.set_policy(new.effective_policy, new.session_config)
+    server.set_policy(new.policy_set, new.session_config)
     server.redirect(new.redirect)
     restart = [name for name in ("bind", "port", "transports", "pki", "state", "mitigator")
                if getattr(new, name) != getattr(current, name)]

@@ -108,11 +108,14 @@ class CertificateSummary:
     sha256: str
     not_before: dt.datetime
     not_after: dt.datetime
+    spki_sha256: str = ""  # hex, what a server's [[client]] spki-sha256 names
+    cuid: str = ""  # the 'cuid' a DOTS client with this certificate uses (RFC 9132 §4.4.1.1)
 
     def to_json(self) -> dict[str, object]:
         return {"subject": self.subject, "issuer": self.issuer, "sans": list(self.sans),
                 "sha256": self.sha256, "not_before": _iso(self.not_before),
-                "not_after": _iso(self.not_after)}
+                "not_after": _iso(self.not_after), "spki_sha256": self.spki_sha256,
+                "cuid": self.cuid}
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,6 +212,10 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def summarize(cert: x509.Certificate) -> CertificateSummary:
+    from dotsd.signal.identity import cuid_from_spki_sha256  # the pki layer stays below
+    from dotsd.transport.base import spki_sha256
+
+    digest = spki_sha256(cert)
     return CertificateSummary(
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
@@ -216,6 +223,8 @@ def summarize(cert: x509.Certificate) -> CertificateSummary:
         sha256=fingerprint(cert),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
+        spki_sha256=digest.hex(),
+        cuid=cuid_from_spki_sha256(digest),
     )
 
 

@@ -1012,6 +1012,7 @@ class MitigationTable:
         *,
         identity: str | None = None,
         if_match: bool = False,
+        policy: Policy | None = None,
     ) -> PutOutcome | Ignored:
         """Handle a mitigation request / refresh / efficacy update (RFC 9132 §4.4.1, §4.4.3).
 
@@ -1019,7 +1020,8 @@ class MitigationTable:
         'cuid' collisions; ``if_match`` tells whether the request carried an empty If-Match
         Option. ``cdid`` is stored as given: the caller passes it only when the request came
         from a trusted server-domain DOTS gateway ("DOTS servers MUST ignore 'cdid' attributes
-        that are directly supplied by source DOTS clients", RFC 9132 §4.4.1.2).
+        that are directly supplied by source DOTS clients", RFC 9132 §4.4.1.2). ``policy``:
+        the client's own domain and limits (RFC 9132 §10), else the table's.
         Raises :class:`~dotsd.signal.errors.SignalError` (4.00, 4.09, 5.03).
         """
         if not 0 <= mid <= MAX_MID:
@@ -1034,10 +1036,12 @@ class MitigationTable:
             # RFC 9132 §4.4.3: out-of-order PUT after the mitigation is gone / withdrawn.
             return Ignored(f"If-Match: no mitigation {mid} for cuid {cuid!r}")
         if existing is not None and not withdrawn:
-            return self._refresh(existing, request, now)
-        return self._create(cuid, mid, cdid, identity, request, existing, now)
+            return self._refresh(existing, request, now, policy or self.policy)
+        return self._create(cuid, mid, cdid, identity, request, existing, now,
+                            policy or self.policy)
 
-    def _refresh(self, m: Mitigation, request: MitigationRequest, now: float) -> PutOutcome:
+    def _refresh(self, m: Mitigation, request: MitigationRequest, now: float,
+                 policy: Policy) -> PutOutcome:
         # RFC 9132 §4.4.1.3: "MUST repeat all the other parameters as sent in the original
         # mitigation request apart from a possible change to the 'lifetime' parameter value
         # ... If this is not the case, the DOTS server MUST reject the request with a 4.00";
@@ -1051,7 +1055,7 @@ class MitigationTable:
         # An efficacy update (Figure 16) carries no 'lifetime': it is "treated as a refresh of
         # the current mitigation" (§4.4.3), i.e. with the lifetime granted before.
         lifetime = (
-            m.lifetime if request.lifetime is None else self.policy.grant_lifetime(request.lifetime)
+            m.lifetime if request.lifetime is None else policy.grant_lifetime(request.lifetime)
         )
         after = replace(
             m,
@@ -1083,6 +1087,7 @@ class MitigationTable:
         request: MitigationRequest,
         previous: Mitigation | None,
         now: float,
+        policy: Policy,
     ) -> PutOutcome:
         if request.lifetime is None:
             raise BadRequest(
@@ -1090,9 +1095,9 @@ class MitigationTable:
             )
         scope = request.scope
         # RFC 9132 §4.4.1.1 / §10: targets within the client's domain.
-        self.policy.check_prefixes(scope.networks)
-        self.policy.check_fqdns(scope.target_fqdn)
-        self.policy.check_uris(scope.target_uri)
+        policy.check_prefixes(scope.networks)
+        policy.check_fqdns(scope.target_fqdn)
+        policy.check_uris(scope.target_uri)
         if self.alias_check is not None:
             for alias in scope.alias_name:
                 if not self.alias_check(cuid, cdid, alias):
@@ -1101,14 +1106,14 @@ class MitigationTable:
                         rule="RFC 9132 §4.4.1.3",
                     )
 
-        limit = self.policy.max_mitigations_per_client
+        limit = policy.max_mitigations_per_client
         if limit is not None and previous is None and len(self.of_client(cuid)) >= limit:
             # RFC 9132 §4.4.1.3: "A DOTS server MAY reject mitigation requests when it is
             # near capacity or needs to rate-limit a particular client"; §9: 5.03 when
             # "unable to handle the request".
             raise ServiceUnavailable(
                 f"at most {limit} mitigations per DOTS client",
-                max_age=self.policy.retry_after,
+                max_age=policy.retry_after,
                 rule="RFC 9132 §4.4.1.3, §9",
             )
 
@@ -1197,7 +1202,7 @@ class MitigationTable:
         for other in preempted:
             changes.append(self._move(other, Event.SERVER_WITHDRAW, now, Reason.PREEMPTED))
 
-        lifetime = self.policy.grant_lifetime(request.lifetime)
+        lifetime = policy.grant_lifetime(request.lifetime)
         immediate = scope.trigger_mitigation
         m = Mitigation(
             cuid=cuid,

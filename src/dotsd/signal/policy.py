@@ -16,6 +16,12 @@ So an out-of-domain target is answered 4.00, with a diagnostic naming the target
 (RFC 3849 2001:db8::/32, RFC 5737 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24) and, for
 FQDN / URI targets (which a sans-IO layer cannot resolve, §4.4.1.1), the reserved example and
 test names (RFC 2606, RFC 6761).
+
+:class:`PolicySet` gives each DOTS client its own domain (RFC 9132 §10 "that DOTS client's
+domain IP resources"): clients are recognised by their 'cuid', the SHA-256 of their SPKI, their
+certificate's subject common name or their PSK identity (:class:`ClientMatch`); a client not
+listed gets the default policy, or is refused with 4.01 when there is none (RFC 9132 §9: "not
+authorized to access the DOTS server").
 """
 
 from __future__ import annotations
@@ -23,10 +29,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal, get_args
 from urllib.parse import urlsplit
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from dotsd.signal.errors import BadRequest
+from dotsd.signal.identity import ClientIdentity
+from dotsd.transport.base import PeerInfo
 
 __all__ = [
     "DEFAULT_MAX_LIFETIME",
@@ -34,8 +45,14 @@ __all__ = [
     "EXAMPLE_DOMAINS",
     "INDEFINITE",
     "LAB",
+    "MATCH_KINDS",
+    "ClientMatch",
+    "ClientPolicy",
     "IPNetwork",
+    "MatchKind",
     "Policy",
+    "PolicySet",
+    "common_names",
 ]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -71,8 +88,8 @@ def _in_domains(name: str, domains: Sequence[str]) -> bool:
 class Policy:
     """Server policy for mitigation requests.
 
-    ``allowed_prefixes``: the address space mitigations may be requested for (one domain for
-    every client; per-client domains would map the client identity / 'cdid' to a Policy).
+    ``allowed_prefixes``: the address space mitigations may be requested for (the client's
+    domain; :class:`PolicySet` gives each client its own).
     ``allowed_domains``: FQDN suffixes allowed for 'target-fqdn' and the host of 'target-uri'.
     ``max_lifetime``: a longer requested lifetime is shortened, the granted value being returned
     (RFC 9132 §4.4.1.1: "the granted lifetime value is returned in the response").
@@ -148,3 +165,98 @@ class Policy:
 
 LAB: Final = Policy(name="lab")
 """Lab mode: documentation prefixes and example domains only (see the module docstring)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# One domain per client (RFC 9132 §10)
+
+MatchKind = Literal["cuid", "spki-sha256", "common-name", "psk-identity"]
+MATCH_KINDS: Final[tuple[MatchKind, ...]] = get_args(MatchKind)
+
+
+def common_names(certificate: x509.Certificate | None) -> tuple[str, ...]:
+    """The subject common names of a certificate (none without one)."""
+    if certificate is None:
+        return ()
+    return tuple(str(a.value) for a in
+                 certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMatch:
+    """How the operator names one authenticated client. ``value``: the 'cuid' (RFC 9132
+    §4.4.1.1); the SPKI SHA-256 in hex; a certificate subject common name (the CA issues it,
+    so it is as strong as the CA's naming); or a PSK identity as text."""
+
+    kind: MatchKind
+    value: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in MATCH_KINDS:
+            raise ValueError(f"unknown client match {self.kind!r}")
+        if self.kind == "spki-sha256":
+            try:
+                if len(bytes.fromhex(self.value)) != 32:
+                    raise ValueError
+            except ValueError:
+                raise ValueError("an SPKI SHA-256 is 64 hexadecimal digits") from None
+            object.__setattr__(self, "value", self.value.lower())
+        elif not self.value:
+            raise ValueError(f"an empty {self.kind}")
+
+    @property
+    def key(self) -> str:
+        """What :meth:`PolicySet.lookup` compares with an identity's own keys."""
+        if self.kind == "spki-sha256":
+            return f"spki-sha256:{self.value}"
+        if self.kind == "psk-identity":
+            return f"psk:{self.value.encode('utf-8').hex()}"
+        return f"{self.kind}:{self.value}"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPolicy:
+    """The policy of one client, recognised by ``match`` and named ``name`` in logs."""
+
+    name: str
+    match: ClientMatch
+    policy: Policy
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """The operator's policies: one per listed client and ``default`` for every other client
+    (None: clients not listed are refused). The first entry matching a client wins."""
+
+    default: Policy | None = LAB
+    clients: tuple[ClientPolicy, ...] = ()
+    _index: dict[str, tuple[int, ClientPolicy]] = field(init=False, repr=False, compare=False)
+    _by_name: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, tuple[int, ClientPolicy]] = {}
+        for position, entry in enumerate(self.clients):
+            index.setdefault(entry.match.key, (position, entry))
+        object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_by_name",
+                           any(e.match.kind == "common-name" for e in self.clients))
+
+    def lookup(self, ident: ClientIdentity, peer: PeerInfo) -> ClientPolicy | None:
+        """The entry of an authenticated client, None when it is not listed. O(1) in the
+        number of clients (a DOTS server of an ISP lists thousands)."""
+        if not self._index:
+            return None
+        order = [ident.identity, f"cuid:{ident.cuid}"]
+        if self._by_name:
+            order.extend(f"common-name:{cn}" for cn in common_names(peer.certificate))
+        found = [e for e in (self._index.get(k) for k in order) if e is not None]
+        # First listed wins when several entries name the same client in different ways.
+        return min(found, key=lambda e: e[0])[1] if found else None
+
+    def for_client(self, ident: ClientIdentity, peer: PeerInfo) -> Policy | None:
+        """The client's policy: its own, else the default (None: the client is refused)."""
+        entry = self.lookup(ident, peer)
+        return self.default if entry is None else entry.policy

@@ -99,7 +99,7 @@ from dotsd.signal.mitigation import (
     Status,
     conflict_body,
 )
-from dotsd.signal.policy import LAB, Policy
+from dotsd.signal.policy import LAB, Policy, PolicySet
 from dotsd.signal.redirect import Redirection, redirect_body
 from dotsd.signal.uri import MITIGATE_PATH, parse_mitigate_uri
 from dotsd.store import base as store_base
@@ -253,7 +253,8 @@ class SignalServer:
     """RFC 9132 server side on a :class:`CoapNode` (see the module docstring).
 
     ``store``: durable state (None: memory only, for tests); ``policy``: which targets and
-    lifetimes are allowed (default :data:`~dotsd.signal.policy.LAB`); ``config_policy``: the
+    lifetimes are allowed, one policy for all or a :class:`~dotsd.signal.policy.PolicySet`
+    with one per client (default :data:`~dotsd.signal.policy.LAB`); ``config_policy``: the
     session configuration bounds (RFC 9132 §4.5); ``on_change``: the mitigator hook;
     ``strict_cuid``: require the 'cuid' derived from the client's credentials (RFC 9132
     §4.4.1.1); ``alias_check``: whether a client created an 'alias-name' (default: no data
@@ -265,7 +266,7 @@ class SignalServer:
         self,
         *,
         store: Store | None = None,
-        policy: Policy = LAB,
+        policy: Policy | PolicySet = LAB,
         config_policy: ConfigPolicy | None = None,
         conflict_policy: ConflictPolicy = ConflictPolicy.ACCEPT,
         on_change: ChangeHook | None = None,
@@ -275,7 +276,7 @@ class SignalServer:
         node: CoapNode | None = None,
     ) -> None:
         self.store = store
-        self.policy = policy
+        self.policies = policy if isinstance(policy, PolicySet) else PolicySet(policy)
         self.config_policy = config_policy or ConfigPolicy()
         self.conflict_policy = conflict_policy
         self.on_change = on_change
@@ -294,11 +295,12 @@ class SignalServer:
         self._wake: asyncio.Event | None = None
         self.redirection: Redirection | None = None
 
-    def set_policy(self, policy: Policy, config_policy: ConfigPolicy | None = None) -> None:
+    def set_policy(self, policy: Policy | PolicySet,
+                   config_policy: ConfigPolicy | None = None) -> None:
         """A new operator policy for the requests to come (what was accepted stays); a new
         session configuration policy applies to sessions started from now on."""
-        self.policy = policy
-        self.table.policy = policy
+        self.policies = policy if isinstance(policy, PolicySet) else PolicySet(policy)
+        self.table.policy = self.policies.default or LAB
         if config_policy is not None:
             self.config_policy = config_policy
 
@@ -325,7 +327,7 @@ class SignalServer:
     # -- table and store --------------------------------------------------------------------
 
     def _new_table(self, records: Iterable[Mitigation] = ()) -> MitigationTable:
-        return MitigationTable(self.policy, conflict_policy=self.conflict_policy,
+        return MitigationTable(self.policies.default or LAB, conflict_policy=self.conflict_policy,
                                alias_check=self.alias_check, records=records)
 
     def _load_table(self) -> MitigationTable:
@@ -418,12 +420,23 @@ class SignalServer:
     # -- identity / cuid --------------------------------------------------------------------
 
     def authenticate(self, req: IncomingRequest) -> ClientIdentity:
-        """RFC 9132 §8: the DOTS client is authenticated by the (D)TLS layer; else 4.01."""
+        """RFC 9132 §8: the DOTS client is authenticated by the (D)TLS layer; else 4.01. A
+        client the operator's policy does not admit is 4.01 too (RFC 9132 §9)."""
         ident = client_identity(req.peer)
         if ident is None:
             raise Unauthorized("the DOTS signal channel requires an authenticated (D)TLS "
                                "session", rule="RFC 9132 §8")
+        if self.policies.default is None:
+            self.client_policy(ident, req)
         return ident
+
+    def client_policy(self, ident: ClientIdentity, req: IncomingRequest) -> Policy:
+        """The client's domain and limits (RFC 9132 §10); 4.01 for a client not admitted."""
+        policy = self.policies.for_client(ident, req.peer)
+        if policy is None:
+            raise Unauthorized("this DOTS client is not authorized by the server's policy "
+                               f"(cuid {ident.cuid})", rule="RFC 9132 §9")
+        return policy
 
     def check_cuid(self, ident: ClientIdentity, cuid: str, method: Code) -> None:
         """The client may only use its own 'cuid' (module docstring)."""
@@ -704,7 +717,8 @@ class MitigateResource(Resource):
             return error_response(Code.PRECONDITION_FAILED,
                                   "precondition failed (If-Match / If-None-Match)")
         outcome = s.table.put(uri.cuid, uri.mid, None, body, now,
-                              identity=ident.identity, if_match=if_match)
+                              identity=ident.identity, if_match=if_match,
+                              policy=s.client_policy(ident, req))
         if isinstance(outcome, Ignored):
             # RFC 9132 §4.4.3 "silently ignored"; a CoAP request still gets an answer: the
             # precondition failed (RFC 7252 §5.10.8.1).
