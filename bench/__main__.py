@@ -1,4 +1,5 @@
-"""``python -m bench coap [--quick] [--json] [--sessions N] ...`` (see bench/README.md)."""
+"""``python -m bench coap [--quick] [--json] [--sessions N] ...`` and ``python -m bench signal
+[--quick] [--json]`` (see bench/README.md)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,20 @@ def main(argv: list[str] | None = None) -> int:
                       help="reruns of a cell that other processes disturbed (2)")
     coap.add_argument("--show", type=Path, metavar="FILE",
                       help="measure nothing: print the table of a report saved with --json")
+    signal = sub.add_parser("signal", help="DOTS signal server: cost of a request as the "
+                                           "server fills with mitigations and sessions")
+    signal.add_argument("--quick", action="store_true",
+                        help="smaller tables (up to 10,000 mitigations, 1,000 sessions)")
+    signal.add_argument("--requests", type=int, default=200, metavar="N",
+                        help="timed requests per cell (200)")
+    signal.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
+    if args.bench == "signal":
+        from bench import signal as signal_bench
+
+        if not 1 <= args.requests <= 100_000:
+            parser.error("--requests must be 1..100000")
+        return signal_bench.report(args.quick, args.requests, args.json)
     if args.show is not None:
         try:
             return show_saved(args.show, args.json)

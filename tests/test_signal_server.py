@@ -589,3 +589,46 @@ async def test_each_client_in_its_own_domain(pki: PkiPaths) -> None:
     assert (await put_other(3, "198.51.100.8/32")).code == Code.CREATED
     # What was accepted before stays (RFC 9132 §4.4.1: nothing acknowledged is lost).
     assert env.server.table.lookup(env.cuid, 1) is not None
+
+
+async def test_many_sessions_each_lost_on_its_own_time(pki: PkiPaths) -> None:
+    """The heartbeat timers of many sessions (a heap, not a scan): a client that keeps
+    sending heartbeats keeps its session, the silent ones lose theirs when their own
+    allowance runs out, and a heartbeat loop does not grow the timer heap."""
+    env = make_env(pki)
+    server = env.server
+    hb = build_heartbeat_body(True)
+    nodes: list[tuple[CoapNode, MemLink]] = []
+    for n in range(20):
+        node = CoapNode()
+        peer = make_peer_info(("::1", 100 + n), "dtls", False, psk_identity=b"cpe-%d" % n)
+        la = MemLink(make_peer_info(("::1", 1), "dtls", True))
+        lb = MemLink(peer)
+        la.peer, lb.peer = lb, la
+        la.handler, lb.handler = node, server.node
+        node.link_up(la)
+        server.node.link_up(lb)
+        nodes.append((node, la))
+
+    async def heartbeat(n: int) -> None:
+        node, link = nodes[n]
+        resp = await node.request(link, request(Code.PUT, HEARTBEAT_PATH, hb), timeout=TIMEOUT)
+        assert resp.code == Code.CHANGED
+
+    for n in range(20):  # client n is first heard at T0 + n
+        env.clock.now = T0 + n
+        await heartbeat(n)
+    assert len(server.sessions) == 20
+    limit = 30 * 15  # default heartbeat-interval x missing-hb-allowed (RFC 9132 §4.5)
+    for k in range(300):  # client 0 keeps talking
+        env.clock.now = T0 + 20 + k * 0.5
+        await heartbeat(0)
+    assert len(server._timers) <= 2 * len(server.sessions) + 64
+    server.tick(T0 + limit + 9.5)  # clients 1..9 are past their allowance, 10..19 not yet
+    alive = {s.client.identity for s in server.sessions.values()}
+    assert alive == {"psk:" + (b"cpe-%d" % n).hex() for n in [0, *range(10, 20)]}
+    server.tick(T0 + limit + 25)
+    assert [s.client.identity for s in server.sessions.values()] == [
+        "psk:" + b"cpe-0".hex()]
+    deadline = server.next_deadline()
+    assert deadline is not None and deadline > T0 + limit + 25

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import heapq
 import ipaddress
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -57,6 +58,7 @@ from dotsd.signal.errors import (
     from_model_error,
 )
 from dotsd.signal.policy import INDEFINITE, LAB, IPNetwork, Policy
+from dotsd.signal.targets import TargetIndex, fqdn_key
 from dotsd.signal.uri import MAX_MID, Content
 
 __all__ = [
@@ -322,7 +324,7 @@ class Scope:
             frozenset(self.networks),
             frozenset((r.lower, r.high) for r in self.target_port_range),
             frozenset(self.target_protocol),
-            frozenset(f.lower().rstrip(".") for f in self.target_fqdn),
+            frozenset(fqdn_key(f) for f in self.target_fqdn),
             frozenset(self.target_uri),
             frozenset(self.alias_name),
             self.trigger_mitigation,
@@ -554,8 +556,8 @@ def common_targets(a: Scope, b: Scope, *, match_ports_protocols: bool = True) ->
     all). FQDNs / URIs / aliases are compared by name: resolving them is not sans-IO.
     """
     prefixes = _common_prefixes(a.networks, b.networks)
-    fqdns_b = {f.lower().rstrip(".") for f in b.target_fqdn}
-    fqdns = [f for f in a.target_fqdn if f.lower().rstrip(".") in fqdns_b]
+    fqdns_b = {fqdn_key(f) for f in b.target_fqdn}
+    fqdns = [f for f in a.target_fqdn if fqdn_key(f) in fqdns_b]
     uris = [u for u in a.target_uri if u in b.target_uri]
     aliases = [n for n in a.alias_name if n in b.alias_name]
     if not (prefixes or fqdns or uris or aliases):
@@ -886,6 +888,14 @@ AliasCheck = Callable[[str, str | None, str], bool]
 # The table
 
 
+def _other_client_conflict(m: Mitigation) -> bool:
+    """Whether ``m`` carries the overlap with another client's active request (cause 1,
+    RFC 9132 §4.4.1.3) that :meth:`MitigationTable._resolve_conflicts` clears once it ends."""
+    info = m.conflict
+    return (info is not None and info.cause is ConflictCause.OVERLAPPING_TARGETS
+            and info.mid is None)  # same-client conflicts are never stored; be safe
+
+
 class MitigationTable:
     """All mitigations of a DOTS server (see the module docstring)."""
 
@@ -907,8 +917,13 @@ class MitigationTable:
         self.match_ports_protocols = match_ports_protocols
         self.alias_check = alias_check
         self._records: dict[tuple[str, int], Mitigation] = {}
+        # Indexes kept by _store / _drop, so that no request costs O(all mitigations):
+        self._by_client: dict[str, dict[int, Mitigation]] = {}
+        self._targets = TargetIndex()
+        self._deadlines: list[tuple[float, tuple[str, int]]] = []  # heap, stale entries skipped
+        self._conflicted: set[tuple[str, int]] = set()  # with another client's overlap (cause 1)
         for record in records:
-            self._records[record.key] = record
+            self._store(record)
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -930,12 +945,58 @@ class MitigationTable:
         return self._records.get((cuid, mid))
 
     def of_client(self, cuid: str) -> list[Mitigation]:
-        return sorted((m for m in self._records.values() if m.cuid == cuid), key=lambda m: m.mid)
+        return sorted(self._by_client.get(cuid, {}).values(), key=lambda m: m.mid)
 
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`expire` has something to do (to arm one timer)."""
-        deadlines = [d for m in self._records.values() if (d := m.deadline()) is not None]
-        return min(deadlines) if deadlines else None
+        heap = self._deadlines
+        while heap and not self._due_entry(*heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    # -- indexes ----------------------------------------------------------------------------
+
+    def _store(self, m: Mitigation) -> None:
+        """Put a record in the table (new, or a new version of the one with its key)."""
+        old = self._records.get(m.key)
+        self._records[m.key] = m
+        self._by_client.setdefault(m.cuid, {})[m.mid] = m
+        if old is None:
+            self._targets.add(m.key, m.scope)
+        elif old.scope is not m.scope:
+            self._targets.remove(m.key, old.scope)
+            self._targets.add(m.key, m.scope)
+        deadline = m.deadline()
+        if deadline is not None and (old is None or old.deadline() != deadline):
+            heapq.heappush(self._deadlines, (deadline, m.key))
+            if len(self._deadlines) > 2 * len(self._records) + 64:
+                # Refreshes leave stale entries behind; a client refreshing in a loop must
+                # not grow the heap without bound: rebuild it (amortised O(1) per push).
+                self._deadlines = [(d, k) for k, r in self._records.items()
+                                   if (d := r.deadline()) is not None]
+                heapq.heapify(self._deadlines)
+        if _other_client_conflict(m):
+            self._conflicted.add(m.key)
+        else:
+            self._conflicted.discard(m.key)
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        old = self._records.pop(key)
+        mine = self._by_client[old.cuid]
+        del mine[old.mid]
+        if not mine:
+            del self._by_client[old.cuid]
+        self._targets.remove(key, old.scope)
+        self._conflicted.discard(key)
+
+    def _due_entry(self, deadline: float, key: tuple[str, int]) -> bool:
+        """Whether a heap entry still stands for its record (not removed, same deadline)."""
+        m = self._records.get(key)
+        return m is not None and m.deadline() == deadline
+
+    def _overlapping(self, scope: Scope) -> list[Mitigation]:
+        """The records sharing a target with ``scope``, in (cuid, mid) order."""
+        return [self._records[k] for k in sorted(self._targets.candidates(scope))]
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -968,7 +1029,7 @@ class MitigationTable:
         after_status = transition(m.status, event)
         if after_status is Status.ATTACK_MITIGATION_TERMINATED:
             after = replace(m, status=after_status, **changes)
-            del self._records[m.key]
+            self._drop(m.key)
             return Change(reason, after, before=m.status, removed=True)
         if after_status is Status.ATTACK_MITIGATION_SIGNAL_LOSS:
             changes.setdefault("mitigation_start", None)
@@ -977,26 +1038,22 @@ class MitigationTable:
         if after_status is not m.status:
             changes.setdefault("repeats", 0)
         after = replace(m, status=after_status, **changes)
-        self._records[m.key] = after
+        self._store(after)
         return Change(reason, after, before=m.status)
 
     def _resolve_conflicts(self) -> list[Change]:
         """Clear the conflict information of requests whose conflict with another client's
         active request (cause 1, RFC 9132 §4.4.1.3) is over, so their observers learn it."""
         changes: list[Change] = []
-        for m in list(self):
-            info = m.conflict
-            if info is None or info.cause is not ConflictCause.OVERLAPPING_TARGETS:
-                continue
-            if info.mid is not None:  # same-client conflicts are never stored; be safe
-                continue
+        for key in sorted(self._conflicted):
+            m = self._records[key]
             still = any(
                 o.cuid != m.cuid and o.status in ACTIVE and self._overlap(m.scope, o.scope)
-                for o in self._records.values()
+                for o in self._overlapping(m.scope)
             )
             if not still:
                 after = replace(m, conflict=None)
-                self._records[m.key] = after
+                self._store(after)
                 changes.append(Change(Reason.CONFLICT_RESOLVED, after, before=m.status))
         return changes
 
@@ -1063,7 +1120,7 @@ class MitigationTable:
             expires_at=self._expiry(lifetime, now),
             attack_status=request.attack_status or m.attack_status,
         )
-        self._records[m.key] = after
+        self._store(after)
         reason = Reason.EFFICACY_UPDATE if request.attack_status else Reason.REFRESHED
         change = Change(reason, after, before=m.status)
         return PutOutcome(Code.CHANGED, self._put_body(after), after, (change,))
@@ -1121,8 +1178,8 @@ class MitigationTable:
         overridden: list[Mitigation] = []
         preempted: list[Mitigation] = []
         abt_period = self.abt_initial
-        for other in self.of_client(cuid):
-            if other.mid == mid:
+        for other in self._overlapping(scope):
+            if other.cuid != cuid or other.mid == mid:
                 continue
             common = self._overlap(scope, other.scope)
             if common is None:
@@ -1153,7 +1210,7 @@ class MitigationTable:
         # Other clients (RFC 9132 §4.4.1.3): only active requests can conflict.
         conflicts: list[tuple[Mitigation, Scope]] = []
         if scope.trigger_mitigation:
-            for other in self:
+            for other in self._overlapping(scope):
                 if other.cuid == cuid or other.status not in ACTIVE:
                     continue
                 common = self._overlap(scope, other.scope)
@@ -1192,7 +1249,7 @@ class MitigationTable:
                         scope=common_other,
                     ),
                 )
-                self._records[other.key] = after
+                self._store(after)
                 changes.append(Change(Reason.CONFLICT, after, before=other.status))
 
         for other in overridden:
@@ -1223,7 +1280,7 @@ class MitigationTable:
             conflict=conflict,
             abt_period=abt_period,
         )
-        self._records[m.key] = m
+        self._store(m)
         changes.append(
             Change(Reason.CREATED, m, before=None if previous is None else previous.status)
         )
@@ -1293,11 +1350,21 @@ class MitigationTable:
         terminated", §4.4.4) and lifetimes ("Upon the expiry of the negotiated lifetime ...
         the mitigation request is removed", §4.4.1.1)."""
         changes: list[Change] = []
-        for m in list(self):
+        due: set[tuple[str, int]] = set()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, key = heapq.heappop(heap)
+            if self._due_entry(deadline, key):
+                due.add(key)
+        for key in sorted(due):
+            m = self._records[key]
             if m.terminating_until is not None and m.terminating_until <= now:
                 changes.append(self._move(m, Event.TERMINATING_ELAPSED, now, Reason.TERMINATED))
             elif m.expires_at is not None and m.expires_at <= now:
                 changes.append(self._move(m, Event.LIFETIME_EXPIRED, now, Reason.EXPIRED))
+            after = self._records.get(key)  # still there: its deadline stays in the heap
+            if after is not None and (later := after.deadline()) is not None:
+                heapq.heappush(self._deadlines, (later, key))
         if changes:
             changes.extend(self._resolve_conflicts())
         return changes
@@ -1338,7 +1405,7 @@ class MitigationTable:
         if m.status not in (Status.ATTACK_STOPPED, Status.ATTACK_MITIGATION_WITHDRAWN):
             return []
         if m.repeats + 1 < PRECONFIGURED_REPEATS:
-            self._records[m.key] = replace(m, repeats=m.repeats + 1)
+            self._store(replace(m, repeats=m.repeats + 1))
             return []
         return [self._move(m, Event.REARM, now, Reason.REARMED, conflict=None)]
 
@@ -1372,7 +1439,7 @@ class MitigationTable:
         if event not in TRANSITIONS[m.status]:
             if extra and m.is_active:
                 after = replace(m, **extra)
-                self._records[m.key] = after
+                self._store(after)
                 return [Change(Reason.MITIGATOR, after, before=m.status)]
             return []
         return [self._move(m, event, now, Reason.MITIGATOR, **extra)]
@@ -1392,5 +1459,5 @@ class MitigationTable:
         if inactive and m.status in ACTIVE:
             return [self._move(m, Event.SERVER_WITHDRAW, now, Reason.CONFLICT, conflict=info)]
         after = replace(m, conflict=info)
-        self._records[m.key] = after
+        self._store(after)
         return [Change(Reason.CONFLICT, after, before=m.status)]

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -243,6 +244,7 @@ class _Session:
     config: SessionConfig
     monitor: HeartbeatMonitor
     mitigating: bool = False
+    armed: float | None = None  # the monitor's timer as last put in the server's heap
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +291,10 @@ class SignalServer:
         self.site.add("/" + "/".join(CONFIG_PATH), ConfigResource(self), prefix=True)
         self.site.add("/" + "/".join(HEARTBEAT_PATH), HeartbeatResource(self), prefix=True)
         self.sessions: dict[str, _Session] = {}  # by client identity
+        self._by_cuid: dict[str, _Session] = {}  # the same, by the client's derived cuid
+        # (due, identity) of the sessions' heartbeat timers, a heap with stale entries skipped:
+        # no request costs O(sessions) (an ISP's server holds thousands).
+        self._timers: list[tuple[float, str]] = []
         self.table = self._load_table()
         self._awaiting = self._awaiting_clients()
         self._task: asyncio.Task[None] | None = None
@@ -382,9 +388,10 @@ class SignalServer:
                     self.on_change(change)
                 except Exception:  # the mitigator must not break the signal channel
                     log.exception("on_change hook failed for %s/%d", m.cuid, m.mid)
-        for session in list(self.sessions.values()):
-            if session.client.cuid in touched or session.client.identity in touched:
-                self._apply_session_params(session, now)
+        sessions = {id(s): s for key in touched
+                    for s in (self.sessions.get(key), self._by_cuid.get(key)) if s is not None}
+        for session in sessions.values():
+            self._apply_session_params(session, now)
         if self._wake is not None:
             self._wake.set()
         self._commit(follow_up, now)
@@ -474,6 +481,7 @@ class SignalServer:
                                    send_heartbeats=False)
         session = _Session(ident, link, config, monitor, mitigating)
         self.sessions[ident.identity] = session
+        self._by_cuid[ident.cuid] = session
         self._apply_session_params(session, now, force=True)
         return session
 
@@ -505,8 +513,11 @@ class SignalServer:
     def _mitigating(self, ident: ClientIdentity) -> bool:
         """Whether the client has an active mitigation (its own 'cuid', or another 'cuid'
         it owns when ``strict_cuid`` is off)."""
-        return any(m.is_active for m in self.table
-                   if m.cuid == ident.cuid or m.owner == ident.identity)
+        if any(m.is_active for m in self.table.of_client(ident.cuid)):
+            return True
+        if self.strict_cuid:  # its records all carry its own cuid
+            return False
+        return any(m.is_active for m in self.table if m.owner == ident.identity)
 
     def _apply_session_params(self, session: _Session, now: float,
                               force: bool = False) -> None:
@@ -521,6 +532,7 @@ class SignalServer:
         self._set_params(session.link, effective.params)
         session.monitor.set_interval(effective.heartbeat_interval,
                                      effective.missing_hb_allowed, now)
+        self._arm(session)
         if self._wake is not None:
             self._wake.set()
 
@@ -532,7 +544,25 @@ class SignalServer:
         """Any request of the client is traffic for its heartbeat monitor (RFC 9132 §4.7)."""
         session = self.session(ident, link, now)
         session.monitor.on_traffic(now)
+        self._arm(session)
         return session
+
+    def _arm(self, session: _Session) -> None:
+        """Put the session's heartbeat timer in the heap (after any call on its monitor)."""
+        due = session.monitor.get_timer()
+        if due is None or due == session.armed:
+            return
+        session.armed = due
+        heapq.heappush(self._timers, (due, session.client.identity))
+        if len(self._timers) > 2 * len(self.sessions) + 64:
+            # Every heartbeat moves a timer and leaves a stale entry: compact.
+            self._timers = [(s.armed, key) for key, s in self.sessions.items()
+                            if s.armed is not None]
+            heapq.heapify(self._timers)
+
+    def _timer_stands(self, due: float, key: str) -> bool:
+        session = self.sessions.get(key)
+        return session is not None and session.armed == due
 
     # -- mitigator API ----------------------------------------------------------------------
 
@@ -561,7 +591,7 @@ class SignalServer:
         self._commit(changes, now)
         done = list(changes)
         for cuid, deadline in list(self._awaiting.items()):
-            if any(s.client.cuid == cuid for s in self.sessions.values()):
+            if cuid in self._by_cuid:
                 del self._awaiting[cuid]  # it came back: its own session watches it now
             elif now >= deadline:
                 del self._awaiting[cuid]
@@ -569,11 +599,15 @@ class SignalServer:
                 lost = self.table.on_session_lost(cuid, now)
                 self._commit(lost, now)
                 done.extend(lost)
-        for key, session in list(self.sessions.items()):
+        due_now: list[str] = []
+        while self._timers and self._timers[0][0] <= now:
+            due, key = heapq.heappop(self._timers)
+            if self._timer_stands(due, key):
+                due_now.append(key)
+        for key in due_now:
+            session = self.sessions[key]
+            session.armed = None
             cuid = session.client.cuid
-            due = session.monitor.get_timer()
-            if due is None or due > now:
-                continue
             for action in session.monitor.handle_timer(now):
                 if isinstance(action, SessionLost):
                     # RFC 9132 §4.4.1.3 / §4.7: preconfigured mitigations are triggered.
@@ -582,16 +616,21 @@ class SignalServer:
                     self._commit(lost, now)
                     done.extend(lost)
                     del self.sessions[key]
+                    self._by_cuid.pop(cuid, None)
                 elif isinstance(action, ThresholdReached):
                     log.info("cuid=%s: %d heartbeats missed but traffic still seen",
                              cuid, action.missed)
                 elif isinstance(action, PeerReachable):
                     log.info("cuid=%s: reachable again", cuid)
+            if key in self.sessions:
+                self._arm(session)
         return done
 
     def next_deadline(self) -> float | None:
+        while self._timers and not self._timer_stands(*self._timers[0]):
+            heapq.heappop(self._timers)
         times = [t for t in (self.table.next_deadline(), *self._awaiting.values(),
-                             *(s.monitor.get_timer() for s in self.sessions.values()))
+                             self._timers[0][0] if self._timers else None)
                  if t is not None]
         return min(times) if times else None
 
@@ -824,4 +863,5 @@ class HeartbeatResource(Resource):
         now = s.clock()
         session = s.session(ident, req.link, now)
         session.monitor.on_peer_heartbeat(now, status)
+        s._arm(session)
         return Message(code=Code.CHANGED)
