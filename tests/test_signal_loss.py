@@ -69,6 +69,14 @@ def make_client(pki: PkiPaths) -> SignalClient:
                                         reconnect_delay=0.1)
 
 
+async def check_withdrawn(client: SignalClient, mid: int) -> None:
+    """Withdraw (2.02); the mitigation is then active but terminating (RFC 9132 §4.4.4)."""
+    withdrawn = await client.withdraw(mid)
+    assert withdrawn.code == Code.DELETED
+    after = await client.status(mid)
+    assert after.status == "dots-client-withdrawn-mitigation"
+
+
 async def check_lifecycle(client: SignalClient, net: SignalNet) -> int:
     reply = await client.mitigate(SCOPE)
     # The first PUT or its answer may be lost: the repetition then refreshes the request
@@ -117,10 +125,7 @@ async def test_dtls_every_other_datagram_lost(pki: PkiPaths, tmp_path: Path) -> 
                 stored = net.server.store.get_mitigation(client.cuid, mid)
                 assert stored is not None and stored.status == 1
 
-                withdrawn = await client.withdraw(mid)
-                assert withdrawn.code == Code.DELETED
-                after = await client.status(mid)
-                assert after.status == "dots-client-withdrawn-mitigation"
+                await check_withdrawn(client, mid)
         finally:
             await client.close()
         # The loss was real in both directions after the handshake too, and nothing needed
@@ -155,10 +160,7 @@ async def test_tls_connection_cut_and_redialled(pki: PkiPaths, tmp_path: Path) -
                 status = await client.status(mid)
                 assert status.status == "attack-mitigation-in-progress"
                 assert status.lifetime is not None and 0 < status.lifetime <= 3600
-                withdrawn = await client.withdraw(mid)
-                assert withdrawn.code == Code.DELETED
-                after = await client.status(mid)
-                assert after.status == "dots-client-withdrawn-mitigation"
+                await check_withdrawn(client, mid)
         finally:
             await client.close()
         assert cuid_of(pki) == client.cuid
