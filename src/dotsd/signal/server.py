@@ -57,7 +57,7 @@ from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
 from dotsd.coap.params import TransmissionParameters, dots_defaults
 from dotsd.coap.site import IncomingRequest, Resource, Site
-from dotsd.model import codec
+from dotsd.model import codec, yang
 from dotsd.model.errors import ModelError
 from dotsd.signal.config import (
     CONFIG_PATH,
@@ -300,6 +300,9 @@ class SignalServer:
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self.redirection: Redirection | None = None
+        # The YANG model is compiled now, not by the first mitigation request (~0.2 s, which
+        # the first client under attack would wait for).
+        yang.validator()
 
     def set_policy(self, policy: Policy | PolicySet,
                    config_policy: ConfigPolicy | None = None) -> None:
