@@ -88,10 +88,11 @@ class EndpointConfig:
     # a GET with Observe=0 is served without registering and the response has no Observe.
     # Re-registering a token already observed (RFC 7641 §3.3.1) is always accepted.
     max_observers_per_peer: int = 64
-    # RFC 7959 §2.3 leaves to the server how many Block1 bodies it reassembles at once. A new
-    # upload beyond either limit gets 5.03 with Max-Age, the time to wait (RFC 7252
-    # §5.9.3.4); uploads under way go on. An upload holds the larger of its Size1 (RFC 7959
-    # §4) and the bytes received so far against the byte limit.
+    # RFC 7959 §2.3 does not oblige a server to keep partial Block1 bodies, and §7.1 asks it
+    # to avoid exhaustion by state that peers create. A new upload beyond either limit gets
+    # 5.03 with Max-Age, the time to wait (RFC 7252 §5.9.3.4); uploads under way go on. An
+    # upload holds the larger of its Size1 (RFC 7959 §4) and the bytes received so far
+    # against the byte limit: one that outgrows its Size1 gets 5.03 too if there is no room.
     max_uploads_per_peer: int = 4
     max_upload_bytes_per_peer: int = 2 << 20  # at least max_body_size: one upload fits
     # RFC 7959 §2.4: response bodies kept for their later blocks. Beyond this the oldest is
