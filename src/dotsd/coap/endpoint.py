@@ -15,6 +15,9 @@ Both roles run on every peer at once: either end of any link may send requests.
 
 from __future__ import annotations
 
+import itertools
+import logging
+import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
@@ -42,6 +45,8 @@ from dotsd.coap.numbers import (
 )
 from dotsd.coap.params import TransmissionParameters
 from dotsd.coap.timers import TimerEntry, TimerHeap
+
+log = logging.getLogger("dotsd.coap")
 
 CON = MessageType.CON
 NON = MessageType.NON
@@ -78,6 +83,29 @@ class EndpointConfig:
     separate_ack_delay: float = 0.5  # empty ACK for a CON request not answered by then
     token_length: int = 4
     reregister_margin: float = 5.0  # after Max-Age, before an observation is renewed
+    # Per-peer limits: one peer, authenticated but hostile or buggy, must not make us grow
+    # without bound. RFC 7641 §4.1: a server may decline to add an observer; beyond this many
+    # a GET with Observe=0 is served without registering and the response has no Observe.
+    # Re-registering a token already observed (RFC 7641 §3.3.1) is always accepted.
+    max_observers_per_peer: int = 64
+    # RFC 7959 §2.3 does not oblige a server to keep partial Block1 bodies, and §7.1 asks it
+    # to avoid exhaustion by state that peers create. A new upload beyond either limit gets
+    # 5.03 with Max-Age, the time to wait (RFC 7252 §5.9.3.4); uploads under way go on. An
+    # upload holds the larger of its Size1 (RFC 7959 §4) and the bytes received so far
+    # against the byte limit: one that outgrows its Size1 gets 5.03 too if there is no room.
+    max_uploads_per_peer: int = 4
+    max_upload_bytes_per_peer: int = 2 << 20  # at least max_body_size: one upload fits
+    # RFC 7959 §2.4: response bodies kept for their later blocks. Beyond this the oldest is
+    # dropped; a request for one of its blocks then reaches the application again.
+    max_block2_bodies_per_peer: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("max_observers_per_peer", "max_uploads_per_peer",
+                     "max_block2_bodies_per_peer"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.max_upload_bytes_per_peer < self.max_body_size:
+            raise ValueError("max_upload_bytes_per_peer must be at least max_body_size")
 
 
 class Exchange:
@@ -168,6 +196,18 @@ class _DedupEntry:
         self.response: Message | None = None
 
 
+class _Upload:
+    """A Block1 body being reassembled (RFC 7959 §2.3)."""
+
+    __slots__ = ("body", "expires", "next_num", "reserved")
+
+    def __init__(self, expires: float, reserved: int) -> None:
+        self.expires = expires
+        self.body = bytearray()
+        self.next_num = 0
+        self.reserved = reserved  # counted against max_upload_bytes_per_peer
+
+
 class _Observer:
     """A registration on our side as a server (RFC 7641 §4.1)."""
 
@@ -185,9 +225,9 @@ class _Observer:
 class PeerState:
     """What the endpoint keeps per peer."""
 
-    __slots__ = ("_params", "con_in_flight", "con_queue", "dedup", "exchange_lifetime",
-                 "max_payload", "next_mid", "observers", "outgoing", "recent_non", "reliable",
-                 "rttvar", "srtt")
+    __slots__ = ("_params", "block2", "con_in_flight", "con_queue", "dedup",
+                 "exchange_lifetime", "max_payload", "next_mid", "observers", "outgoing",
+                 "recent_non", "reliable", "rttvar", "srtt", "sweep", "upload_bytes", "uploads")
 
     def __init__(self, params: TransmissionParameters, reliable: bool, first_mid: int) -> None:
         self.params = params
@@ -206,6 +246,12 @@ class PeerState:
         # Largest request body sent whole; above it Block1 is used (RFC 7959 §2.5). On TCP
         # the layer below raises it once the peer's CSM tells its Max-Message-Size.
         self.max_payload = 1024
+        # Block-wise state, by resource key (_resource_key), each dict in expiry order (oldest
+        # first): partial Block1 bodies, and whole response bodies served in Block2 parts.
+        self.uploads: dict[bytes, _Upload] = {}
+        self.upload_bytes = 0  # the sum of the uploads' reservations
+        self.block2: dict[bytes, tuple[float, Message]] = {}
+        self.sweep: TimerEntry | None = None  # frees expired block-wise state
 
     @property
     def params(self) -> TransmissionParameters:
@@ -245,8 +291,6 @@ class CoapEndpoint:
         self._ack_queue: deque[Exchange] = deque()
         self._requests: dict[tuple[Hashable, bytes], ClientRequest] = {}
         self._observers: dict[Hashable, dict[tuple[Hashable, bytes], _Observer]] = {}
-        self._block2_cache: dict[tuple[Hashable, bytes], tuple[float, Message]] = {}
-        self._block1_partial: dict[tuple[Hashable, bytes], tuple[float, bytearray, int]] = {}
 
     # ------------------------------------------------------------------ peers
     def add_peer(self, peer: Hashable, reliable: bool = False,
@@ -283,21 +327,22 @@ class CoapEndpoint:
             self._fail(req, reason)
 
     def remove_peer(self, peer: Hashable, reason: str = "peer gone") -> None:
-        """Forget a peer: its pending requests fail, its observers are removed."""
+        """Forget a peer: its pending requests fail, its observers are removed, and the rest
+        of its state (block-wise bodies included) goes with its PeerState."""
         state = self._peers.pop(peer, None)
         if state is None:
             return
         for out in state.outgoing.values():
             if out.timer:
                 out.timer.cancel()
+        if state.sweep is not None:
+            state.sweep.cancel()
+            state.sweep = None
         for key, req in list(self._requests.items()):
             if key[0] == peer:
                 self._fail(req, reason)
         for obs in list(state.observers.values()):
             self._remove_observer(obs, reason, state)
-        for cache in (self._block2_cache, self._block1_partial):
-            for ckey in [k for k in cache if k[0] == peer]:
-                del cache[ckey]
 
     @property
     def peer_count(self) -> int:
@@ -495,10 +540,10 @@ class CoapEndpoint:
             obs = state.observers.get(msg.token)
             if obs is not None:
                 self._remove_observer(obs, "deregistered", state)
-        if exchange.block1 is not None and not self._reassemble_block1(exchange, now):
+        if exchange.block1 is not None and not self._reassemble_block1(state, exchange, now):
             return
         block2 = exchange.asked_block2
-        if block2 is not None and block2.num > 0 and self._serve_cached_block(exchange, block2,
+        if block2 is not None and block2.num > 0 and self._serve_cached_block(state, exchange,
                                                                                now):
             return
         self.defer(exchange, now)
@@ -544,60 +589,159 @@ class CoapEndpoint:
         err = error_response(Code.REQUEST_ENTITY_TOO_LARGE, "request body too large")
         return err.add(OptionNumber.SIZE1, self.config.max_body_size)
 
-    def _reassemble_block1(self, exchange: Exchange, now: float) -> bool:
+    def _reassemble_block1(self, state: PeerState, exchange: Exchange, now: float) -> bool:
         """RFC 7959 §2.3: collect Block1 parts; True when the whole body is here."""
         msg = exchange.request
         block = exchange.block1
         assert block is not None
-        key = (exchange.peer, _resource_key(msg))
-        partial = self._block1_partial.get(key)
+        key = _resource_key(msg)
+        upload = state.uploads.get(key)
         if block.num == 0:
-            body = bytearray()
-        elif partial is None or partial[2] != block.num or partial[0] < now:
-            self._block1_partial.pop(key, None)
-            exchange.block1 = None
-            self.respond(exchange, error_response(
+            if upload is not None:
+                self._drop_upload(state, key)  # the client starts over
+            if not block.more:
+                msg.remove(OptionNumber.BLOCK1)
+                return True  # the whole body in one block
+            reserved = max(len(msg.payload), msg.size1 or 0)
+            refusal = self._upload_refusal(state, exchange.peer, reserved, now)
+            if refusal is not None:
+                return self._block1_failed(state, exchange, key,
+                                           self._busy(state, refusal, now), now)
+            upload = state.uploads[key] = _Upload(now + _BLOCK_CACHE_LIFETIME, reserved)
+            state.upload_bytes += reserved
+        elif upload is None or upload.next_num != block.num or upload.expires <= now:
+            return self._block1_failed(state, exchange, key, error_response(
                 Code.REQUEST_ENTITY_INCOMPLETE, f"block {block.num} out of sequence"), now)
-            return False
-        else:
-            body = partial[1]
         if block.more and len(msg.payload) != block.size:
-            self._block1_partial.pop(key, None)
-            exchange.block1 = None
-            self.respond(exchange, error_response(Code.BAD_REQUEST, "block size mismatch"), now)
-            return False
+            return self._block1_failed(state, exchange, key, error_response(
+                Code.BAD_REQUEST, "block size mismatch"), now)
+        body = upload.body
+        size = len(body) + len(msg.payload)
+        if size > self.config.max_body_size:
+            return self._block1_failed(state, exchange, key, self._too_large(), now)
+        if size > upload.reserved:
+            # More than its Size1 said (or it said none): hold more, if the peer has room.
+            more = size - upload.reserved
+            if state.upload_bytes + more > self.config.max_upload_bytes_per_peer:
+                log.info("block-wise upload stopped peer=%r: %d bytes held already",
+                         exchange.peer, state.upload_bytes)
+                return self._block1_failed(state, exchange, key, self._busy(
+                    state, "too many bytes in block-wise uploads at once", now), now)
+            state.upload_bytes += more
+            upload.reserved = size
         body += msg.payload
-        if len(body) > self.config.max_body_size:
-            self._block1_partial.pop(key, None)
-            exchange.block1 = None
-            self.respond(exchange, self._too_large(), now)
-            return False
-        if block.more:
-            self._block1_partial[key] = (now + _BLOCK_CACHE_LIFETIME, body, block.num + 1)
-            szx = min(block.szx, self.config.preferred_szx)
-            cont = Message(code=Code.CONTINUE).add(OptionNumber.BLOCK1,
-                                                   Block(block.num, True, szx).encode())
-            exchange.block1 = None
-            self.respond(exchange, cont, now)
-            return False
-        self._block1_partial.pop(key, None)
-        msg.payload = bytes(body)
-        msg.remove(OptionNumber.BLOCK1)
-        return True
+        if not block.more:
+            self._drop_upload(state, key)
+            msg.payload = bytes(body)
+            msg.remove(OptionNumber.BLOCK1)
+            return True
+        upload.next_num = block.num + 1
+        upload.expires = now + _BLOCK_CACHE_LIFETIME
+        del state.uploads[key]
+        state.uploads[key] = upload  # to the back: the dict stays in expiry order
+        self._arm_sweep(state, exchange.peer, upload.expires)
+        szx = min(block.szx, self.config.preferred_szx)
+        cont = Message(code=Code.CONTINUE).add(OptionNumber.BLOCK1,
+                                               Block(block.num, True, szx).encode())
+        exchange.block1 = None
+        self.respond(exchange, cont, now)
+        return False
 
-    def _serve_cached_block(self, exchange: Exchange, block: Block, now: float) -> bool:
-        key = (exchange.peer, _resource_key(exchange.request))
-        cached = self._block2_cache.get(key)
-        if cached is None or cached[0] < now:
+    def _upload_refusal(self, state: PeerState, peer: Hashable, reserved: int,
+                        now: float) -> str | None:
+        """Why a new Block1 upload holding ``reserved`` bytes would pass the peer's limits,
+        or None if it fits. Expired uploads are freed first: they do not count."""
+        self._purge_uploads(state, now)
+        config = self.config
+        if len(state.uploads) >= config.max_uploads_per_peer:
+            log.info("block-wise upload refused peer=%r: %d uploads under way", peer,
+                     len(state.uploads))
+            return "too many block-wise uploads at once"
+        if state.upload_bytes + reserved > config.max_upload_bytes_per_peer:
+            log.info("block-wise upload refused peer=%r: %d bytes held, %d more announced",
+                     peer, state.upload_bytes, reserved)
+            return "too many bytes in block-wise uploads at once"
+        return None
+
+    def _block1_failed(self, state: PeerState, exchange: Exchange, key: bytes,
+                       response: Message, now: float) -> bool:
+        """Abandon the upload to ``key``, answering with ``response`` (no Block1 option)."""
+        self._drop_upload(state, key)
+        exchange.block1 = None
+        self.respond(exchange, response, now)
+        return False
+
+    def _busy(self, state: PeerState, reason: str, now: float) -> Message:
+        """5.03 for an upload over the peer's limits; Max-Age (RFC 7252 §5.9.3.4) is when
+        the oldest upload under way expires, the latest time a slot frees up."""
+        wait = _BLOCK_CACHE_LIFETIME
+        for oldest in state.uploads.values():
+            wait = oldest.expires - now
+            break
+        return error_response(Code.SERVICE_UNAVAILABLE, f"{reason}; try again later").add(
+            OptionNumber.MAX_AGE, max(1, math.ceil(wait)))
+
+    def _drop_upload(self, state: PeerState, key: bytes) -> None:
+        upload = state.uploads.pop(key, None)
+        if upload is not None:
+            state.upload_bytes -= upload.reserved
+
+    def _purge_uploads(self, state: PeerState, now: float) -> None:
+        uploads = state.uploads
+        while uploads:
+            key, oldest = next(iter(uploads.items()))
+            if oldest.expires > now:
+                return
+            del uploads[key]
+            state.upload_bytes -= oldest.reserved
+
+    def _serve_cached_block(self, state: PeerState, exchange: Exchange, now: float) -> bool:
+        cached = state.block2.get(_resource_key(exchange.request))
+        if cached is None or cached[0] <= now:
             return False
         self.respond(exchange, _copy(cached[1]), now)
         return True
+
+    def _keep_block2(self, state: PeerState, peer: Hashable, key: bytes, full: Message,
+                     now: float) -> None:
+        """Keep a whole response body for requests of its later blocks (RFC 7959 §2.4)."""
+        kept = state.block2
+        kept.pop(key, None)  # a newer body replaces it, at the back: expiry order
+        limit = self.config.max_block2_bodies_per_peer
+        while kept and len(kept) >= limit:
+            del kept[next(iter(kept))]  # the oldest goes
+        if limit > 0:
+            expires = now + _BLOCK_CACHE_LIFETIME
+            kept[key] = (expires, full)
+            self._arm_sweep(state, peer, expires)
+
+    def _arm_sweep(self, state: PeerState, peer: Hashable, when: float) -> None:
+        """One timer per peer with block-wise state, at its oldest entry's expiry: what a
+        peer abandons is freed even if it sends nothing more."""
+        if state.sweep is None:
+            state.sweep = self._timers.schedule(when, partial(self._sweep, state, peer))
+
+    def _sweep(self, state: PeerState, peer: Hashable, now: float) -> None:
+        state.sweep = None
+        if self._peers.get(peer) is not state:
+            return
+        self._purge_uploads(state, now)
+        kept = state.block2
+        while kept:
+            key = next(iter(kept))
+            if kept[key][0] > now:
+                break
+            del kept[key]
+        due = [upload.expires for upload in itertools.islice(state.uploads.values(), 1)]
+        due += [entry[0] for entry in itertools.islice(kept.values(), 1)]
+        if due:
+            self._arm_sweep(state, peer, min(due))
 
     def _send_due_acks(self, now: float) -> None:
         queue = self._ack_queue
         while queue and (queue[0].responded or queue[0]._ack_due <= now):
             exchange = queue.popleft()
-            if not exchange.responded:
+            if not exchange.responded and exchange.peer in self._peers:  # not removed since
                 self._send_empty_ack(exchange)
 
     def _send_empty_ack(self, exchange: Exchange) -> None:
@@ -613,7 +757,9 @@ class CoapEndpoint:
     def respond(self, exchange: Exchange, response: Message, now: float,
                 observe_key: Hashable | None = None) -> None:
         """Answer a request. With ``observe_key`` and a GET carrying Observe=0, a 2.xx
-        response registers the peer as an observer of that key (RFC 7641 §4.1)."""
+        response registers the peer as an observer of that key (RFC 7641 §4.1), unless the
+        peer has ``max_observers_per_peer`` already: then the response goes without Observe
+        and ``exchange.observe_key`` stays None."""
         if exchange.responded:
             raise CoapError("request already answered")
         exchange.responded = True
@@ -626,7 +772,8 @@ class CoapEndpoint:
         if exchange.block1 is not None:
             response.set(OptionNumber.BLOCK1, Block(exchange.block1.num, False,
                                                     exchange.block1.szx).encode())
-        if observe_key is not None and exchange.wants_observe and 64 <= response.code < 96:
+        if (observe_key is not None and exchange.wants_observe and 64 <= response.code < 96
+                and self._may_observe(state, peer, req.token)):
             old = state.observers.get(req.token)
             obs = _Observer(peer, req.token, observe_key, req)
             if old is not None:
@@ -676,13 +823,10 @@ class CoapEndpoint:
             response.payload = b"block number out of range"
             response.options = None
             return
-        key = (exchange.peer, _resource_key(req))
         if num == 0 and len(body) > size:
             full = _copy(response)
             full.remove(OptionNumber.OBSERVE)
-            self._block2_cache[key] = (now + _BLOCK_CACHE_LIFETIME, full)
-            if len(self._block2_cache) > 4096:
-                self._expire_block_caches(now)
+            self._keep_block2(state, exchange.peer, _resource_key(req), full, now)
         chunk = body[num * size:(num + 1) * size]
         more = (num + 1) * size < len(body)
         response.payload = chunk
@@ -690,13 +834,16 @@ class CoapEndpoint:
         if num == 0:
             response.set(OptionNumber.SIZE2, len(body))
 
-    def _expire_block_caches(self, now: float) -> None:
-        for k in [k for k, v in self._block2_cache.items() if v[0] < now]:
-            del self._block2_cache[k]
-        for k in [k for k, p in self._block1_partial.items() if p[0] < now]:
-            del self._block1_partial[k]
-
     # --- Observe, server side (RFC 7641 §4) --------------------------------------------
+    def _may_observe(self, state: PeerState, peer: Hashable, token: bytes) -> bool:
+        """Whether a registration is accepted: a re-registration always is (it replaces
+        the old one); a new one while the peer has fewer than max_observers_per_peer."""
+        if token in state.observers or len(state.observers) < self.config.max_observers_per_peer:
+            return True
+        log.info("observation declined peer=%r: %d observations already", peer,
+                 len(state.observers))
+        return False
+
     def observers(self, key: Hashable) -> list[Hashable]:
         """The peers observing ``key``."""
         return [obs.peer for obs in self._observers.get(key, {}).values()]

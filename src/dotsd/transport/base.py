@@ -73,6 +73,12 @@ class LinkBase:
     def closed(self) -> bool:
         return self._closed
 
+    def __repr__(self) -> str:
+        # How the layers above (which take a link as an opaque peer key) name it in logs.
+        host, port = self._info.address[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"<{type(self).__name__} {self._info.transport} {host}:{port}>"
+
 
 class Link(Protocol):
     """One path to a peer. ``send`` takes one datagram (UDP, DTLS) or stream bytes (TCP, TLS)."""
