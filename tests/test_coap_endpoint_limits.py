@@ -335,3 +335,20 @@ def test_one_peer_never_passes_the_limits(
             peak[name] = max(peak[name], size)
     for name, size in peak.items():
         target(float(size), label=name)  # steer the search to the limits
+
+
+def test_a_flood_of_refusals_is_not_a_flood_of_log_lines(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A peer sending thousands of refused registrations a second gets a bounded number of
+    log lines, then one line counting the rest."""
+    srv = Server(max_observers_per_peer=1)
+    srv.send("p", observe("/obs", b"\x00"), 0.0)
+    with caplog.at_level(logging.INFO, logger="dotsd.coap"):
+        for i in range(1, 2001):
+            resp = srv.send("p", observe("/obs", i.to_bytes(2, "big")), 0.5 + i * 1e-4)
+            assert resp.observe is None
+        srv.send("p", observe("/obs", b"\xff\xff\xff"), 2.0)  # the next second begins
+    declined = [r for r in caplog.records if "observation declined" in r.getMessage()]
+    counted = [r for r in caplog.records if "not logged count=" in r.getMessage()]
+    assert len(declined) == 10 + 1
+    assert len(counted) == 1 and counted[0].getMessage().endswith("count=1990")

@@ -45,6 +45,7 @@ from dotsd.coap.numbers import (
 )
 from dotsd.coap.params import TransmissionParameters
 from dotsd.coap.timers import TimerEntry, TimerHeap
+from dotsd.ratelog import RateLimitedLog
 
 log = logging.getLogger("dotsd.coap")
 
@@ -291,6 +292,8 @@ class CoapEndpoint:
         self._ack_queue: deque[Exchange] = deque()
         self._requests: dict[tuple[Hashable, bytes], ClientRequest] = {}
         self._observers: dict[Hashable, dict[tuple[Hashable, bytes], _Observer]] = {}
+        # Refusals under the per-peer limits: a flooding peer must not flood the log.
+        self._log_limit = RateLimitedLog(log, "refusals under per-peer limits")
 
     # ------------------------------------------------------------------ peers
     def add_peer(self, peer: Hashable, reliable: bool = False,
@@ -623,8 +626,8 @@ class CoapEndpoint:
             # More than its Size1 said (or it said none): hold more, if the peer has room.
             more = size - upload.reserved
             if state.upload_bytes + more > self.config.max_upload_bytes_per_peer:
-                log.info("block-wise upload stopped peer=%r: %d bytes held already",
-                         exchange.peer, state.upload_bytes)
+                self._log_limit(now, "block-wise upload stopped peer=%r: %d bytes held "
+                                "already", exchange.peer, state.upload_bytes)
                 return self._block1_failed(state, exchange, key, self._busy(
                     state, "too many bytes in block-wise uploads at once", now), now)
             state.upload_bytes += more
@@ -654,12 +657,12 @@ class CoapEndpoint:
         self._purge_uploads(state, now)
         config = self.config
         if len(state.uploads) >= config.max_uploads_per_peer:
-            log.info("block-wise upload refused peer=%r: %d uploads under way", peer,
-                     len(state.uploads))
+            self._log_limit(now, "block-wise upload refused peer=%r: %d uploads under way",
+                            peer, len(state.uploads))
             return "too many block-wise uploads at once"
         if state.upload_bytes + reserved > config.max_upload_bytes_per_peer:
-            log.info("block-wise upload refused peer=%r: %d bytes held, %d more announced",
-                     peer, state.upload_bytes, reserved)
+            self._log_limit(now, "block-wise upload refused peer=%r: %d bytes held, %d more "
+                            "announced", peer, state.upload_bytes, reserved)
             return "too many bytes in block-wise uploads at once"
         return None
 
@@ -773,7 +776,7 @@ class CoapEndpoint:
             response.set(OptionNumber.BLOCK1, Block(exchange.block1.num, False,
                                                     exchange.block1.szx).encode())
         if (observe_key is not None and exchange.wants_observe and 64 <= response.code < 96
-                and self._may_observe(state, peer, req.token)):
+                and self._may_observe(state, peer, req.token, now)):
             old = state.observers.get(req.token)
             obs = _Observer(peer, req.token, observe_key, req)
             if old is not None:
@@ -835,13 +838,14 @@ class CoapEndpoint:
             response.set(OptionNumber.SIZE2, len(body))
 
     # --- Observe, server side (RFC 7641 §4) --------------------------------------------
-    def _may_observe(self, state: PeerState, peer: Hashable, token: bytes) -> bool:
+    def _may_observe(self, state: PeerState, peer: Hashable, token: bytes,
+                     now: float) -> bool:
         """Whether a registration is accepted: a re-registration always is (it replaces
         the old one); a new one while the peer has fewer than max_observers_per_peer."""
         if token in state.observers or len(state.observers) < self.config.max_observers_per_peer:
             return True
-        log.info("observation declined peer=%r: %d observations already", peer,
-                 len(state.observers))
+        self._log_limit(now, "observation declined peer=%r: %d observations already", peer,
+                        len(state.observers))
         return False
 
     def observers(self, key: Hashable) -> list[Hashable]:

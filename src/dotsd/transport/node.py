@@ -41,6 +41,7 @@ from dotsd.coap.tcp import (
     MessageReceived,
     ReleaseReceived,
 )
+from dotsd.ratelog import RateLimitedLog
 from dotsd.transport.base import Link, loop_clock
 
 log = logging.getLogger("dotsd.coap")
@@ -107,9 +108,7 @@ class CoapNode:
         self._waiters: dict[ClientRequest, asyncio.Future[Message] | Observation] = {}
         self.links: set[Link] = set()
         self._tasks: set[asyncio.Future[None]] = set()
-        self._reject_window = 0.0
-        self._reject_logged = 0
-        self._reject_suppressed = 0
+        self._log_malformed = RateLimitedLog(log, "malformed datagrams", _REJECT_LOG_RATE)
         self.on_link_up: Callable[[Link], None] | None = None
         self.on_link_down: Callable[[Link, str | None], None] | None = None
         self.on_observer_removed: Callable[[Hashable, Hashable, str], None] | None = None
@@ -275,17 +274,9 @@ class CoapNode:
 
     def _log_rejected(self, ev: MessageRejected) -> None:
         """Log malformed datagrams, at most ``_REJECT_LOG_RATE`` lines a second."""
-        now = self.loop.time()
-        if now - self._reject_window >= 1.0:
-            if self._reject_suppressed:
-                log.info("malformed datagrams not logged count=%d", self._reject_suppressed)
-            self._reject_window, self._reject_logged, self._reject_suppressed = now, 0, 0
-        if self._reject_logged < _REJECT_LOG_RATE:
-            self._reject_logged += 1
-            link: Link = ev.peer  # type: ignore[assignment]
-            log.info("malformed datagram peer=%s reason=%r", link.info.address, ev.reason)
-        else:
-            self._reject_suppressed += 1
+        link: Link = ev.peer  # type: ignore[assignment]
+        self._log_malformed(self.loop.time(), "malformed datagram peer=%s reason=%r",
+                            link.info.address, ev.reason)
 
     @staticmethod
     def _flush_stream(link: Link, conn: CoapTcpConnection) -> None:
