@@ -353,9 +353,11 @@ async def test_each_client_in_its_own_domain(pki: PkiPaths, tmp_path: Path) -> N
         other = Cli(pki, server.port, tmp_path / "other")
         code, _, err = await other("mitigate", "--target-prefix", "2001:db8::7")
         assert code == 4 and "4.01" in err and "not authorized" in err
-        config.write_text(listed)  # unlisted clients: lab mode again
+        # Unlisted clients: lab mode again; the CoAP limits change only with a restart.
+        config.write_text(listed + "[limits]\nmax-observations = 10\n")
         server.proc.send_signal(signal.SIGHUP)
-        assert (await _event(server, "reload"))["reload"] == "ok"
+        reloaded = await _event(server, "reload")
+        assert reloaded["reload"] == "ok" and reloaded["restart"] == ["limits"]
         assert (await other.json("mitigate", "--target-prefix", "2001:db8::7"))["mid"] >= 1
         code, _, err = await other("mitigate", "--target-prefix", "10.20.0.8/32")
         assert code == 4 and "outside the DOTS client domain" in err

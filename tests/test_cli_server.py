@@ -239,3 +239,27 @@ async def test_lab_mode_is_announced_without_a_policy(pki: PkiPaths, tmp_path: P
     async with running(pki, tmp_path / "state") as server:
         assert server.events[0]["mode"] == "lab"
         assert "192.0.2.0/24" in server.events[0]["prefixes"]
+
+
+async def test_limits_section_reaches_the_coap_layer(pki: PkiPaths, tmp_path: Path) -> None:
+    """[limits] max-observations = 1: the server answers a second observation of the same
+    client without registering it (no Observe option, RFC 7641 §4.1)."""
+    from dotsd.coap.message import Message
+    from dotsd.signal.uri import mitigate_path
+
+    config = tmp_path / "server.toml"
+    config.write_text("[limits]\nmax-observations = 1\n")
+    async with running(pki, tmp_path / "state", "--config", str(config)) as server, \
+            client_of(pki, server.port) as client:
+        assert (await client.mitigate(SCOPE)).code == Code.CREATED
+        link = client.link
+        assert link is not None
+        first = client.node.observe(link, Message(code=Code.GET).set_path(
+            "/".join(mitigate_path(client.cuid))), timeout=10)
+        second = client.node.observe(link, Message(code=Code.GET).set_path(
+            "/".join(mitigate_path(client.cuid))), timeout=10)
+        one, two = await first.next(10), await second.next(10)
+        assert one.code == two.code == Code.CONTENT
+        assert one.observe is not None and two.observe is None
+        first.cancel()
+        second.cancel()

@@ -62,7 +62,17 @@ def test_example_file_loads_with_every_section() -> None:
     assert s.session_config.idle.default.heartbeat_interval == 60
     assert s.session_config.max_age == 3600
     assert s.mitigator.name == "log" and s.mitigator.options["feedback_delay"] == 1.0
+    assert s.endpoint.max_observers_per_peer == 64 and s.endpoint.max_body_size == 1 << 20
+    assert [c.name for c in s.clients] == ["acme"]
     assert from_mapping(s.to_dict()) == s  # the file's shape round-trips
+
+
+def test_limits_section(tmp_path: Path) -> None:
+    s = load(write(tmp_path, "[limits]\nmax-observations = 500\nmax-uploads = 0\n"))
+    assert s.endpoint.max_observers_per_peer == 500 and s.endpoint.max_uploads_per_peer == 0
+    assert s.endpoint.max_body_size == ServerSettings().endpoint.max_body_size
+    assert from_mapping(s.to_dict()) == s
+    assert "500 observations, 0 block-wise uploads" in "\n".join(describe(s))
 
 
 def test_redirect_section(tmp_path: Path) -> None:
@@ -193,6 +203,11 @@ ERRORS = [
      ["client[1].name", "a name no other [[client]] has"]),
     ('[[client]]\nname = "a"\ncn = "x"\n', ["'client[0].cn'", "known keys"]),
     ('[client]\nname = "a"\n', ["client", "an array of tables"]),
+    ("[limits]\nmax-observations = -1\n", ["limits.max-observations", "got -1", "from 0"]),
+    ("[limits]\nmax-observers = 5\n", ["'limits.max-observers'",
+                                        "did you mean 'max-observations'"]),
+    ("[limits]\nmax-upload-bytes = 1000\n", ["limits", "max-upload-bytes must be at least "
+                                                     "max-body-size"]),
     ('[policy]\nunlisted-clients = "deny"\n', ["policy.unlisted-clients", '"deny"',
                                                 '"allow" or "refuse"']),
     ('[policy]\nallowed-prefixes = ["10.0.0.0/8"\n', ["invalid TOML", "after line 2"]),
@@ -226,7 +241,8 @@ KEYS = ["server", "policy", "session-config", "mitigator", "bind", "port", "tran
         "pki", "state", "allowed-prefixes", "allowed-domains", "max-lifetime",
         "allow-indefinite", "max-mitigations-per-client", "retry-after", "max-age",
         "mitigating", "idle", "allow-heartbeat-disable", "min", "max", "default", "name",
-        "options", "client", "unlisted-clients", "cuid", "common-name",
+        "options", "client", "unlisted-clients", "cuid", "common-name", "limits",
+        "max-observations", "max-uploads", "max-body-size",
         *(a.value for a in Attribute)]
 SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats()
            | st.text(max_size=12) | st.sampled_from(["::1", "10.0.0.0/8", "dtls", "tls",
@@ -238,7 +254,8 @@ VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from([*KEYS[:4], "client"]) | st.text(max_size=6), VALUES,
+@given(st.dictionaries(st.sampled_from([*KEYS[:4], "client", "limits"]) | st.text(max_size=6),
+                      VALUES,
                       max_size=4))
 def test_random_documents_give_settings_or_the_loaders_error(data: dict[str, Any]) -> None:
     try:

@@ -34,6 +34,13 @@
     name = "log"
     options = { feedback_delay = 0.5 }   # the plugin's own keys, passed as they are
 
+    [limits]                 # per peer (RFC 7641 §4.1, RFC 7959 §2.3 and §7.1)
+    max-observations = 64
+    max-uploads = 4
+    max-upload-bytes = 2097152
+    max-body-size = 1048576
+    max-block2-bodies = 16
+
 Every key is checked: an unknown key, a value of the wrong type or outside its range, and a
 file that is not TOML are each a :class:`ConfigFileError` whose message names the file, the
 key, the value and what is expected (the TOML parser's message gives the line). Nothing else
@@ -60,6 +67,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from dotsd.coap.endpoint import EndpointConfig
 from dotsd.mitigate import registry
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigPolicy, ConfigSetKind
 from dotsd.signal.policy import (
@@ -96,7 +104,14 @@ INT32_MAX: Final = 2**31 - 1
 UINT16_MAX: Final = 0xFFFF
 DECIMAL_MAX: Final = Decimal(UINT16_MAX)
 
-_SECTIONS: Final = ("server", "policy", "client", "session-config", "mitigator", "redirect")
+_SECTIONS: Final = ("server", "policy", "client", "session-config", "mitigator", "redirect",
+                    "limits")
+# [limits] key -> EndpointConfig field (dotsd.coap.endpoint, where each rule is cited)
+_LIMIT_FIELDS: Final = {"max-observations": "max_observers_per_peer",
+                        "max-uploads": "max_uploads_per_peer",
+                        "max-upload-bytes": "max_upload_bytes_per_peer",
+                        "max-body-size": "max_body_size",
+                        "max-block2-bodies": "max_block2_bodies_per_peer"}
 _REDIRECT_KEYS: Final = ("alt-server", "alt-server-record", "ttl")
 _SERVER_KEYS: Final = ("bind", "port", "transports", "pki", "state")
 _DOMAIN_KEYS: Final = ("allowed-prefixes", "allowed-domains")
@@ -148,6 +163,7 @@ class ServerSettings:
     session_config: ConfigPolicy = field(default_factory=ConfigPolicy)
     mitigator: MitigatorSettings = field(default_factory=MitigatorSettings)
     redirect: Redirection | None = None
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     source: str | None = field(default=None, compare=False)
 
     @property
@@ -187,6 +203,8 @@ class ServerSettings:
         result["session-config"] = _session_dict(self.session_config)
         result["mitigator"] = {"name": self.mitigator.name,
                                "options": _plain(self.mitigator.options)}
+        result["limits"] = {key: getattr(self.endpoint, name)
+                            for key, name in _LIMIT_FIELDS.items()}
         if self.redirect is not None:
             result["redirect"] = {"alt-server": self.redirect.alt_server,
                                   "alt-server-record": list(self.redirect.records),
@@ -247,6 +265,9 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "<config>",
     if "redirect" in top:
         settings = settings.replace(redirect=reader.redirect(
             reader.table(top["redirect"], "redirect")))
+    if "limits" in top:
+        settings = settings.replace(endpoint=reader.limits_section(
+            reader.table(top["limits"], "limits")))
     return settings
 
 
@@ -552,6 +573,22 @@ class _Reader:
         except ValueError as exc:
             raise self.bad("redirect.alt-server", server, str(exc)) from None
 
+    # -- [limits] ------------------------------------------------------------------------------
+
+    def limits_section(self, table: Mapping[str, Any]) -> EndpointConfig:
+        """What one peer may hold in the CoAP layer (see :class:`EndpointConfig`)."""
+        keys = tuple(_LIMIT_FIELDS)
+        self.known(table, "limits", keys)
+        values = {_LIMIT_FIELDS[key]: self.integer(table[key], f"limits.{key}", 0, INT32_MAX)
+                  for key in keys if key in table}
+        try:
+            return EndpointConfig(**values)
+        except ValueError as exc:  # upload bytes below the body size
+            message = str(exc)
+            for key, name in _LIMIT_FIELDS.items():
+                message = message.replace(name, key)
+            raise self.fail("limits", message) from None
+
     # -- [mitigator] ---------------------------------------------------------------------------
 
     def mitigator(self, table: Mapping[str, Any]) -> MitigatorSettings:
@@ -679,6 +716,12 @@ def describe(settings: ServerSettings) -> list[str]:
                      + ("" if bounds.allow_heartbeat_disable else "; heartbeats always on"))
     lines.append("session-config max-age "
                  + ("(not sent)" if session.max_age is None else f"{session.max_age} s"))
+    endpoint = settings.endpoint
+    lines.append(f"limits per peer: {endpoint.max_observers_per_peer} observations, "
+                 f"{endpoint.max_uploads_per_peer} block-wise uploads holding at most "
+                 f"{endpoint.max_upload_bytes_per_peer} bytes (bodies up to "
+                 f"{endpoint.max_body_size}), {endpoint.max_block2_bodies_per_peer} "
+                 "kept response bodies")
     if settings.redirect is not None:
         lines.append(redirect_summary(settings.redirect))
     return lines

@@ -28,6 +28,8 @@ from typing import Any
 
 from dotsd import server_config
 from dotsd.cli import CommandError, Subparsers, emit
+from dotsd.coap.params import dots_defaults
+from dotsd.coap.site import Site
 from dotsd.mitigate import registry
 from dotsd.mitigate.base import FeedbackSink, Mitigator, MitigatorError
 from dotsd.mitigate.bridge import MitigatorBridge
@@ -42,6 +44,7 @@ from dotsd.server_config import (
 from dotsd.signal.server import SignalServer
 from dotsd.store.base import StoreError
 from dotsd.store.sqlite import SqliteStore
+from dotsd.transport.node import CoapNode
 
 log = logging.getLogger("dotsd.server")
 
@@ -185,7 +188,9 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
         bridge = MitigatorBridge(mitigator)
         bridge_holder.append(bridge)
         server = SignalServer(store=store, policy=settings.policy_set,
-                              config_policy=settings.session_config)
+                              config_policy=settings.session_config,
+                              node=CoapNode(Site(), config=settings.endpoint,
+                                            params=dots_defaults()))
         bridge.attach(server)
         await mitigator.start()
         resumed = bridge.resume(server.table)
@@ -265,8 +270,10 @@ def _reload(args: argparse.Namespace, current: ServerSettings, server: SignalSer
         return
     server.set_policy(new.policy_set, new.session_config)
     server.redirect(new.redirect)
-    restart = [name for name in ("bind", "port", "transports", "pki", "state", "mitigator")
+    restart = [name for name in ("bind", "port", "transports", "pki", "state", "mitigator",
+                                 "endpoint")
                if getattr(new, name) != getattr(current, name)]
+    restart = ["limits" if name == "endpoint" else name for name in restart]
     summary = server_config.policy_summary(new)
     if new.redirect is not None:
         summary += "; " + server_config.redirect_summary(new.redirect)
