@@ -60,7 +60,7 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -256,18 +256,16 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "<config>",
     if "client" in top:
         settings = settings.replace(clients=reader.clients(top["client"],
                                                            settings.effective_policy))
-    if "session-config" in top:
-        settings = settings.replace(session_config=reader.session_config(
-            reader.table(top["session-config"], "session-config")))
-    if "mitigator" in top:
-        settings = settings.replace(mitigator=reader.mitigator(
-            reader.table(top["mitigator"], "mitigator")))
-    if "redirect" in top:
-        settings = settings.replace(redirect=reader.redirect(
-            reader.table(top["redirect"], "redirect")))
-    if "limits" in top:
-        settings = settings.replace(endpoint=reader.limits_section(
-            reader.table(top["limits"], "limits")))
+    # Sections read by one method each, into one field of the settings.
+    simple: dict[str, tuple[str, Callable[[Mapping[str, Any]], object]]] = {
+        "session-config": ("session_config", reader.session_config),
+        "mitigator": ("mitigator", reader.mitigator),
+        "redirect": ("redirect", reader.redirect),
+        "limits": ("endpoint", reader.limits_section),
+    }
+    for section, (name, read) in simple.items():
+        if section in top:
+            settings = settings.replace(**{name: read(reader.table(top[section], section))})
     return settings
 
 
