@@ -146,3 +146,14 @@ def test_repeats_with_endpoint_in_fake_time() -> None:
         gaps = {round(b - a, 6) for a, b in itertools.pairwise(times)}
         assert gaps == {expected}
         assert len(times) == int(29.9 // expected) + 1
+
+
+def test_client_never_repeats_faster_than_its_floor() -> None:
+    """A fresh session knows only the RTT of a cheap exchange: the client's default policy
+    does not repeat a mitigation request faster than the server can answer it."""
+    from dotsd.signal.client import MIN_REPEAT_INTERVAL, SignalClient
+
+    client = SignalClient("cuid-x")
+    assert client.repeat.delay(0, rtt=0.0008) == MIN_REPEAT_INTERVAL
+    assert client.repeat.delay(3, rtt=0.6) == pytest.approx(0.6)  # one per RTT beyond it
+    assert client.repeat.delay(0, rtt=None) == 3.0  # no estimate: RFC 9132 §4.4

@@ -111,6 +111,12 @@ RedirectHook = Callable[[Redirection], tuple[bool, str]]
 """Asked whether to follow a redirection (RFC 9132 §4.6); answers (follow, reason)."""
 
 _RECONNECT_MAX: Final = 60.0  # seconds between two redial attempts at most
+MIN_REPEAT_INTERVAL: Final = 0.25
+"""Least time between two sends of one unanswered NON mitigation request. RFC 9132 §4.4 caps
+the rate at one datagram per RTT; the RTT a fresh session knows is that of a cheap exchange
+(well under a millisecond on a LAN), while the server needs longer to answer a mitigation
+request (validation, a durable commit): repeating at the bare RTT sent each request ten
+times over loopback and would multiply a busy server's load during an attack."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +361,8 @@ class SignalClient:
         self.timeout = timeout
         self.heartbeat_override = heartbeat
         self.estimator = estimator if estimator is not None else RttEstimator()
-        self.repeat = repeat if repeat is not None else MitigationRepeatPolicy(self.estimator)
+        self.repeat = repeat if repeat is not None else MitigationRepeatPolicy(
+            self.estimator, min_interval=MIN_REPEAT_INTERVAL)
         self.on_session_lost = on_session_lost
         self.on_redirect = on_redirect
         self.redirects = 0
