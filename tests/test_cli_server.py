@@ -263,3 +263,49 @@ async def test_limits_section_reaches_the_coap_layer(pki: PkiPaths, tmp_path: Pa
         assert one.observe is not None and two.observe is None
         first.cancel()
         second.cancel()
+
+
+async def test_psk_client_from_the_config(pki: PkiPaths, tmp_path: Path) -> None:
+    """A [[client]] with psk-identity and psk-key: a CPE with no certificate reaches the
+    server over DTLS with that PSK, gets its own domain and the cuid of its identity; a wrong
+    key gets no session; certificate clients are served as before."""
+    from dotsd.dtls.context import DtlsConfig, client_context
+    from dotsd.signal.identity import cuid_from_psk_identity
+    from dotsd.transport.dtls import dtls_connect
+
+    key = "5e" * 32
+    config = tmp_path / "server.toml"
+    config.write_text('[[client]]\nname = "cpe"\npsk-identity = "cpe-17"\n'
+                      f'psk-key = "{key}"\nallowed-prefixes = ["10.17.0.0/16"]\n')
+    async with running(pki, tmp_path / "state", "--config", str(config)) as server:
+        assert "DTLS PSK" not in json.dumps(server.events)  # printed only by --check
+        assert key not in json.dumps(server.events)
+
+        async def psk_client(secret: bytes) -> SignalClient:
+            client = SignalClient(cuid_from_psk_identity(b"cpe-17"), timeout=5.0)
+            ctx = client_context(DtlsConfig(psk_identity=b"cpe-17", psk_key=secret))
+
+            async def dial() -> Any:
+                return await dtls_connect(client.node, ("::1", server.port), ctx, timeout=3.0)
+
+            client.connect = dial
+            return client
+
+        cpe = await psk_client(bytes.fromhex(key))
+        try:
+            await cpe.start()
+            reply = await cpe.mitigate({"target-prefix": ["10.17.0.9/32"], "lifetime": 60})
+            assert reply.code == Code.CREATED
+            with pytest.raises(ClientError) as refused:
+                await cpe.mitigate({"target-prefix": ["2001:db8::1/128"], "lifetime": 60})
+            assert "outside the DOTS client domain" in str(refused.value)
+        finally:
+            await cpe.close()
+        intruder = await psk_client(b"\x00" * 32)
+        try:
+            with pytest.raises((OSError, TimeoutError, ClientError)):
+                await intruder.start()
+        finally:
+            await intruder.close()
+        async with client_of(pki, server.port) as client:  # certificates still work
+            assert (await client.mitigate(SCOPE)).code == Code.CREATED

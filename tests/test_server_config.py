@@ -67,6 +67,17 @@ def test_example_file_loads_with_every_section() -> None:
     assert from_mapping(s.to_dict()) == s  # the file's shape round-trips
 
 
+def test_psk_keys_are_read_but_never_shown(tmp_path: Path) -> None:
+    key = "a1" * 32
+    s = load(write(tmp_path, f'[[client]]\nname = "cpe"\npsk-identity = "cpe-17"\n'
+                             f'psk-key = "{key}"\nallowed-prefixes = ["10.17.0.0/16"]\n'))
+    assert s.psk_keys == ((b"cpe-17", bytes.fromhex(key)),)
+    shown = json.dumps(s.to_dict()) + "\n".join(describe(s)) + repr(s)
+    assert key not in shown and "DTLS PSK" in shown
+    again = from_mapping(s.to_dict())
+    assert again == s and again.psk_keys == ()  # the file keeps the key, not its summary
+
+
 def test_limits_section(tmp_path: Path) -> None:
     s = load(write(tmp_path, "[limits]\nmax-observations = 500\nmax-uploads = 0\n"))
     assert s.endpoint.max_observers_per_peer == 500 and s.endpoint.max_uploads_per_peer == 0
@@ -203,6 +214,10 @@ ERRORS = [
      ["client[1].name", "a name no other [[client]] has"]),
     ('[[client]]\nname = "a"\ncn = "x"\n', ["'client[0].cn'", "known keys"]),
     ('[client]\nname = "a"\n', ["client", "an array of tables"]),
+    ('[[client]]\nname = "a"\ncuid = "x"\npsk-key = "00"\nallowed-prefixes = ["10.0.0.0/8"]\n',
+     ["client[0].psk-key", "only with psk-identity"]),
+    ('[[client]]\nname = "a"\npsk-identity = "x"\npsk-key = "abcd"\n'
+     'allowed-prefixes = ["10.0.0.0/8"]\n', ["client[0].psk-key", "(hidden)", "16 bytes"]),
     ("[limits]\nmax-observations = -1\n", ["limits.max-observations", "got -1", "from 0"]),
     ("[limits]\nmax-observers = 5\n", ["'limits.max-observers'",
                                         "did you mean 'max-observations'"]),

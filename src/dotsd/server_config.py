@@ -118,7 +118,8 @@ _DOMAIN_KEYS: Final = ("allowed-prefixes", "allowed-domains")
 _LIMIT_KEYS: Final = ("max-lifetime", "allow-indefinite", "max-mitigations-per-client",
                       "retry-after")
 _POLICY_KEYS: Final = (*_DOMAIN_KEYS, *_LIMIT_KEYS, "unlisted-clients")
-_CLIENT_KEYS: Final = ("name", *MATCH_KINDS, *_DOMAIN_KEYS, *_LIMIT_KEYS)
+_CLIENT_KEYS: Final = ("name", *MATCH_KINDS, "psk-key", *_DOMAIN_KEYS, *_LIMIT_KEYS)
+PSK_MIN_BYTES: Final = 16  # 128 bits; RFC 9132 §8 leaves PSK strength to RFC 7925 §4.2
 _UNLISTED: Final = ("allow", "refuse")
 _SESSION_KEYS: Final = ("max-age", *(k.value.removesuffix("-config") for k in ConfigSetKind))
 _SET_KEYS: Final = (*(a.value for a in Attribute), "allow-heartbeat-disable")
@@ -164,6 +165,9 @@ class ServerSettings:
     mitigator: MitigatorSettings = field(default_factory=MitigatorSettings)
     redirect: Redirection | None = None
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    # (PSK identity, key) of [[client]] entries with a psk-key: DTLS accepts them. Secret:
+    # never written out by to_dict / describe.
+    psk_keys: tuple[tuple[bytes, bytes], ...] = field(default=(), compare=False, repr=False)
     source: str | None = field(default=None, compare=False)
 
     @property
@@ -255,7 +259,8 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "<config>",
                                     refuse_unlisted=reader.unlisted(table))
     if "client" in top:
         settings = settings.replace(clients=reader.clients(top["client"],
-                                                           settings.effective_policy))
+                                                           settings.effective_policy),
+                                    psk_keys=tuple(reader.psk_keys))
     # Sections read by one method each, into one field of the settings.
     simple: dict[str, tuple[str, Callable[[Mapping[str, Any]], object]]] = {
         "session-config": ("session_config", reader.session_config),
@@ -295,6 +300,7 @@ class _Reader:
     def __init__(self, source: str, base: Path | None) -> None:
         self.source = source
         self.base = base
+        self.psk_keys: list[tuple[bytes, bytes]] = []  # from [[client]] psk-key
 
     def fail(self, key: str | None, problem: str) -> ConfigFileError:
         return ConfigFileError(self.source, key or None, problem)
@@ -445,6 +451,18 @@ class _Reader:
 
     # -- [[client]] ----------------------------------------------------------------------------
 
+    def psk_key(self, value: object, key: str) -> bytes:
+        form = f"at least {PSK_MIN_BYTES} bytes in hexadecimal (e.g. from `openssl rand -hex 32`)"
+        if not isinstance(value, str):
+            raise self.bad(key, "(hidden)", form)
+        try:
+            secret = bytes.fromhex(value)
+        except ValueError:
+            raise self.bad(key, "(hidden)", form) from None
+        if len(secret) < PSK_MIN_BYTES:
+            raise self.bad(key, "(hidden)", form)
+        return secret
+
     def clients(self, value: object, base: Policy) -> tuple[ClientPolicy, ...]:
         """One domain per client (RFC 9132 §10), limits not given inherited from ``base``."""
         if not isinstance(value, list):
@@ -473,6 +491,12 @@ class _Reader:
                 raise self.bad(f"{where}.{kind}", text, str(exc)) from None
             if match.key in matches:
                 raise self.fail(f"{where}.{kind}", f"another [[client]] already has {match}")
+            if "psk-key" in table:
+                if kind != "psk-identity":
+                    raise self.fail(f"{where}.psk-key", "only with psk-identity (the key of "
+                                                        "that identity)")
+                self.psk_keys.append((text.encode("utf-8"),
+                                      self.psk_key(table["psk-key"], f"{where}.psk-key")))
             prefixes, domains = self.domain(table, where)
             if not prefixes and not domains:
                 raise self.fail(where, "admits no target: give allowed-prefixes and/or "
@@ -682,7 +706,11 @@ def policy_summary(settings: ServerSettings) -> str:
 
 def client_summaries(settings: ServerSettings, limit: int = 20) -> list[str]:
     """One line per listed client (the first ``limit``)."""
-    lines = [f"client {c.name} ({c.match}): {_domain_text(c.policy)}"
+    with_key = {identity.decode("utf-8") for identity, _ in settings.psk_keys}
+    lines = [f"client {c.name} ({c.match}"
+             + (", DTLS PSK" if c.match.kind == "psk-identity" and c.match.value in with_key
+                else "")
+             + f"): {_domain_text(c.policy)}"
              for c in settings.clients[:limit]]
     if len(settings.clients) > limit:
         lines.append(f"... and {len(settings.clients) - limit} more client(s)")

@@ -180,6 +180,7 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
     except StoreError as exc:
         raise CommandError(f"state {settings.state}: {exc}") from exc
     listeners: list[Any] = []
+    psk: dict[bytes, bytes] = {}  # PSK identity -> key, of the [[client]] entries
     server: SignalServer | None = None
     bridge: MitigatorBridge | None = None
     try:
@@ -199,8 +200,11 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
             # RFC 9132 §4.3: DTLS and TLS on the same port; with port 0 the first listener
             # picks it and the second follows.
             if "dtls" in settings.transports:
-                dtls = await serve_dtls(server.node, settings.bind, port,
-                                        dtls_server_context(DtlsConfig.from_pki(pki)))
+                # [[client]] PSKs (DTLS only: Python's ssl has no TLS PSK before 3.13); the
+                # dict is refilled by SIGHUP, so keys change without a restart.
+                psk.update(settings.psk_keys)
+                dtls = await serve_dtls(server.node, settings.bind, port, dtls_server_context(
+                    DtlsConfig.from_pki(pki, psk_lookup=psk.get if psk else None)))
                 listeners.append(dtls)
                 port = dtls.port
             if "tls" in settings.transports:
@@ -238,7 +242,7 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(args, settings, server))
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(args, settings, server, psk))
         await stop.wait()
         _say(args, "stopping", reason="signal")
     finally:
@@ -255,8 +259,8 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
         store.close()
 
 
-def _reload(args: argparse.Namespace, current: ServerSettings, server: SignalServer | None
-            ) -> None:
+def _reload(args: argparse.Namespace, current: ServerSettings, server: SignalServer | None,
+            psk: dict[bytes, bytes]) -> None:
     """SIGHUP: read the configuration again and apply what can change while serving — the
     policy, the session configuration bounds (for new sessions) and the redirection (RFC 9132
     §4.6); the rest needs a restart. A bad file changes nothing."""
@@ -269,11 +273,15 @@ def _reload(args: argparse.Namespace, current: ServerSettings, server: SignalSer
         _say(args, f"reload failed, configuration unchanged: {exc}", reload="failed")
         return
     server.set_policy(new.policy_set, new.session_config)
+    psk.clear()
+    psk.update(new.psk_keys)
     server.redirect(new.redirect)
     restart = [name for name in ("bind", "port", "transports", "pki", "state", "mitigator",
                                  "endpoint")
                if getattr(new, name) != getattr(current, name)]
     restart = ["limits" if name == "endpoint" else name for name in restart]
+    if new.psk_keys and not current.psk_keys:
+        restart.append("psk (DTLS PSK is enabled at start when a [[client]] has a psk-key)")
     summary = server_config.policy_summary(new)
     if new.redirect is not None:
         summary += "; " + server_config.redirect_summary(new.redirect)
