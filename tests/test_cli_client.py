@@ -361,3 +361,38 @@ async def test_each_client_in_its_own_domain(pki: PkiPaths, tmp_path: Path) -> N
         assert (await other.json("mitigate", "--target-prefix", "2001:db8::7"))["mid"] >= 1
         code, _, err = await other("mitigate", "--target-prefix", "10.20.0.8/32")
         assert code == 4 and "outside the DOTS client domain" in err
+
+
+async def test_psk_client_commands(pki: PkiPaths, tmp_path: Path) -> None:
+    """`dotsd client --psk-identity ID --psk-key-file FILE`: a CPE without a certificate asks
+    and withdraws mitigation over DTLS; the usage errors are exit 2, a wrong key exit 3."""
+    key = "c0ffee" * 8
+    config = tmp_path / "server.toml"
+    config.write_text('[[client]]\nname = "cpe"\npsk-identity = "cpe-17"\n'
+                      f'psk-key = "{key}"\nallowed-prefixes = ["10.17.0.0/16"]\n')
+    key_file = tmp_path / "cpe.key"
+    key_file.write_text(key + "\n")
+    async with running(pki, tmp_path / "server", "--config", str(config)) as server:
+        base = ["client", "--server", f"[::1]:{server.port}", "--state",
+                str(tmp_path / "cpe"), "--timeout", "3"]
+
+        async def cli(*argv: str) -> tuple[int, str, str]:
+            return await asyncio.to_thread(_cli_sync, [*base, *argv])
+
+        psk = ["--psk-identity", "cpe-17", "--psk-key-file", str(key_file)]
+        code, out, err = await cli(*psk, "mitigate", "--target-prefix", "10.17.0.9",
+                                   "--json")
+        assert code == 0, err
+        made = json.loads(out)
+        assert made["server"].endswith(f"over dtls://[::1]:{server.port}")
+        code, out, err = await cli(*psk, "withdraw", "--mid", str(made["mid"]))
+        assert code == 0, err
+        code, _, err = await cli(*psk, "--transport", "tls", "status")
+        assert code == 2 and "DTLS only" in err
+        code, _, err = await cli("--psk-identity", "cpe-17", "status")
+        assert code == 2 and "--psk-key-file" in err
+        code, _, err = await cli("status")
+        assert code == 2 and "--pki" in err
+        key_file.write_text("ab" * 32)
+        code, _, err = await cli(*psk, "status")
+        assert code == 3, err

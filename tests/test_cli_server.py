@@ -270,7 +270,6 @@ async def test_psk_client_from_the_config(pki: PkiPaths, tmp_path: Path) -> None
     server over DTLS with that PSK, gets its own domain and the cuid of its identity; a wrong
     key gets no session; certificate clients are served as before."""
     from dotsd.dtls.context import DtlsConfig, client_context
-    from dotsd.signal.identity import cuid_from_psk_identity
     from dotsd.transport.dtls import dtls_connect
 
     key = "5e" * 32
@@ -282,7 +281,7 @@ async def test_psk_client_from_the_config(pki: PkiPaths, tmp_path: Path) -> None
         assert key not in json.dumps(server.events)
 
         async def psk_client(secret: bytes) -> SignalClient:
-            client = SignalClient(cuid_from_psk_identity(b"cpe-17"), timeout=5.0)
+            client = SignalClient.for_psk(b"cpe-17", timeout=5.0)
             ctx = client_context(DtlsConfig(psk_identity=b"cpe-17", psk_key=secret))
 
             async def dial() -> Any:

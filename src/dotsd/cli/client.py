@@ -37,9 +37,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from dotsd.cli import CommandError, Subparsers
+from dotsd.cli import EXIT_USAGE, CommandError, Subparsers
 from dotsd.coap.numbers import Code, code_dotted, code_str
 from dotsd.model.errors import ModelError
 from dotsd.pki import load_certificate
@@ -47,6 +47,9 @@ from dotsd.signal.client import ClientError, Redirected, Reply, SignalClient
 from dotsd.signal.config import Attribute, ConfigSetKind, ServerConfig
 from dotsd.signal.dial import DialError, ServerDialer
 from dotsd.signal.mids import MidFile, MidStateError
+
+if TYPE_CHECKING:
+    from dotsd.dtls.context import DtlsContext
 
 DEFAULT_PORT: Final = 4646  # RFC 9132 §4.3 / registries.md
 EXIT_UNREACHABLE: Final = 3
@@ -76,8 +79,13 @@ def register(subparsers: Subparsers) -> None:
         description="DOTS signal-channel client (RFC 9132): ask a DOTS server for mitigation, "
                     "follow it, withdraw it, tune the session; `run` keeps a session up.",
         epilog=EPILOG)
-    parser.add_argument("--pki", required=True, metavar="DIR",
+    parser.add_argument("--pki", metavar="DIR",
                         help="PKI directory with ca.pem and the client certificate")
+    parser.add_argument("--psk-identity", metavar="ID",
+                        help="authenticate with a pre-shared key instead of a certificate "
+                             "(DTLS only; the server lists it in a [[client]] psk-identity)")
+    parser.add_argument("--psk-key-file", metavar="FILE", type=Path,
+                        help="file holding the PSK in hexadecimal (with --psk-identity)")
     parser.add_argument("--cert", default="client", metavar="NAME",
                         help="client certificate NAME.pem / NAME.key in --pki (default client)")
     parser.add_argument("--server", required=True, metavar="HOST[:PORT]",
@@ -337,6 +345,34 @@ class Session:
         return f"{self.dialer.server_name} over {self.dialer.current}"
 
 
+def _psk_context(args: argparse.Namespace) -> DtlsContext:
+    """DTLS with a pre-shared key (RFC 9132 §8 allows PSK; the 'cuid' is then derived from
+    the PSK identity, §4.4.1.1). The key comes from a file, never from the command line."""
+    from dotsd.dtls.context import DtlsConfig, DtlsConfigError
+    from dotsd.dtls.context import client_context as dtls_client_context
+
+    if args.transport == "tls":
+        raise CommandError("--psk-identity works over DTLS only (--transport dtls or auto)",
+                           exit_code=EXIT_USAGE)
+    if args.psk_key_file is None:
+        raise CommandError("--psk-identity needs --psk-key-file", exit_code=EXIT_USAGE)
+    try:
+        text = args.psk_key_file.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{args.psk_key_file}: cannot read the PSK: {exc}") from None
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise CommandError(f"{args.psk_key_file}: the PSK must be hexadecimal") from None
+    if not secret:
+        raise CommandError(f"{args.psk_key_file}: empty PSK")
+    try:
+        return dtls_client_context(DtlsConfig(psk_identity=args.psk_identity.encode("utf-8"),
+                                              psk_key=secret))
+    except DtlsConfigError as exc:
+        raise CommandError(f"--psk-identity: {exc}", exit_code=EXIT_USAGE) from None
+
+
 @contextlib.asynccontextmanager
 async def open_session(args: argparse.Namespace, *, heartbeats: bool) -> AsyncIterator[Session]:
     from dotsd.dtls.context import DtlsConfig, DtlsConfigError
@@ -344,22 +380,32 @@ async def open_session(args: argparse.Namespace, *, heartbeats: bool) -> AsyncIt
     from dotsd.tls.context import client_context as tls_client_context
 
     host, port = _split_server(args.server)
-    pki = Path(args.pki)
-    cert, key, ca = pki / f"{args.cert}.pem", pki / f"{args.cert}.key", pki / "ca.pem"
-    for path in (ca, cert, key):
-        if not path.is_file():
-            raise CommandError(f"{path}: missing (create a PKI with: dotsd pki init {pki})")
-    try:
-        certificate = load_certificate(cert)
-        dtls = (dtls_client_context(DtlsConfig(cert=cert, key=key, ca=ca))
-                if args.transport in ("auto", "dtls") else None)
-        tls = (tls_client_context(cert, key, ca) if args.transport in ("auto", "tls")
-               else None)
-    except (DtlsConfigError, ValueError, OSError) as exc:
-        raise CommandError(f"{pki}: cannot load the client credentials {args.cert!r}: "
-                           f"{exc}") from None
-    client = SignalClient.for_certificate(
-        certificate, timeout=args.timeout, heartbeat=None if heartbeats else (0.0, 15))
+    if args.pki is None and args.psk_identity is None:
+        raise CommandError("give --pki DIR (a certificate) or --psk-identity ID with "
+                           "--psk-key-file FILE", exit_code=EXIT_USAGE)
+    heartbeat = None if heartbeats else (0.0, 15)
+    dtls: DtlsContext | None
+    if args.psk_identity is not None:
+        dtls, tls = _psk_context(args), None
+        client = SignalClient.for_psk(args.psk_identity.encode("utf-8"),
+                                      timeout=args.timeout, heartbeat=heartbeat)
+    else:
+        pki = Path(args.pki)
+        cert, key, ca = pki / f"{args.cert}.pem", pki / f"{args.cert}.key", pki / "ca.pem"
+        for path in (ca, cert, key):
+            if not path.is_file():
+                raise CommandError(f"{path}: missing (create a PKI with: dotsd pki init {pki})")
+        try:
+            certificate = load_certificate(cert)
+            dtls = (dtls_client_context(DtlsConfig(cert=cert, key=key, ca=ca))
+                    if args.transport in ("auto", "dtls") else None)
+            tls = (tls_client_context(cert, key, ca) if args.transport in ("auto", "tls")
+                   else None)
+        except (DtlsConfigError, ValueError, OSError) as exc:
+            raise CommandError(f"{pki}: cannot load the client credentials {args.cert!r}: "
+                               f"{exc}") from None
+        client = SignalClient.for_certificate(certificate, timeout=args.timeout,
+                                              heartbeat=heartbeat)
     dialer = ServerDialer(client.node, host, port, dtls=dtls, tls=tls,
                           addresses=args.address, timeout=args.timeout,
                           attack=lambda: client.mitigating)
