@@ -120,6 +120,7 @@ CLIENTS = """
 allowed-prefixes = ["203.0.113.0/24"]
 max-lifetime = 7200
 max-mitigations-per-client = 10
+max-requests-per-second = 20
 
 [[client]]
 name = "acme"
@@ -143,6 +144,7 @@ def test_client_sections_give_each_client_its_domain(tmp_path: Path) -> None:
     # Limits not given come from [policy]; the domain never does.
     assert acme.policy.max_lifetime == 600 and acme.policy.max_mitigations_per_client == 10
     assert cpe.policy.max_lifetime == 7200 and cpe.policy.allowed_prefixes == ()
+    assert cpe.policy.max_requests_per_second == 20.0  # inherited from [policy]
     assert s.policy_set.default is s.policy and not s.refuse_unlisted
     assert from_mapping(s.to_dict()) == s
     summary = "\n".join(describe(s))
@@ -218,6 +220,10 @@ ERRORS = [
      ["client[0].psk-key", "only with psk-identity"]),
     ('[[client]]\nname = "a"\npsk-identity = "x"\npsk-key = "abcd"\n'
      'allowed-prefixes = ["10.0.0.0/8"]\n', ["client[0].psk-key", "(hidden)", "16 bytes"]),
+    ('[policy]\nallowed-prefixes = ["10.0.0.0/8"]\nmax-requests-per-second = 0\n',
+     ["policy.max-requests-per-second", "got 0", "above 0"]),
+    ('[policy]\nallowed-prefixes = ["10.0.0.0/8"]\nmax-requests-per-second = "fast"\n',
+     ["policy.max-requests-per-second", '"fast"']),
     ("[limits]\nmax-observations = -1\n", ["limits.max-observations", "got -1", "from 0"]),
     ("[limits]\nmax-observers = 5\n", ["'limits.max-observers'",
                                         "did you mean 'max-observations'"]),

@@ -632,3 +632,21 @@ async def test_many_sessions_each_lost_on_its_own_time(pki: PkiPaths) -> None:
         "psk:" + b"cpe-0".hex()]
     deadline = server.next_deadline()
     assert deadline is not None and deadline > T0 + limit + 25
+
+
+async def test_a_client_over_its_request_rate_gets_503(pki: PkiPaths) -> None:
+    """RFC 9132 §4.4.1.3: a client asking faster than its policy allows is answered 5.03 with
+    the seconds to wait as Max-Age; the others, and the same client later, are served."""
+    env = make_env(pki, policy=Policy(max_requests_per_second=1.0))  # bursts of 2
+    assert (await env.get()).code == Code.NOT_FOUND
+    assert (await env.put(1)).code == Code.CREATED
+    refused = await env.put(2)
+    assert refused.code == Code.SERVICE_UNAVAILABLE and refused.max_age == 1
+    assert b"too many requests" in refused.payload
+    assert env.server.table.lookup(env.cuid, 2) is None  # nothing done
+    other = CoapNode()
+    lo, _ = cert_links(other, env.server.node, pki.directory / "other.pem")
+    own = mitigate_path(cuid_of(pki.directory / "other.pem"))
+    assert (await env.ask(request(Code.GET, own), lo, other)).code == Code.NOT_FOUND
+    env.clock.now += 1.0
+    assert (await env.put(2)).code == Code.CREATED

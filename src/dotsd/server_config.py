@@ -116,7 +116,8 @@ _REDIRECT_KEYS: Final = ("alt-server", "alt-server-record", "ttl")
 _SERVER_KEYS: Final = ("bind", "port", "transports", "pki", "state")
 _DOMAIN_KEYS: Final = ("allowed-prefixes", "allowed-domains")
 _LIMIT_KEYS: Final = ("max-lifetime", "allow-indefinite", "max-mitigations-per-client",
-                      "retry-after")
+                      "retry-after", "max-requests-per-second")
+MAX_RATE: Final = 1_000_000.0
 _POLICY_KEYS: Final = (*_DOMAIN_KEYS, *_LIMIT_KEYS, "unlisted-clients")
 _CLIENT_KEYS: Final = ("name", *MATCH_KINDS, "psk-key", *_DOMAIN_KEYS, *_LIMIT_KEYS)
 PSK_MIN_BYTES: Final = 16  # 128 bits; RFC 9132 §8 leaves PSK strength to RFC 7925 §4.2
@@ -432,7 +433,8 @@ class _Reader:
                                    "allow_indefinite": base.allow_indefinite,
                                    "max_mitigations_per_client":
                                        base.max_mitigations_per_client,
-                                   "retry_after": base.retry_after}
+                                   "retry_after": base.retry_after,
+                                   "max_requests_per_second": base.max_requests_per_second}
         if "max-lifetime" in table:  # 'lifetime' is int32 seconds (RFC 9132 §5.3)
             changes["max_lifetime"] = self.integer(table["max-lifetime"],
                                                    f"{where}.max-lifetime", 1, INT32_MAX,
@@ -444,6 +446,14 @@ class _Reader:
             changes["max_mitigations_per_client"] = self.integer(
                 table["max-mitigations-per-client"], f"{where}.max-mitigations-per-client",
                 1, INT32_MAX)
+        if "max-requests-per-second" in table:  # RFC 9132 §4.4.1.3 "rate-limit a client"
+            key = f"{where}.max-requests-per-second"
+            rate = table["max-requests-per-second"]
+            form = f"a number of requests a second above 0, at most {MAX_RATE:g}"
+            if (isinstance(rate, bool) or not isinstance(rate, int | float)
+                    or not 0 < rate <= MAX_RATE):  # also refuses nan
+                raise self.bad(key, rate, form)
+            changes["max_requests_per_second"] = float(rate)
         if "retry-after" in table:  # sent as Max-Age, a uint32 (RFC 7252 §5.10.5)
             changes["retry_after"] = self.integer(table["retry-after"], f"{where}.retry-after",
                                                   0, UINT32_MAX, " (seconds)")
@@ -643,6 +653,8 @@ def _policy_dict(policy: Policy) -> dict[str, Any]:
     }
     if policy.max_mitigations_per_client is not None:
         result["max-mitigations-per-client"] = policy.max_mitigations_per_client
+    if policy.max_requests_per_second is not None:
+        result["max-requests-per-second"] = policy.max_requests_per_second
     return result
 
 
@@ -686,6 +698,9 @@ def _domain_text(policy: Policy) -> str:
     if policy.max_mitigations_per_client is not None:
         limits.append(f"at most {policy.max_mitigations_per_client} mitigations per client "
                       f"(retry after {policy.retry_after} s)")
+    if policy.max_requests_per_second is not None:
+        limits.append(f"at most {policy.max_requests_per_second:g} requests a second per "
+                      "client")
     return (f"mitigation for prefixes {_listing(policy.allowed_prefixes)}; "
             f"domains {_listing(policy.allowed_domains)}; {', '.join(limits)}")
 

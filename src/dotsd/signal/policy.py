@@ -27,6 +27,7 @@ authorized to access the DOTS server").
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, get_args
@@ -98,6 +99,8 @@ class Policy:
     ``max_mitigations_per_client``: more new requests of one client are refused with 5.03
     (RFC 9132 §4.4.1.3 "MAY reject mitigation requests when it is near capacity or needs to
     rate-limit a particular client"), with Max-Age ``retry_after``.
+    ``max_requests_per_second``: a client sending signal requests faster (on average, bursts
+    of twice as many allowed) gets 5.03 with the seconds to wait (:mod:`dotsd.signal.ratelimit`).
     """
 
     allowed_prefixes: tuple[IPNetwork, ...] = DOCUMENTATION_PREFIXES
@@ -106,11 +109,15 @@ class Policy:
     allow_indefinite: bool = False
     max_mitigations_per_client: int | None = None
     retry_after: int = 60
+    max_requests_per_second: float | None = None
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
         if self.max_lifetime < 1:
             raise ValueError("max_lifetime must be at least 1 second")
+        rate = self.max_requests_per_second
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            raise ValueError("max_requests_per_second must be a positive number")
 
     def grant_lifetime(self, requested: int) -> int:
         """The lifetime granted for a requested one (which is -1 or >= 1)."""

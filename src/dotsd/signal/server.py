@@ -101,6 +101,7 @@ from dotsd.signal.mitigation import (
     conflict_body,
 )
 from dotsd.signal.policy import LAB, Policy, PolicySet
+from dotsd.signal.ratelimit import RateLimiter
 from dotsd.signal.redirect import Redirection, redirect_body
 from dotsd.signal.uri import MITIGATE_PATH, parse_mitigate_uri
 from dotsd.store import base as store_base
@@ -295,6 +296,7 @@ class SignalServer:
         # (due, identity) of the sessions' heartbeat timers, a heap with stale entries skipped:
         # no request costs O(sessions) (an ISP's server holds thousands).
         self._timers: list[tuple[float, str]] = []
+        self._rates = RateLimiter()  # per client identity (policy max_requests_per_second)
         self.table = self._load_table()
         self._awaiting = self._awaiting_clients()
         self._task: asyncio.Task[None] | None = None
@@ -436,8 +438,13 @@ class SignalServer:
         if ident is None:
             raise Unauthorized("the DOTS signal channel requires an authenticated (D)TLS "
                                "session", rule="RFC 9132 §8")
-        if self.policies.default is None:
-            self.client_policy(ident, req)
+        policy = self.client_policy(ident, req)
+        wait = self._rates.check(ident.identity, policy.max_requests_per_second, self.clock())
+        if wait is not None:
+            raise ServiceUnavailable(
+                f"too many requests from this DOTS client (at most "
+                f"{policy.max_requests_per_second:g} a second); retry in {wait} s",
+                max_age=wait, rule="RFC 9132 §4.4.1.3, §9")
         return ident
 
     def client_policy(self, ident: ClientIdentity, req: IncomingRequest) -> Policy:
@@ -593,6 +600,8 @@ class SignalServer:
         changes = self.table.expire(now)
         self._commit(changes, now)
         done = list(changes)
+        if len(self._rates) > len(self.sessions) + 1024:
+            self._rates.forget_idle(now)
         for cuid, deadline in list(self._awaiting.items()):
             if cuid in self._by_cuid:
                 del self._awaiting[cuid]  # it came back: its own session watches it now
