@@ -136,7 +136,7 @@ async def _measure(mitigations: int, sessions: int, requests: int) -> Row:
         cuid = cuid_from_psk_identity(b"client-0")
         gc.collect()
 
-        def timed(make: Callable[[int], bytes], expect: Code, offset: int) -> float:
+        def timed(make: Callable[[int], bytes], expect: Code) -> float:
             times: list[float] = []
             for k in range(requests):
                 data = make(k)
@@ -154,10 +154,10 @@ async def _measure(mitigations: int, sessions: int, requests: int) -> Row:
 
         base = mitigations + 1000
         put_us = timed(lambda k: _put(mitigate_path(cuid, 10 + k), _mitigation_body(base + k),
-                                      20_000 + k), Code.CREATED, 0)
+                                      20_000 + k), Code.CREATED)
         hb_us = timed(lambda k: _put(HEARTBEAT_PATH, build_heartbeat_body(True), 40_000 + k),
-                      Code.CHANGED, 0)
-        get_us = timed(lambda k: _get(mitigate_path(cuid, 10), 50_000 + k), Code.CONTENT, 0)
+                      Code.CHANGED)
+        get_us = timed(lambda k: _get(mitigate_path(cuid, 10), 50_000 + k), Code.CONTENT)
         if server.store is not None:
             server.store.close()
         return Row(mitigations, sessions, load_ms, put_us, hb_us, get_us,

@@ -1010,7 +1010,7 @@ class MitigationTable:
     def _check_cuid(self, cuid: str, identity: str | None) -> None:
         if identity is None:
             return
-        for m in self.of_client(cuid):
+        for m in self._by_client.get(cuid, {}).values():
             if m.owner is not None and m.owner != identity:
                 # RFC 9132 §4.4.1.1 / §4.4.1.3 cause 3, Figure 11: no conflict-status,
                 # conflict-scope or retry-timer.
@@ -1164,7 +1164,8 @@ class MitigationTable:
                     )
 
         limit = policy.max_mitigations_per_client
-        if limit is not None and previous is None and len(self.of_client(cuid)) >= limit:
+        if (limit is not None and previous is None
+                and len(self._by_client.get(cuid, ())) >= limit):
             # RFC 9132 §4.4.1.3: "A DOTS server MAY reject mitigation requests when it is
             # near capacity or needs to rate-limit a particular client"; §9: 5.03 when
             # "unable to handle the request".

@@ -434,6 +434,10 @@ class SignalServer:
     def authenticate(self, req: IncomingRequest) -> ClientIdentity:
         """RFC 9132 §8: the DOTS client is authenticated by the (D)TLS layer; else 4.01. A
         client the operator's policy does not admit is 4.01 too (RFC 9132 §9)."""
+        return self.authorize(req)[0]
+
+    def authorize(self, req: IncomingRequest) -> tuple[ClientIdentity, Policy]:
+        """:meth:`authenticate`, with the client's policy (its domain and limits, §10)."""
         ident = client_identity(req.peer)
         if ident is None:
             raise Unauthorized("the DOTS signal channel requires an authenticated (D)TLS "
@@ -445,7 +449,7 @@ class SignalServer:
                 f"too many requests from this DOTS client (at most "
                 f"{policy.max_requests_per_second:g} a second); retry in {wait} s",
                 max_age=wait, rule="RFC 9132 §4.4.1.3, §9")
-        return ident
+        return ident, policy
 
     def client_policy(self, ident: ClientIdentity, req: IncomingRequest) -> Policy:
         """The client's domain and limits (RFC 9132 §10); 4.01 for a client not admitted."""
@@ -752,7 +756,7 @@ class MitigateResource(Resource):
         s = self.server
         msg = req.message
         uri = parse_mitigate_uri(msg.uri_path, msg.uri_query, method=Code.PUT)
-        ident = s.authenticate(req)
+        ident, policy = s.authorize(req)
         s.check_cuid(ident, uri.cuid, Code.PUT)
         body = _decode(msg)
         now = s.clock()
@@ -769,7 +773,7 @@ class MitigateResource(Resource):
                                   "precondition failed (If-Match / If-None-Match)")
         outcome = s.table.put(uri.cuid, uri.mid, None, body, now,
                               identity=ident.identity, if_match=if_match,
-                              policy=s.client_policy(ident, req))
+                              policy=policy)
         if isinstance(outcome, Ignored):
             # RFC 9132 §4.4.3 "silently ignored"; a CoAP request still gets an answer: the
             # precondition failed (RFC 7252 §5.10.8.1).

@@ -22,9 +22,9 @@ from collections import Counter
 from collections.abc import Hashable, Iterable
 from typing import Any, Protocol
 
-__all__ = ["Indexed", "TargetIndex", "fqdn_key"]
+from dotsd.signal.policy import IPNetwork
 
-IPNetwork = Any  # ipaddress.IPv4Network | IPv6Network (kept loose: no import cycle)
+__all__ = ["Indexed", "TargetIndex", "fqdn_key"]
 
 
 class Indexed(Protocol):
