@@ -8,10 +8,14 @@ STAMP  := $(VENV)/.installed
 
 all: test
 
-$(STAMP): pyproject.toml
+# The editable install also compiles the optional C accelerators in place
+# (src/dotsd/_speedups); it is redone when their sources change.
+$(STAMP): pyproject.toml setup.py $(wildcard src/dotsd/_speedups/*.c)
+	@scripts/install-build-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@$(BIN)/python -m dotsd._speedups >&2
 	touch $(STAMP)
 
 venv: $(STAMP)

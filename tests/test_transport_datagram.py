@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from dotsd.transport import datagram
 from dotsd.transport.base import loop_clock
 from dotsd.transport.datagram import BatchDatagramTransport, open_datagram
 
@@ -46,8 +47,19 @@ class Echo(asyncio.DatagramProtocol):
             self.transport.close()
 
 
+@pytest.fixture(params=["mmsg", "python"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of reading and writing a batch: the compiled recvmmsg/sendmmsg one and the
+    one-call-per-datagram Python one."""
+    if request.param == "python":
+        monkeypatch.setattr(datagram, "_dgram", None)
+    elif datagram._dgram is None:
+        pytest.skip("dotsd._speedups._dgram is not built (no compiler?)")
+    return str(request.param)
+
+
 @pytest.fixture
-def sockets() -> Any:
+def sockets(mode: str) -> Any:
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -117,3 +129,58 @@ async def test_loop_clock_is_the_loops_time() -> None:
         assert abs(loop_clock(other)() - other.time()) < 0.05  # a loop's own clock is kept
     finally:
         other.close()
+
+
+class Sink(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.errors: list[OSError] = []
+        self.got: list[tuple[bytes, Any]] = []
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.got.append((data, addr))
+
+    def error_received(self, exc: Exception) -> None:
+        assert isinstance(exc, OSError)
+        self.errors.append(exc)
+
+
+async def test_a_batch_of_sends_mixing_names_and_addresses_all_arrive(sockets: Any) -> None:
+    # A host name cannot go through sendmmsg: it is sent the careful way, and so is
+    # everything after it; all arrive, in order.
+    server, client = sockets
+    transport = open_datagram(Sink(), server)
+    port = client.getsockname()[1]
+    transport._held = held = []  # as during a read batch
+    for i, host in enumerate(["127.0.0.1", "127.0.0.1", "localhost", "127.0.0.1"]):
+        transport.sendto(b"d%d" % i, (host, port))
+    transport._held = None
+    transport._send_held(held)
+    assert await _receive(client, [], 4) == [b"d0", b"d1", b"d2", b"d3"]
+    transport.close()
+
+
+async def test_sources_come_as_recvfrom_gives_them(sockets: Any) -> None:
+    server, client = sockets
+    sink = Sink()
+    transport = open_datagram(sink, server)
+    for i in range(3):
+        client.sendto(b"x%d" % i, server.getsockname())
+    await _until(lambda: len(sink.got) == 3)
+    assert sink.got == [(b"x%d" % i, client.getsockname()) for i in range(3)]
+    transport.close()
+
+
+async def test_an_icmp_error_on_a_connected_socket_is_reported(mode: str) -> None:
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    gone = closed.getsockname()
+    closed.close()  # nobody listens there now: the kernel answers port unreachable
+    conn = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    conn.connect(gone)
+    sink = Sink()
+    transport = open_datagram(sink, conn)
+    transport.sendto(b"anyone?")
+    await _until(lambda: bool(sink.errors))
+    assert isinstance(sink.errors[0], ConnectionRefusedError)
+    transport.close()
+    await asyncio.sleep(0)

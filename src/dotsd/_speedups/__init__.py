@@ -29,3 +29,15 @@ def load(name: str) -> ModuleType | None:
         return importlib.import_module(f"{__name__}.{name}")
     except ImportError:
         return None
+
+
+MODULES = ("_dgram", "_record")
+
+
+def report() -> str:
+    """One line: which accelerators this installation runs with."""
+    if pure_python():
+        return f"dotsd speedups: off ({PURE_PYTHON_ENV} is set)"
+    parts = [f"{name} {'built' if load(name) is not None else 'MISSING (pure Python)'}"
+             for name in MODULES]
+    return "dotsd speedups: " + ", ".join(parts)

@@ -5,6 +5,10 @@ every request costs a trip through the selector and the event loop (measured wit
 one ``epoll`` call per datagram). This one reads up to ``batch`` datagrams per event, sends
 straight on the non-blocking socket, and queues only when the socket buffer is full.
 It implements the part of ``asyncio.DatagramTransport`` that dotsd's protocols use.
+
+With the compiled ``dotsd._speedups._dgram`` a batch is one ``recvmmsg`` call and the held
+sends one ``sendmmsg`` call (measured on loopback: 1.1 instead of 1.8 µs per datagram read,
+3.2 instead of 4.3 µs per datagram sent); without it, one ``recvfrom``/``sendto`` each.
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ import logging
 import socket
 from typing import Any
 
+from dotsd._speedups import load
+
 log = logging.getLogger("dotsd.transport")
 
 DEFAULT_BATCH = 64
 MAX_QUEUED = 4096  # datagrams held while the socket buffer is full; beyond, dropped (UDP)
 READ_SIZE = 65536  # the largest UDP payload fits
+
+_dgram = load("_dgram")
 
 
 class BatchDatagramTransport(asyncio.DatagramTransport):
@@ -37,6 +45,12 @@ class BatchDatagramTransport(asyncio.DatagramTransport):
         self._dropped = 0
         self._held: list[tuple[bytes, Any]] | None = None  # sends held during a batch
         sock.setblocking(False)
+        # The batched system calls serve IPv4 and IPv6 datagram sockets (the address forms
+        # they know); anything else reads and writes one datagram per call.
+        self._family = sock.family
+        self._mmsg = (_dgram is not None and sock.type == socket.SOCK_DGRAM
+                      and sock.family in (socket.AF_INET, socket.AF_INET6)
+                      and 1 <= batch <= _dgram.MAX_BATCH)
         self._extra = {"socket": sock, "sockname": sock.getsockname()}
         with contextlib.suppress(OSError):
             self._extra["peername"] = sock.getpeername()
@@ -59,6 +73,14 @@ class BatchDatagramTransport(asyncio.DatagramTransport):
     def _send_held(self, held: list[tuple[bytes, Any]]) -> None:
         # Also when the protocol closed the transport meanwhile (a close_notify just before):
         # the socket itself is closed only later, by _finish.
+        if self._mmsg and not self._queue:
+            assert _dgram is not None
+            sent = _dgram.send_batch(self._fd, self._family, held, 0)
+            if sent == len(held):
+                return
+            # The rest the careful way: the first of it is queued (socket buffer full), has
+            # its error reported, or has a host name to resolve.
+            held = held[sent:]
         sendto = self._sock.sendto
         for data, addr in held:
             if addr is None or self._queue:
@@ -70,6 +92,9 @@ class BatchDatagramTransport(asyncio.DatagramTransport):
                 self._send(data, addr)  # once more the careful way: queued, or reported
 
     def _read_batch(self) -> None:
+        if self._mmsg:
+            self._read_mmsg()
+            return
         recvfrom = self._sock.recvfrom
         received = self._protocol.datagram_received
         for _ in range(self._batch):
@@ -82,6 +107,22 @@ class BatchDatagramTransport(asyncio.DatagramTransport):
             except OSError as exc:  # e.g. ICMP port unreachable on a connected socket
                 self._protocol.error_received(exc)
                 return
+            try:
+                received(data, addr)
+            except Exception:  # a protocol bug must not stop the socket
+                log.exception("datagram handler failed")
+
+    def _read_mmsg(self) -> None:
+        assert _dgram is not None
+        try:
+            batch = _dgram.recv_batch(self._fd, self._batch)
+        except OSError as exc:  # e.g. ICMP port unreachable on a connected socket
+            self._protocol.error_received(exc)
+            return
+        received = self._protocol.datagram_received
+        for data, addr in batch:
+            if self._closing:
+                return  # the rest of the batch is dropped, as unread datagrams would be
             try:
                 received(data, addr)
             except Exception:  # a protocol bug must not stop the socket
