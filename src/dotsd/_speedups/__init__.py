@@ -34,10 +34,15 @@ def load(name: str) -> ModuleType | None:
 MODULES = ("_dgram", "_record")
 
 
-def report() -> str:
-    """One line: which accelerators this installation runs with."""
+def status() -> dict[str, str]:
+    """Each accelerator: "on", "not built" or "off" (DOTSD_PURE_PYTHON)."""
     if pure_python():
-        return f"dotsd speedups: off ({PURE_PYTHON_ENV} is set)"
-    parts = [f"{name} {'built' if load(name) is not None else 'MISSING (pure Python)'}"
-             for name in MODULES]
-    return "dotsd speedups: " + ", ".join(parts)
+        return dict.fromkeys(MODULES, "off")
+    return {name: "on" if load(name) is not None else "not built" for name in MODULES}
+
+
+def report() -> str:
+    """One line for people: which accelerators this installation runs with."""
+    parts = [f"{name.lstrip('_')} {state}" for name, state in status().items()]
+    note = "" if all(v == "on" for v in status().values()) else " (the rest runs in Python)"
+    return "C accelerators: " + ", ".join(parts) + note

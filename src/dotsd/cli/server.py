@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dotsd import _speedups as speedups
 from dotsd import server_config
 from dotsd.cli import CommandError, Subparsers, emit
 from dotsd.coap.params import dots_defaults
@@ -238,6 +239,7 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
              bind=settings.bind, port=port, transports=list(settings.transports),
              state=str(settings.state), mitigator=mitigator.name, resumed=resumed,
              config=args.config)
+        _say(args, speedups.report(), speedups=speedups.status())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
