@@ -168,8 +168,8 @@ class ReplayWindow:
             shift = seq - top
             self._bits = ((self._bits << shift) | 1) & _WINDOW_MASK if shift < 64 else 1
             self._top = seq
-        else:
-            self._bits |= 1 << (self._top - seq)
+        elif top - seq < self.SIZE:  # older than the window: nothing to keep
+            self._bits |= 1 << (top - seq)
 
 
 class ReplayCheck(Protocol):
