@@ -168,7 +168,7 @@ class ReplayWindow:
             shift = seq - top
             self._bits = ((self._bits << shift) | 1) & _WINDOW_MASK if shift < 64 else 1
             self._top = seq
-        elif top - seq < self.SIZE:  # older than the window: nothing to keep
+        elif top - seq < self.SIZE:  # in the window (anything older is dropped anyway)
             self._bits |= 1 << (top - seq)
 
 
