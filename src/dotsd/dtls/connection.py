@@ -14,8 +14,8 @@ built-in timer (1 s, 2 s, 4 s... on OpenSSL's clock) is still polled so that its
 machine stays consistent, but it no longer sets the pace.
 
 Once the handshake is complete and the suite is an AEAD one, the records are protected by
-:class:`~dotsd.dtls.records.RecordProtection` and the OpenSSL object is freed: an idle
-session then costs a few KiB instead of tens.
+:func:`~dotsd.dtls.records.record_protection` (compiled, or its Python twin) and the OpenSSL
+object is freed: an idle session then costs a few KiB instead of tens.
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ from dotsd.dtls.records import (
     CT_HANDSHAKE,
     HEADER_LEN,
     MAX_PLAINTEXT,
+    AeadProtection,
     Record,
-    RecordProtection,
     handshake_message_seq,
     pack_datagrams,
+    record_protection,
     split_records,
 )
 
@@ -191,7 +192,7 @@ class DtlsConnection:
         self._state = _State.HANDSHAKING
         self._events: deque[DtlsEvent] = deque()
         self._out: list[bytes] = []
-        self._prot: RecordProtection | None = None
+        self._prot: AeadProtection | None = None
         # Handshake retransmission state (RFC 6347 §4.2.4).
         self._rto = self._timers.initial
         self._timer_at: float | None = None
@@ -605,7 +606,7 @@ class DtlsConnection:
             master = ssl.master_key()
             client_random, server_random = ssl.client_random(), ssl.server_random()
             if master and client_random and server_random:
-                self._prot = RecordProtection.from_master_secret(
+                self._prot = record_protection(
                     suite, master, client_random, server_random,
                     is_client=not self.server_side, next_write_seq=self._write_seq1 + 1)
                 self._release_ssl(keep_session=True)

@@ -1,10 +1,12 @@
 """DTLS 1.2 records: framing (RFC 6347 §4.1) and AEAD protection once the handshake is done.
 
-OpenSSL runs every handshake. Once a handshake is complete, :class:`RecordProtection` takes
+OpenSSL runs every handshake. Once a handshake is complete, :func:`record_protection` takes
 over the epoch-1 records of that session (keys derived as in RFC 5246 §6.3 from the master
 secret OpenSSL negotiated), so that the ``SSL`` object, about 30 KiB even when idle, can be
 freed. Only AEAD suites are handled here (RFC 7525 §4.2 recommends nothing else); a session
-with another suite simply keeps its ``SSL`` object.
+with another suite simply keeps its ``SSL`` object. :class:`RecordProtection` is the Python
+implementation; the compiled ``dotsd._speedups._record.Protection`` (GCM and ChaCha20-Poly1305)
+does the same in one C call per record and is used when it is built.
 
 Nothing in this module does I/O or reads a clock.
 """
@@ -16,10 +18,15 @@ import hmac
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
+
+from dotsd._speedups import load
+
+if TYPE_CHECKING:
+    from dotsd._speedups._record import Protection as _CProtection
 
 # RFC 6347 §4.1: type(1) version(2) epoch(2) sequence_number(6) length(2).
 HEADER_LEN: Final = 13
@@ -161,8 +168,16 @@ class ReplayWindow:
             shift = seq - top
             self._bits = ((self._bits << shift) | 1) & _WINDOW_MASK if shift < 64 else 1
             self._top = seq
-        else:
-            self._bits |= 1 << (self._top - seq)
+        elif top - seq < self.SIZE:  # in the window (anything older is dropped anyway)
+            self._bits |= 1 << (top - seq)
+
+
+class ReplayCheck(Protocol):
+    """What the connection asks of a replay window (:class:`ReplayWindow` or its C twin)."""
+
+    def seen(self, seq: int) -> bool: ...
+
+    def mark(self, seq: int) -> None: ...
 
 
 def prf_sha256(secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:
@@ -241,6 +256,10 @@ class RecordProtection:
 
     def __init__(self, suite: AeadSuite, write_key: bytes, write_iv: bytes, read_key: bytes,
                  read_iv: bytes, epoch: int = 1, next_write_seq: int = 0) -> None:
+        if not 0 <= epoch <= 0xFFFF:  # RFC 6347 §4.1: a 16-bit epoch
+            raise ValueError("epoch must be in 0 .. 65535")
+        if next_write_seq < 0:
+            raise OverflowError("negative sequence number")
         self.suite = suite
         self.epoch = epoch
         self.write_seq = next_write_seq
@@ -261,15 +280,8 @@ class RecordProtection:
                            server_random: bytes, is_client: bool, epoch: int = 1,
                            next_write_seq: int = 0) -> RecordProtection:
         """Derive the keys (RFC 5246 §6.3; AEAD suites have no MAC keys)."""
-        k, v = suite.key_len, suite.fixed_iv_len
-        block = prf_sha256(master_secret, b"key expansion", server_random + client_random,
-                           2 * (k + v))
-        client_key, server_key = block[:k], block[k:2 * k]
-        client_iv, server_iv = block[2 * k:2 * k + v], block[2 * k + v:]
-        if is_client:
-            return cls(suite, client_key, client_iv, server_key, server_iv, epoch,
-                       next_write_seq)
-        return cls(suite, server_key, server_iv, client_key, client_iv, epoch, next_write_seq)
+        return cls(suite, *derive_keys(suite, master_secret, client_random, server_random,
+                                       is_client), epoch, next_write_seq)
 
     def seal(self, content_type: int, plaintext: bytes) -> bytes:
         """One protected record carrying ``plaintext``."""
@@ -277,21 +289,29 @@ class RecordProtection:
         if seq > MAX_SEQ:
             # RFC 6347 §4.1: a sequence number must not wrap; the session is spent.
             raise OverflowError("DTLS sequence numbers exhausted for this epoch")
-        self.write_seq = seq + 1
         seq_num = self._epoch_high | seq  # RFC 6347 §4.1: epoch and sequence number, 64 bits
         size = len(plaintext)
+        explicit = self._explicit
+        try:
+            # The header first: packing it checks the content type and the 16-bit length
+            # before a sequence number is spent.
+            if explicit:
+                # RFC 5288 §3 / RFC 6655 §3: salt + explicit nonce; the sequence number serves.
+                header = _HEADER_EXPLICIT.pack(content_type, DTLS_1_2, seq_num,
+                                               size + self._tag_len + 8, seq_num)
+            else:
+                header = _HEADER.pack(content_type, DTLS_1_2, seq_num, size + self._tag_len)
+        except struct.error:
+            raise ValueError("content type or plaintext length out of range") from None
+        self.write_seq = seq + 1
         aad = _AAD.pack(seq_num, content_type, DTLS_1_2, size)  # RFC 5246 §6.2.3.3
-        size += self._tag_len
-        if self._explicit:
-            # RFC 5288 §3 / RFC 6655 §3: salt + explicit nonce; the sequence number serves.
-            sealed = self._write.encrypt(_NONCE.pack(self._write_iv, seq_num), plaintext, aad)
-            return _HEADER_EXPLICIT.pack(content_type, DTLS_1_2, seq_num, size + 8,
-                                         seq_num) + sealed
+        if explicit:
+            return header + self._write.encrypt(_NONCE.pack(self._write_iv, seq_num),
+                                                plaintext, aad)
         # RFC 7905 §2: the 64-bit sequence number, left-padded, xor the 12-byte IV (the
         # other suites have a 4-byte salt: _NONCE).
         nonce = (self._write_iv_int ^ seq_num).to_bytes(12, "big")
-        sealed = self._write.encrypt(nonce, plaintext, aad)
-        return _HEADER.pack(content_type, DTLS_1_2, seq_num, size) + sealed
+        return header + self._write.encrypt(nonce, plaintext, aad)
 
     def _open_body(self, data: bytes, start: int, end: int) -> bytes | None:
         """Decrypt the record whose header is at ``start`` and which ends at ``end``."""
@@ -362,3 +382,58 @@ class RecordProtection:
     def overhead(self) -> int:
         """Bytes a record adds to its plaintext (header, explicit nonce, tag)."""
         return HEADER_LEN + self.suite.explicit_nonce_len + self.suite.tag_len
+
+
+class AeadProtection(Protocol):
+    """What the connection uses of a record protection: :class:`RecordProtection` or the
+    compiled ``dotsd._speedups._record.Protection`` (see :func:`record_protection`)."""
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def write_seq(self) -> int: ...
+
+    @property
+    def window(self) -> ReplayCheck: ...
+
+    def seal(self, content_type: int, plaintext: bytes) -> bytes: ...
+
+    def open(self, data: bytes, record: Record) -> bytes | None: ...
+
+    def open_lone(self, data: bytes) -> bytes | Literal[False] | None: ...
+
+    def overhead(self) -> int: ...
+
+
+def derive_keys(suite: AeadSuite, master_secret: bytes, client_random: bytes,
+                server_random: bytes, is_client: bool) -> tuple[bytes, bytes, bytes, bytes]:
+    """(write key, write IV, read key, read IV) for one side (RFC 5246 §6.3: the key block
+    is client key, server key, client IV, server IV; AEAD suites have no MAC keys)."""
+    k, v = suite.key_len, suite.fixed_iv_len
+    block = prf_sha256(master_secret, b"key expansion", server_random + client_random,
+                       2 * (k + v))
+    client_key, server_key = block[:k], block[k:2 * k]
+    client_iv, server_iv = block[2 * k:2 * k + v], block[2 * k + v:]
+    if is_client:
+        return client_key, client_iv, server_key, server_iv
+    return server_key, server_iv, client_key, client_iv
+
+
+_record = load("_record")
+# The compiled twin of RecordProtection, or None (not built, or DOTSD_PURE_PYTHON=1).
+_C_PROTECTION: type[_CProtection] | None = _record.Protection if _record is not None else None
+# Algorithms it handles (RFC 5288 AES-GCM, RFC 7905 ChaCha20-Poly1305); CCM stays in Python.
+_C_ALGORITHMS: Final = frozenset({"gcm", "chacha20"})
+
+
+def record_protection(suite: AeadSuite, master_secret: bytes, client_random: bytes,
+                      server_random: bytes, is_client: bool, epoch: int = 1,
+                      next_write_seq: int = 0) -> AeadProtection:
+    """The record protection of one epoch of a session whose handshake is complete: the
+    compiled one when it is built and handles the suite, else :class:`RecordProtection`.
+    Both behave the same (tests/test_record_speedups.py)."""
+    keys = derive_keys(suite, master_secret, client_random, server_random, is_client)
+    if _C_PROTECTION is not None and suite.algorithm in _C_ALGORITHMS:
+        return _C_PROTECTION(suite.algorithm, *keys, epoch, next_write_seq, suite)
+    return RecordProtection(suite, *keys, epoch, next_write_seq)
