@@ -1,4 +1,4 @@
-"""Optional C accelerators for dotsd's hot path (see src/dotsd/_speedups/README.md).
+"""Optional C accelerators for dotsd's hot path (see src/dotsd/_speedups/__init__.py).
 
 Each extension is optional: when it cannot be built (no compiler, no OpenSSL headers) the
 install goes on and dotsd runs the same code paths in pure Python.
