@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -29,3 +30,14 @@ def test_command_line_report() -> None:
     assert out.startswith("C accelerators: ")
     for name, state in _speedups.status().items():
         assert f"{name.lstrip('_')} {state}" in out
+
+
+@pytest.mark.parametrize("name", _speedups.MODULES)
+def test_built_where_make_installs_what_building_needs(name: str) -> None:
+    # As root `make` installs gcc and libssl-dev before the package, so every accelerator
+    # must be there: on CI (root) a broken build fails here instead of passing as skips.
+    if _speedups.pure_python():
+        pytest.skip(f"{_speedups.PURE_PYTHON_ENV} is set")
+    if os.geteuid() != 0:
+        pytest.skip("not root: make could not install a compiler or OpenSSL's headers")
+    assert _speedups.load(name) is not None, f"dotsd._speedups.{name} failed to build"
