@@ -41,6 +41,7 @@ from bench.servers import (
     start_dotsd,
     start_libcoap,
 )
+from dotsd import _speedups as speedups
 
 SERVERS = ("dotsd", "libcoap")
 CELLS = ("udp", "dtls", "handshakes", "idle")
@@ -413,6 +414,9 @@ def render_table(report: Result, rows: list[Row], targets: list[Target]) -> str:
                  + (" (--quick)" if head["quick"] else ""))
     lines.append(f"rps cells: {head['sessions']} sessions x {head['window']} outstanding CON "
                  f"GETs; DTLS 1.2, {CIPHERS}, mutual certificates")
+    if "speedups" in head:  # reports saved before the accelerators existed lack it
+        states = ", ".join(f"{k.lstrip('_')} {v}" for k, v in head["speedups"].items())
+        lines.append(f"dotsd's C accelerators: {states} (DOTSD_PURE_PYTHON=1: pure Python)")
     lines.append("")
     w = max(len(r.metric) for r in rows) + 2
     lines.append(f"{'metric':<{w}}{'dotsd':>12}{'libcoap':>12}{'dotsd/libcoap':>16}")
@@ -589,6 +593,8 @@ def run(settings: Settings, as_json: bool = False) -> int:
         "setup": {
             "libcoap_version": version, "server_cpu": server_cpu, "generator_cpu": gen_cpu,
             "path": f"/{PATH}", "ciphers": CIPHERS, **asdict(settings),
+            # The server process inherits this environment and this build.
+            "speedups": speedups.status(),
         },
         "ceiling": ceiling,
         "errors": errors,
