@@ -54,7 +54,7 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     if request.param == "python":
         monkeypatch.setattr(datagram, "_dgram", None)
     elif datagram._dgram is None:
-        pytest.skip("dotsd._speedups._dgram is not built (no compiler?)")
+        pytest.skip("dotsd._speedups._dgram is not built, or DOTSD_PURE_PYTHON=1")
     return str(request.param)
 
 
