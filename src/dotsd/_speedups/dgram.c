@@ -130,6 +130,21 @@ fail:
     return NULL;
 }
 
+/* Item i of tuple t as an unsigned long: 1 and *out set, or 0 (not an int, or negative). */
+static int
+unsigned_item(PyObject *t, Py_ssize_t i, unsigned long *out)
+{
+    PyObject *item = PyTuple_GET_ITEM(t, i);
+    if (!PyLong_Check(item))
+        return 0;
+    *out = PyLong_AsUnsignedLong(item);
+    if (*out == (unsigned long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
 /* Fill *ss from a (host, port[, flowinfo[, scope_id]]) tuple with a numeric host.
  * 1: done; 0: not in that form (the caller sends it the careful way); -1: error set. */
 static int
@@ -169,24 +184,9 @@ parse_address(PyObject *addr, int family, struct sockaddr_storage *ss, socklen_t
         *len = sizeof *sin;
         return 1;
     }
-    if (size >= 3) {
-        if (!PyLong_Check(PyTuple_GET_ITEM(addr, 2)))
-            return 0;
-        flowinfo = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(addr, 2));
-        if (flowinfo == (unsigned long)-1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            return 0;
-        }
-    }
-    if (size == 4) {
-        if (!PyLong_Check(PyTuple_GET_ITEM(addr, 3)))
-            return 0;
-        scope_id = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(addr, 3));
-        if (scope_id == (unsigned long)-1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            return 0;
-        }
-    }
+    if ((size >= 3 && !unsigned_item(addr, 2, &flowinfo))
+        || (size == 4 && !unsigned_item(addr, 3, &scope_id)))
+        return 0;
     if (flowinfo > 0xfffff || scope_id > 0xffffffffUL)
         return 0; /* socket.sendto raises for these: let it */
     {

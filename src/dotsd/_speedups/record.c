@@ -472,6 +472,17 @@ static PyObject *Protection_seal(ProtectionObject *self, PyObject *const *args,
     return result;
 }
 
+/* An integer attribute of obj into *out: 0, or -1 with an exception set. */
+static int ssize_attr(PyObject *obj, PyObject *name, Py_ssize_t *out)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1;
+    *out = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
 /* open(data, record) -> bytes | None: the plaintext of a record of this epoch, or None.
  * The replay window is neither consulted nor updated (the caller decides). */
 static PyObject *Protection_open(ProtectionObject *self, PyObject *const *args,
@@ -481,19 +492,8 @@ static PyObject *Protection_open(ProtectionObject *self, PyObject *const *args,
         PyErr_SetString(PyExc_TypeError, "open() takes data and record");
         return NULL;
     }
-    PyObject *obj = PyObject_GetAttr(args[1], str_start);
-    if (obj == NULL)
-        return NULL;
-    Py_ssize_t start = PyLong_AsSsize_t(obj);
-    Py_DECREF(obj);
-    if (start == -1 && PyErr_Occurred())
-        return NULL;
-    obj = PyObject_GetAttr(args[1], str_end);
-    if (obj == NULL)
-        return NULL;
-    Py_ssize_t end = PyLong_AsSsize_t(obj);
-    Py_DECREF(obj);
-    if (end == -1 && PyErr_Occurred())
+    Py_ssize_t start, end;
+    if (ssize_attr(args[1], str_start, &start) < 0 || ssize_attr(args[1], str_end, &end) < 0)
         return NULL;
 
     Py_buffer data;
