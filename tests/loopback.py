@@ -9,6 +9,9 @@ from typing import TypeVar
 
 import pytest
 
+from dotsd.transport.base import Link
+from dotsd.transport.node import CoapNode
+
 T = TypeVar("T")
 STEP = 5.0  # seconds any single wait in a network test may take
 
@@ -30,3 +33,16 @@ def ipv6_loopback() -> bool:
 
 HOSTS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(
     not ipv6_loopback(), reason="no IPv6 loopback"))]
+
+
+def tap(node: CoapNode) -> list[bytes]:
+    """Every datagram ``node`` receives from now on, in order (it still handles them)."""
+    seen: list[bytes] = []
+    deliver = node.data_received
+
+    def counting(link: Link, data: bytes) -> None:
+        seen.append(data)
+        deliver(link, data)
+
+    node.data_received = counting  # type: ignore[method-assign]
+    return seen

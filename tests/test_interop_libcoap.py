@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from loopback import HOSTS
+from loopback import HOSTS, tap
 from peers import (
     BIG_BODY,
     COAP,
@@ -273,14 +273,7 @@ async def test_dotsd_client_observes_libcoap_time(scheme: str, creds: Creds,
         obs.cancel()  # sends a GET with Observe=1 (RFC 7641 §3.6)
         await asyncio.sleep(0.3)
         # Deregistered: libcoap stops sending /time, which it would do every second.
-        received: list[bytes] = []
-        deliver = dc.node.data_received
-
-        def counting(link: Link, data: bytes) -> None:
-            received.append(data)
-            deliver(link, data)
-
-        dc.node.data_received = counting  # type: ignore[method-assign]
+        received = tap(dc.node)
         await asyncio.sleep(1.2)
         assert received == [], received
         resp = await dc.request(link, Code.GET, "/")

@@ -26,6 +26,7 @@ import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loopback import tap
 from relays import UdpRelay, udp_relay
 from signalnet import HOST, STEP, Clock, SignalNet, cuid_of, request, signal_listeners
 
@@ -455,14 +456,7 @@ async def test_observe_of_another_clients_mitigations(pki: PkiPaths, tmp_path: P
             spies.append(obs)
         assert endpoint.observer_count() == registered  # nothing registered for B
         # A status change is notified to A, and to nobody else.
-        got: list[bytes] = []
-        deliver = two.b.data_received
-
-        def counting(link: Link, data: bytes) -> None:
-            got.append(data)
-            deliver(link, data)
-
-        two.b.data_received = counting  # type: ignore[method-assign]
+        got = tap(two.b)
         two.net.server.report(two.a_cuid, A_MID, Event.MITIGATING)
         note = await own.next(STEP)
         assert cbor2.loads(note.payload)[K_SCOPE_ROOT][K_SCOPE][0][K_STATUS] == 2

@@ -43,6 +43,7 @@ def status() -> dict[str, str]:
 
 def report() -> str:
     """One line for people: which accelerators this installation runs with."""
-    parts = [f"{name.lstrip('_')} {state}" for name, state in status().items()]
-    note = "" if all(v == "on" for v in status().values()) else " (the rest runs in Python)"
+    states = status()
+    parts = [f"{name.lstrip('_')} {state}" for name, state in states.items()]
+    note = "" if all(v == "on" for v in states.values()) else " (the rest runs in Python)"
     return "C accelerators: " + ", ".join(parts) + note

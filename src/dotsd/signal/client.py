@@ -496,23 +496,22 @@ class SignalClient:
         return msg
 
     async def _request(self, msg: Message) -> Message:
-        """A Confirmable request (status, withdrawal, configuration), sent once more to the
-        alternate server when redirected (RFC 9132 §4.6)."""
-        resp = await self._request_once(_fresh(msg))
-        redirection = _redirection(resp)
-        if redirection is not None:
-            await self._follow(redirection, resp)
-            resp = await self._request_once(_fresh(msg))
-        return resp
+        """A Confirmable request (status, withdrawal, configuration)."""
+        return await self._redirectable(self._request_once, msg)
 
     async def _request_non(self, msg: Message) -> Message:
-        """A Non-confirmable request repeated until answered (RFC 9132 §4.4), sent once more
-        to the alternate server when redirected (RFC 9132 §4.6)."""
-        resp = await self._request_non_once(_fresh(msg))
+        """A Non-confirmable request repeated until answered (RFC 9132 §4.4)."""
+        return await self._redirectable(self._request_non_once, msg)
+
+    async def _redirectable(self, send: Callable[[Message], Awaitable[Message]],
+                            msg: Message) -> Message:
+        """``send`` a copy of ``msg``; when redirected, once more to the alternate server
+        (RFC 9132 §4.6)."""
+        resp = await send(_fresh(msg))
         redirection = _redirection(resp)
         if redirection is not None:
             await self._follow(redirection, resp)
-            resp = await self._request_non_once(_fresh(msg))
+            resp = await send(_fresh(msg))
         return resp
 
     async def _follow(self, redirection: Redirection, resp: Message) -> None:
