@@ -31,8 +31,11 @@ peers: venv
 demo: venv
 	$(BIN)/dotsd demo
 
+# lint-imports checks the layers contract of pyproject.toml ([tool.importlinter]): an import
+# from a lower layer into a higher one fails the build (src/dotsd/README.md).
 lint: venv
 	$(BIN)/ruff check src tests scripts $(wildcard bench)
+	$(BIN)/lint-imports --no-logo
 
 typecheck: venv
 	$(BIN)/mypy
@@ -53,4 +56,5 @@ bench: venv peers
 	$(BIN)/python -m bench coap
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache \
+		.import_linter_cache

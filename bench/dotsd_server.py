@@ -21,7 +21,7 @@ from typing import Protocol
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, OptionNumber
 from dotsd.coap.site import IncomingRequest, Resource, Site
-from dotsd.transport.node import CoapNode
+from dotsd.node import CoapNode
 
 
 class _Closable(Protocol):

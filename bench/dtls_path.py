@@ -24,9 +24,9 @@ from dotsd.coap.site import IncomingRequest, Resource, Site
 from dotsd.dtls.connection import DtlsConnection
 from dotsd.dtls.context import DtlsConfig, client_context, server_context
 from dotsd.dtls.events import HandshakeCompleted
+from dotsd.node import CoapNode
 from dotsd.pki import init_pki
 from dotsd.transport.dtls import DtlsServer
-from dotsd.transport.node import CoapNode
 
 _PEER = ("127.0.0.1", 40000)
 

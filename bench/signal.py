@@ -1,7 +1,7 @@
 """``python -m bench signal``: what one DOTS request costs the signal server as it fills up.
 
 An ISP's DOTS server holds the mitigations and sessions of thousands of clients, and during a
-large attack many of them ask at once. This benchmark drives :class:`dotsd.signal.server.
+large attack many of them ask at once. This benchmark drives :class:`dotsd.agents.server.
 SignalServer` in process (no sockets: the CoAP bytes go straight to its node, as a transport
 would hand them over, and the server's timer work runs after each request as its loop would
 run it) with its SQLite store, and measures, for tables of 0 to 50,000 stored mitigations and
@@ -31,18 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dotsd.agents.server import SignalServer, mitigation_record
 from dotsd.coap.codec import decode, encode
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, MessageType, OptionNumber
+from dotsd.link import cuid_from_psk_identity, make_peer_info
 from dotsd.model.codec import to_cbor
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
-from dotsd.signal.identity import cuid_from_psk_identity
 from dotsd.signal.mitigation import MEMBER, PutOutcome
 from dotsd.signal.policy import Policy
-from dotsd.signal.server import SignalServer, mitigation_record
 from dotsd.signal.uri import mitigate_path
 from dotsd.store import SqliteStore
-from dotsd.transport.base import LinkBase, make_peer_info
+from dotsd.transport.base import LinkBase
 
 POLICY = Policy(allowed_prefixes=(ipaddress.ip_network("10.0.0.0/8"),), allowed_domains=(),
                 max_lifetime=86400)

@@ -9,8 +9,8 @@ from typing import TypeVar
 
 import pytest
 
-from dotsd.transport.base import Link
-from dotsd.transport.node import CoapNode
+from dotsd.link import Link
+from dotsd.node import CoapNode
 
 T = TypeVar("T")
 STEP = 5.0  # seconds any single wait in a network test may take

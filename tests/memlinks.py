@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from dotsd.transport.base import LinkHandler, PeerInfo, make_peer_info
+from dotsd.link import LinkHandler, PeerInfo, make_peer_info
 
 
 class MemLink:

@@ -30,10 +30,10 @@ import pytest
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code
 from dotsd.coap.site import IncomingRequest, Resource, Site
+from dotsd.link import Link
+from dotsd.node import CoapNode
 from dotsd.pki import PkiPaths, init_pki
 from dotsd.tls import client_context, server_context
-from dotsd.transport.base import Link
-from dotsd.transport.node import CoapNode
 from dotsd.transport.tcp import connect_tcp, serve_tcp
 
 # --- the peers -----------------------------------------------------------------------------

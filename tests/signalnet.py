@@ -1,4 +1,4 @@
-"""A DOTS signal server (dotsd.signal.server) on real DTLS and TLS listeners on loopback, and
+"""A DOTS signal server (dotsd.agents.server) on real DTLS and TLS listeners on loopback, and
 dotsd clients dialling it with any certificate of the test PKI.
 
     async with signal_listeners(pki, tmp_path / "state") as net:
@@ -17,14 +17,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from dotsd.agents.server import SignalServer
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
+from dotsd.link import Link, spki_sha256
 from dotsd.model.codec import to_cbor
+from dotsd.node import CoapNode
 from dotsd.pki import PkiPaths, load_certificate
-from dotsd.signal.server import SignalServer
 from dotsd.store import SqliteStore
-from dotsd.transport.base import Link, spki_sha256
-from dotsd.transport.node import CoapNode
 
 HOST = "127.0.0.1"
 STEP = 10.0  # seconds any single wait may take
@@ -47,7 +47,7 @@ def cert_paths(pki: PkiPaths, name: str = "client") -> tuple[Path, Path]:
 
 def cuid_of(pki: PkiPaths, name: str = "client") -> str:
     """The 'cuid' RFC 9132 §4.4.1.1 derives from the certificate's SPKI (computed here, not by
-    dotsd.signal.identity, so that the server's derivation is checked independently)."""
+    dotsd.link, so that the server's derivation is checked independently)."""
     digest = spki_sha256(load_certificate(cert_paths(pki, name)[0]))
     return base64.urlsafe_b64encode(digest[:16]).decode("ascii").rstrip("=")
 

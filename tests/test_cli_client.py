@@ -20,11 +20,12 @@ from hypothesis import strategies as st
 from test_cli_server import DOTSD, running
 from test_signal_redirect import serve
 
+from dotsd.agents.mids import MidFile
 from dotsd.cli import CommandError
 from dotsd.cli.client import _split_server
 from dotsd.cli.main import main
 from dotsd.pki import PkiPaths, init_pki, issue_client, load_certificate, summarize
-from dotsd.signal.mids import ROLLOVER_MID, MidFile, MidStateError, next_mid
+from dotsd.signal.mids import ROLLOVER_MID, MidStateError, next_mid
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from dotsd.agents.client import ClientError, Reply, SignalClient
 from dotsd.coap.numbers import Code
 from dotsd.pki import PkiPaths, init_pki, load_certificate
-from dotsd.signal.client import ClientError, Reply, SignalClient
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigSetKind
 
 SCOPE: dict[str, Any] = {"target-prefix": ["2001:db8:6401::1/128"], "lifetime": 3600}

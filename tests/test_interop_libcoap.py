@@ -40,7 +40,7 @@ from peers import (
 
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, MessageType, OptionNumber
-from dotsd.transport.base import Link
+from dotsd.link import Link
 
 pytestmark = [pytest.mark.interop, pytest.mark.network, pytest.mark.timeout(40)]
 

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from test_signal_server import TIMEOUT, Env, entry, make_env, pki  # noqa: F401
 
+from dotsd.agents.bridge import MitigatorBridge
 from dotsd.coap.numbers import Code
 from dotsd.mitigate.base import (
     Action,
@@ -21,7 +22,6 @@ from dotsd.mitigate.base import (
     Mitigator,
     MitigatorError,
 )
-from dotsd.mitigate.bridge import MitigatorBridge
 from dotsd.pki import PkiPaths
 
 

@@ -10,7 +10,7 @@ from memlinks import link_pair
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, MessageType
 from dotsd.coap.site import IncomingRequest, Resource, Site
-from dotsd.transport.node import CoapNode, RequestError
+from dotsd.node import CoapNode, RequestError
 
 
 class Counter(Resource):

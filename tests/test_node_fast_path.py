@@ -20,8 +20,8 @@ from dotsd.coap.events import RequestReceived
 from dotsd.coap.message import Block, Message
 from dotsd.coap.numbers import Code, MessageType, OptionNumber
 from dotsd.coap.site import IncomingRequest, Resource, Site
-from dotsd.transport.base import PeerInfo, make_peer_info
-from dotsd.transport.node import CoapNode
+from dotsd.link import PeerInfo, make_peer_info
+from dotsd.node import CoapNode
 
 
 class Echo(Resource):

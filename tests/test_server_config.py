@@ -1,4 +1,4 @@
-"""The operator configuration of ``dotsd server`` (``dotsd.server_config``, ``--config``,
+"""The operator configuration of ``dotsd server`` (``dotsd.cli.settings``, ``--config``,
 ``--check``): the loader's checks, the example file, flags over the file, one-line errors."""
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from test_cli_pki import _restore_logging, assert_one_error_line, run
 from test_cli_server import pki
 
-from dotsd.pki import PkiPaths
-from dotsd.server_config import (
+from dotsd.cli.settings import (
     ConfigFileError,
     ServerSettings,
     describe,
@@ -26,6 +25,7 @@ from dotsd.server_config import (
     load,
     policy_summary,
 )
+from dotsd.pki import PkiPaths
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigSetKind
 from dotsd.signal.policy import LAB
 

@@ -33,10 +33,10 @@ from signalnet import HOST, STEP, Clock, SignalNet, cuid_of, request, signal_lis
 from dotsd.coap import codec as coap_codec
 from dotsd.coap.message import Block, Message
 from dotsd.coap.numbers import Code, ContentFormat, MessageType, OptionNumber
+from dotsd.link import Link
+from dotsd.node import CoapNode
 from dotsd.pki import PkiPaths, init_pki, issue_client
 from dotsd.signal.mitigation import Event
-from dotsd.transport.base import Link
-from dotsd.transport.node import CoapNode
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 

@@ -1,4 +1,4 @@
-"""The DOTS signal channel client (dotsd.signal.client) against a real SignalServer: in memory
+"""The DOTS signal channel client (dotsd.agents.client) against a real SignalServer: in memory
 (certificate identities on in-memory links) and once over real DTLS on ::1."""
 
 from __future__ import annotations
@@ -13,18 +13,17 @@ from typing import Any
 import pytest
 from memlinks import MemLink
 
+from dotsd.agents.client import ClientError, MidAllocator, Reply, SignalClient
+from dotsd.agents.server import SignalServer
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
+from dotsd.link import cuid_from_spki_sha256, make_peer_info, spki_sha256
 from dotsd.model.codec import to_cbor
 from dotsd.pki import PkiPaths, init_pki, load_certificate
-from dotsd.signal.client import ClientError, MidAllocator, Reply, SignalClient
 from dotsd.signal.config import Attribute
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
-from dotsd.signal.identity import cuid_from_spki_sha256
 from dotsd.signal.mitigation import Event
 from dotsd.signal.pacing import RttEstimator
-from dotsd.signal.server import SignalServer
-from dotsd.transport.base import make_peer_info, spki_sha256
 
 TIMEOUT = 5.0
 

@@ -26,13 +26,13 @@ import pytest
 from relays import every_other, no_loss, tcp_relay, udp_relay
 from signalnet import HOST, STEP, SignalNet, cuid_of, signal_listeners
 
+from dotsd.agents.client import SignalClient
 from dotsd.coap.numbers import Code
 from dotsd.dtls.connection import HandshakeTimers
+from dotsd.link import Link
 from dotsd.pki import PkiPaths, init_pki, load_certificate
-from dotsd.signal.client import SignalClient
 from dotsd.signal.config import ConfigBounds, ConfigPolicy, ConfigSet
 from dotsd.signal.pacing import RttEstimator
-from dotsd.transport.base import Link
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(40)]
 

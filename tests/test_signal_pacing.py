@@ -151,7 +151,7 @@ def test_repeats_with_endpoint_in_fake_time() -> None:
 def test_client_never_repeats_faster_than_its_floor() -> None:
     """A fresh session knows only the RTT of a cheap exchange: the client's default policy
     does not repeat a mitigation request faster than the server can answer it."""
-    from dotsd.signal.client import MIN_REPEAT_INTERVAL, SignalClient
+    from dotsd.agents.client import MIN_REPEAT_INTERVAL, SignalClient
 
     client = SignalClient("cuid-x")
     assert client.repeat.delay(0, rtt=0.0008) == MIN_REPEAT_INTERVAL

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dotsd.link import PeerInfo, cuid_from_psk_identity, make_peer_info, spki_sha256
 from dotsd.pki import init_pki, issue_client, load_certificate
-from dotsd.signal.identity import ClientIdentity, client_identity, cuid_from_psk_identity
+from dotsd.signal.identity import ClientIdentity, client_identity
 from dotsd.signal.policy import (
     LAB,
     MATCH_KINDS,
@@ -21,7 +22,6 @@ from dotsd.signal.policy import (
     PolicySet,
     common_names,
 )
-from dotsd.transport.base import PeerInfo, make_peer_info, spki_sha256
 
 
 @pytest.fixture(scope="module")

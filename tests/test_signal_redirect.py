@@ -16,6 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loopback import ipv6_loopback
 
+from dotsd.agents.client import Redirected, SignalClient
+from dotsd.agents.dial import AttemptCache, Candidate, DialError, ServerDialer, order_candidates
+from dotsd.agents.server import SignalServer
 from dotsd.coap.numbers import Code
 from dotsd.dtls.context import DtlsConfig
 from dotsd.dtls.context import client_context as dtls_client_context
@@ -23,8 +26,6 @@ from dotsd.dtls.context import server_context as dtls_server_context
 from dotsd.model import yang
 from dotsd.model.codec import from_cbor, to_cbor
 from dotsd.pki import PkiPaths, init_pki, load_certificate
-from dotsd.signal.client import Redirected, SignalClient
-from dotsd.signal.dial import AttemptCache, Candidate, DialError, ServerDialer, order_candidates
 from dotsd.signal.mitigation import Event
 from dotsd.signal.redirect import (
     INFINITE_TTL,
@@ -34,7 +35,6 @@ from dotsd.signal.redirect import (
     parse_redirect,
     redirect_body,
 )
-from dotsd.signal.server import SignalServer
 from dotsd.store import SqliteStore
 from dotsd.tls.context import client_context as tls_client_context
 from dotsd.tls.context import server_context as tls_server_context

@@ -1,4 +1,4 @@
-"""The DOTS signal channel server (dotsd.signal.server) end to end: CoAP nodes over in-memory
+"""The DOTS signal channel server (dotsd.agents.server) end to end: CoAP nodes over in-memory
 links carrying certificate identities, and once over real DTLS sockets on ::1."""
 
 from __future__ import annotations
@@ -14,20 +14,20 @@ from typing import Any
 import pytest
 from memlinks import MemLink
 
+from dotsd.agents.server import SignalServer
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
+from dotsd.link import LinkHandler, cuid_from_psk_identity, make_peer_info, spki_sha256
 from dotsd.model.codec import from_cbor, to_cbor
+from dotsd.node import CoapNode, Observation
 from dotsd.pki import PkiPaths, init_pki, issue_client, load_certificate
 from dotsd.signal.config import config_path
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
-from dotsd.signal.identity import client_identity, cuid_from_psk_identity
+from dotsd.signal.identity import client_identity
 from dotsd.signal.mitigation import MEMBER, Change, Event
 from dotsd.signal.policy import ClientMatch, ClientPolicy, Policy, PolicySet
-from dotsd.signal.server import SignalServer
 from dotsd.signal.uri import mitigate_path
 from dotsd.store import SqliteStore
-from dotsd.transport.base import LinkHandler, make_peer_info, spki_sha256
-from dotsd.transport.node import CoapNode, Observation
 
 T0 = 1_700_000_000.0
 TIMEOUT = 5.0

@@ -28,8 +28,8 @@ from dotsd.dtls import (
     client_context,
     server_context,
 )
+from dotsd.link import Link, spki_sha256
 from dotsd.pki import init_pki, issue_client
-from dotsd.transport.base import Link, spki_sha256
 from dotsd.transport.dtls import (
     DtlsHandshakeError,
     DtlsLink,

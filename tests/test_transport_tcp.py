@@ -25,8 +25,8 @@ from dotsd.coap.codec import TcpFramer, encode_tcp
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, is_request
 from dotsd.coap.tcp import CoapTcpConnection, ConnectionAborted, MessageReceived
+from dotsd.link import Link, spki_sha256
 from dotsd.tls import TLS12_CIPHERS, client_context, server_context
-from dotsd.transport.base import Link, spki_sha256
 from dotsd.transport.tcp import TcpServer, connect_tcp, serve_tcp
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(30)]

@@ -8,7 +8,7 @@ import socket
 import pytest
 from loopback import HOSTS, within
 
-from dotsd.transport.base import Link
+from dotsd.link import Link
 from dotsd.transport.udp import UdpEndpoint, open_udp, peer_key
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(30)]

@@ -13,7 +13,7 @@ follows redirections (§4.6), does its work and closes. ``run`` keeps one sessio
 commands on a local control socket in the state directory, so that a request made during an
 attack needs no new handshake: commands use it when it is there (``--direct`` does not).
 
-'mid' values are kept in the state directory (:mod:`dotsd.signal.mids`), so they keep
+'mid' values are kept in the state directory (:mod:`dotsd.agents.mids`), so they keep
 increasing across runs (RFC 9132 §4.4.1.1).
 
 Exit codes: 0 success; 1 local failure (files, state); 2 usage; 3 the DOTS server could not
@@ -39,14 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from dotsd.agents.client import ClientError, Redirected, Reply, SignalClient
+from dotsd.agents.dial import DialError, ServerDialer
+from dotsd.agents.mids import MidFile
 from dotsd.cli import EXIT_USAGE, CommandError, Subparsers
 from dotsd.coap.numbers import Code, code_dotted, code_str
 from dotsd.model.errors import ModelError
 from dotsd.pki import load_certificate
-from dotsd.signal.client import ClientError, Redirected, Reply, SignalClient
 from dotsd.signal.config import Attribute, ConfigSetKind, ServerConfig
-from dotsd.signal.dial import DialError, ServerDialer
-from dotsd.signal.mids import MidFile, MidStateError
+from dotsd.signal.mids import MidStateError
 
 if TYPE_CHECKING:
     from dotsd.dtls.context import DtlsContext

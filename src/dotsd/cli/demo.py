@@ -20,17 +20,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
+from dotsd.agents.bridge import MitigatorBridge
+from dotsd.agents.client import ClientError, Reply, SignalClient
+from dotsd.agents.dial import ServerDialer
+from dotsd.agents.server import SignalServer
 from dotsd.cli import CommandError, Subparsers
 from dotsd.coap.numbers import code_str
 from dotsd.mitigate import registry
 from dotsd.mitigate.base import Feedback
-from dotsd.mitigate.bridge import MitigatorBridge
 from dotsd.pki import init_pki, load_certificate
-from dotsd.signal.client import ClientError, Reply, SignalClient
 from dotsd.signal.config import ConfigSetKind
-from dotsd.signal.dial import ServerDialer
 from dotsd.signal.mitigation import Change
-from dotsd.signal.server import SignalServer
 from dotsd.store.sqlite import SqliteStore
 
 SCOPE: Final[dict[str, Any]] = {  # RFC 9132 Figure 7, trimmed: a documentation prefix

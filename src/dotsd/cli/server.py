@@ -3,7 +3,7 @@
 DTLS over UDP and TLS over TCP on the same port (RFC 9132 §4.3: both are defined on the
 default port 4646, registries.md), mutual certificate authentication from a dotsd PKI
 directory, durable state in ``--state`` (SQLite), mitigations handed to a mitigator plugin.
-Settings come from an optional TOML file (``--config``, :mod:`dotsd.server_config`) and the
+Settings come from an optional TOML file (``--config``, :mod:`dotsd.cli.settings`) and the
 flags, a flag given on the command line winning over the file. With a ``[policy]`` the server
 serves the operator's prefixes and domains (RFC 9132 §4.4.1.1, §10) and says which; without
 one it runs in lab mode: the documentation prefixes only, and it says so. ``--check``
@@ -27,25 +27,25 @@ from pathlib import Path
 from typing import Any
 
 from dotsd import _speedups as speedups
-from dotsd import server_config
+from dotsd.agents.bridge import MitigatorBridge
+from dotsd.agents.server import SignalServer
 from dotsd.cli import CommandError, Subparsers, emit
-from dotsd.coap.params import dots_defaults
-from dotsd.coap.site import Site
-from dotsd.mitigate import registry
-from dotsd.mitigate.base import FeedbackSink, Mitigator, MitigatorError
-from dotsd.mitigate.bridge import MitigatorBridge
-from dotsd.pki import PkiPaths
-from dotsd.server_config import (
+from dotsd.cli import settings as server_config
+from dotsd.cli.settings import (
     DEFAULT_BIND,
     DEFAULT_PORT,
     ConfigFileError,
     MitigatorSettings,
     ServerSettings,
 )
-from dotsd.signal.server import SignalServer
+from dotsd.coap.params import dots_defaults
+from dotsd.coap.site import Site
+from dotsd.mitigate import registry
+from dotsd.mitigate.base import FeedbackSink, Mitigator, MitigatorError
+from dotsd.node import CoapNode
+from dotsd.pki import PkiPaths
 from dotsd.store.base import StoreError
 from dotsd.store.sqlite import SqliteStore
-from dotsd.transport.node import CoapNode
 
 log = logging.getLogger("dotsd.server")
 

@@ -17,7 +17,7 @@ from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code
 
 if TYPE_CHECKING:
-    from dotsd.transport.base import Link, PeerInfo
+    from dotsd.link import Link, PeerInfo
 
 Reply = Message | Awaitable[Message]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from dotsd.dtls.records import CT_HANDSHAKE, DTLS_1_0, HANDSHAKE_HEADER_LEN, HEADER_LEN
-from dotsd.transport.base import Address
+from dotsd.link import Address
 
 HT_CLIENT_HELLO: Final = 1
 HT_HELLO_VERIFY_REQUEST: Final = 3

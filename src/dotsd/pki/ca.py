@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from dotsd.link import cuid_from_spki_sha256, spki_sha256
+
 log = logging.getLogger(__name__)
 
 CA_VALIDITY: Final = dt.timedelta(days=3650)
@@ -212,9 +214,6 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def summarize(cert: x509.Certificate) -> CertificateSummary:
-    from dotsd.signal.identity import cuid_from_spki_sha256  # the pki layer stays below
-    from dotsd.transport.base import spki_sha256
-
     digest = spki_sha256(cert)
     return CertificateSummary(
         subject=cert.subject.rfc4514_string(),

@@ -57,6 +57,7 @@ from dotsd.signal.errors import (
     ServiceUnavailable,
     from_model_error,
 )
+from dotsd.signal.mids import ROLLOVER_MID
 from dotsd.signal.policy import INDEFINITE, LAB, IPNetwork, Policy
 from dotsd.signal.targets import TargetIndex, fqdn_key
 from dotsd.signal.uri import MAX_MID, Content
@@ -66,7 +67,6 @@ __all__ = [
     "DEFAULT_ABT_MAX",
     "DEFAULT_ACTIVE_BUT_TERMINATING",
     "MEMBER",
-    "MID_ROLLOVER",
     "TRANSITIONS",
     "AttackStatus",
     "Change",
@@ -99,7 +99,6 @@ MEMBER: Final = "ietf-dots-signal-channel:mitigation-scope"  # RFC 9132 §6 Tabl
 DEFAULT_ACTIVE_BUT_TERMINATING: Final = 120.0  # RFC 9132 §4.4.4 "SHOULD be ... 120 seconds"
 DEFAULT_ABT_MAX: Final = 300.0  # RFC 9132 §4.4.4 "up to a maximum of 300 seconds"
 PRECONFIGURED_REPEATS: Final = 4  # RFC 9132 §4.4.2 Table 3 "transmitted four times"
-MID_ROLLOVER: Final = 3221225471  # RFC 9132 §4.4.1.1: 3/4 of (2^32 - 1), then 'mid' restarts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,9 +583,9 @@ def common_targets(a: Scope, b: Scope, *, match_ports_protocols: bool = True) ->
 def _mid_newer(new: int, old: int) -> bool:
     """RFC 9132 §4.4.1.1: 'mid' values increase monotonically and restart at 0 once they
     reach 3/4 of 2^32 - 1; a small 'mid' after such a large one is the newer."""
-    if old >= MID_ROLLOVER and new < MID_ROLLOVER // 3:
+    if old >= ROLLOVER_MID and new < ROLLOVER_MID // 3:
         return True
-    if new >= MID_ROLLOVER and old < MID_ROLLOVER // 3:
+    if new >= ROLLOVER_MID and old < ROLLOVER_MID // 3:
         return False
     return new > old
 

@@ -36,9 +36,9 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from dotsd.link import PeerInfo
 from dotsd.signal.errors import BadRequest
 from dotsd.signal.identity import ClientIdentity
-from dotsd.transport.base import PeerInfo
 
 __all__ = [
     "DEFAULT_MAX_LIFETIME",

@@ -1,59 +1,20 @@
-"""What every transport gives the CoAP layer above it.
+"""What the asyncio transports share: the base of their links, the listener interface and
+the loop clock.
 
-A *link* is one established path to one peer: a UDP address, a DTLS session, or a TCP/TLS
-connection. Who dialled (``initiator``) says nothing about who is CoAP client or server:
-both may send requests on any link (RFC 9066 Call Home reverses the usual roles).
+The link types every layer uses (:class:`~dotsd.link.Address`, :class:`~dotsd.link.PeerInfo`,
+the :class:`~dotsd.link.Link` and :class:`~dotsd.link.LinkHandler` protocols) live in
+:mod:`dotsd.link`, below the transports.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol, Self
+from typing import Self
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-Address = tuple[str, int] | tuple[str, int, int, int]
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """Who is at the other end, as the transport authenticated it."""
-
-    address: Address
-    transport: str  # "udp", "dtls", "tcp" or "tls"
-    initiator: bool  # True when this side dialled
-    certificate: x509.Certificate | None = None
-    psk_identity: bytes | None = None
-    spki_sha256: bytes | None = field(default=None, compare=False)
-
-    @property
-    def reliable(self) -> bool:
-        return self.transport in ("tcp", "tls")
-
-    @property
-    def secure(self) -> bool:
-        return self.transport in ("dtls", "tls")
-
-
-def spki_sha256(cert: x509.Certificate) -> bytes:
-    """SHA-256 of the DER SubjectPublicKeyInfo (RFC 9132 §4.4.1 derives the cuid from it)."""
-    der = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).digest()
-
-
-def make_peer_info(address: Address, transport: str, initiator: bool,
-                   certificate: x509.Certificate | None = None,
-                   psk_identity: bytes | None = None) -> PeerInfo:
-    return PeerInfo(address, transport, initiator, certificate, psk_identity,
-                    spki_sha256(certificate) if certificate is not None else None)
+from dotsd.link import PeerInfo
 
 
 class LinkBase:
@@ -78,32 +39,6 @@ class LinkBase:
         host, port = self._info.address[:2]
         host = f"[{host}]" if ":" in host else host
         return f"<{type(self).__name__} {self._info.transport} {host}:{port}>"
-
-
-class Link(Protocol):
-    """One path to a peer. ``send`` takes one datagram (UDP, DTLS) or stream bytes (TCP, TLS)."""
-
-    @property
-    def info(self) -> PeerInfo: ...
-
-    def send(self, data: bytes) -> None: ...
-
-    def close(self) -> None: ...
-
-    def __hash__(self) -> int: ...
-
-
-class LinkHandler(Protocol):
-    """Implemented by the layer above (the CoAP node); called by transports."""
-
-    def link_up(self, link: Link) -> None:
-        """A link is ready: after the (D)TLS handshake, or at once for plain UDP/TCP."""
-
-    def data_received(self, link: Link, data: bytes) -> None:
-        """One datagram (UDP, DTLS) or a chunk of the byte stream (TCP, TLS)."""
-
-    def link_down(self, link: Link, reason: str | None) -> None:
-        """The link is gone (closed, idle timeout, alert, connection reset)."""
 
 
 class Listener(abc.ABC):

@@ -33,15 +33,8 @@ from dotsd.dtls.context import DtlsContext
 from dotsd.dtls.cookie import CookieJar, Verdict
 from dotsd.dtls.events import ConnectionClosed, DataReceived, HandshakeCompleted
 from dotsd.dtls.records import CT_HANDSHAKE
-from dotsd.transport.base import (
-    Address,
-    LinkBase,
-    LinkHandler,
-    Listener,
-    PeerInfo,
-    make_peer_info,
-    wait_event,
-)
+from dotsd.link import Address, LinkHandler, PeerInfo, make_peer_info
+from dotsd.transport.base import LinkBase, Listener, wait_event
 from dotsd.transport.datagram import open_datagram
 from dotsd.transport.udp import (
     DEFAULT_SNDBUF,

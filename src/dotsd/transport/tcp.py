@@ -1,7 +1,7 @@
 """asyncio adapters for CoAP over TCP and TLS (RFC 8323): stream connections as ``Link``s.
 
 ``serve_tcp`` accepts connections, ``connect_tcp`` dials one; both hand every established
-connection to a :class:`~dotsd.transport.base.LinkHandler`. Bytes pass through untouched:
+connection to a :class:`~dotsd.link.LinkHandler`. Bytes pass through untouched:
 framing and signaling live in :mod:`dotsd.coap.tcp`. Who dialled (``PeerInfo.initiator``)
 is independent of who acts as CoAP client or server: either side may send requests on a
 link (RFC 8323 §3.3; RFC 9066 Call Home relies on it).
@@ -23,16 +23,9 @@ from typing import Final, cast
 
 from cryptography import x509
 
+from dotsd.link import Address, Link, LinkHandler, PeerInfo, make_peer_info
 from dotsd.tls.context import ALPN_COAP
-from dotsd.transport.base import (
-    Address,
-    Link,
-    LinkBase,
-    LinkHandler,
-    Listener,
-    PeerInfo,
-    make_peer_info,
-)
+from dotsd.transport.base import LinkBase, Listener
 
 log = logging.getLogger(__name__)
 

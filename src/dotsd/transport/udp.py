@@ -17,16 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Final, cast
 
-from dotsd.transport.base import (
-    Address,
-    LinkBase,
-    LinkHandler,
-    Listener,
-    PeerInfo,
-    loop_clock,
-    make_peer_info,
-    wait_event,
-)
+from dotsd.link import Address, LinkHandler, PeerInfo, make_peer_info
+from dotsd.transport.base import LinkBase, Listener, loop_clock, wait_event
 from dotsd.transport.datagram import open_datagram
 
 log = logging.getLogger("dotsd.transport.udp")

@@ -1,5 +1,5 @@
 """The DOTS signal channel server (RFC 9132): the sans-IO rules of ``dotsd.signal`` on a
-:class:`~dotsd.transport.node.CoapNode`, with durable state in a ``dotsd.store`` store.
+:class:`~dotsd.node.CoapNode`, with durable state in a ``dotsd.store`` store.
 
     server = SignalServer(store=SqliteStore.open(state_dir), on_change=mitigator.apply)
     await serve_dtls(server.node, "::", 4646, context)
@@ -57,8 +57,10 @@ from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
 from dotsd.coap.params import TransmissionParameters, dots_defaults
 from dotsd.coap.site import IncomingRequest, Resource, Site
+from dotsd.link import Link
 from dotsd.model import codec, yang
 from dotsd.model.errors import ModelError
+from dotsd.node import CoapNode
 from dotsd.signal.config import (
     CONFIG_PATH,
     ConfigError,
@@ -106,8 +108,6 @@ from dotsd.signal.redirect import Redirection, redirect_body
 from dotsd.signal.uri import MITIGATE_PATH, parse_mitigate_uri
 from dotsd.store import base as store_base
 from dotsd.store.base import Store, StoreError
-from dotsd.transport.base import Link
-from dotsd.transport.node import CoapNode
 
 __all__ = [
     "ChangeHook",

@@ -1,6 +1,5 @@
 """The DOTS signal channel client (RFC 9132): what a network under attack runs, on a
-:class:`~dotsd.transport.node.CoapNode` with one :class:`~dotsd.transport.base.Link` to its
-DOTS server.
+:class:`~dotsd.node.CoapNode` with one :class:`~dotsd.link.Link` to its DOTS server.
 
     client = SignalClient.for_certificate(cert, connect=dial)
     await client.start()                       # dials, starts the heartbeat task
@@ -13,7 +12,7 @@ DOTS server.
 Rules applied here:
 
 * 'cuid' is derived from the client's own credentials (SPKI of its certificate, or its PSK
-  identity) as RFC 9132 §4.4.1.1 says (:mod:`dotsd.signal.identity`);
+  identity) as RFC 9132 §4.4.1.1 says (:mod:`dotsd.link`);
 * mitigation requests and efficacy updates are Non-confirmable PUTs, "sent at regular
   intervals until a response is received" (RFC 9132 §4.4, §4.4.1, §4.4.3), paced by
   :class:`~dotsd.signal.pacing.MitigationRepeatPolicy` fed by an RTT estimate (RFC 6298,
@@ -59,8 +58,10 @@ from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber, code_str
 from dotsd.coap.params import dots_defaults
 from dotsd.coap.site import IncomingRequest, Resource, Site
+from dotsd.link import Link, cuid_from_psk_identity, cuid_from_spki_sha256, spki_sha256
 from dotsd.model import codec
 from dotsd.model.errors import ModelError
+from dotsd.node import CoapNode, RequestError
 from dotsd.signal.config import (
     Attribute,
     ConfigError,
@@ -86,13 +87,10 @@ from dotsd.signal.heartbeat import (
     check_heartbeat_path,
     parse_heartbeat_body,
 )
-from dotsd.signal.identity import cuid_from_psk_identity, cuid_from_spki_sha256
 from dotsd.signal.mitigation import MEMBER
 from dotsd.signal.pacing import MitigationRepeatPolicy, RttEstimator
 from dotsd.signal.redirect import Redirection, parse_redirect
 from dotsd.signal.uri import MAX_MID, mitigate_path
-from dotsd.transport.base import Link, spki_sha256
-from dotsd.transport.node import CoapNode, RequestError
 
 __all__ = [
     "ClientError",

@@ -32,8 +32,8 @@ from typing import Any, Final, Literal
 from OpenSSL import SSL
 
 from dotsd.dtls.context import DtlsContext
+from dotsd.link import Link, LinkHandler
 from dotsd.signal.redirect import Redirection, RedirectState
-from dotsd.transport.base import Link, LinkHandler
 
 __all__ = [
     "ATTACK_ATTEMPT_DELAY",

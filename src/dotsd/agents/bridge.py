@@ -32,7 +32,7 @@ from dotsd.mitigate.base import (
 from dotsd.signal.mitigation import Change, Counters, Event, Mitigation, Reason, Status
 
 if TYPE_CHECKING:
-    from dotsd.signal.server import SignalServer
+    from dotsd.agents.server import SignalServer
 
 __all__ = ["MitigatorBridge", "order_for"]
 

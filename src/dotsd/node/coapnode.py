@@ -41,8 +41,9 @@ from dotsd.coap.tcp import (
     MessageReceived,
     ReleaseReceived,
 )
+from dotsd.link import Link
 from dotsd.ratelog import RateLimitedLog
-from dotsd.transport.base import Link, loop_clock
+from dotsd.transport.base import loop_clock
 
 log = logging.getLogger("dotsd.coap")
 _REJECT_LOG_RATE = 10
