@@ -17,7 +17,8 @@ from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
 from dotsd.model.codec import to_cbor
 from dotsd.pki import PkiPaths, init_pki, load_certificate
-from dotsd.signal.client import ClientError, MidAllocator, Reply, SignalClient
+from dotsd.signal.client import ClientError, Reply, SignalClient
+from dotsd.signal.client_session import ClientSession
 from dotsd.signal.config import Attribute
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
 from dotsd.signal.identity import cuid_from_spki_sha256
@@ -120,12 +121,12 @@ def test_cuid_and_mids(pki: PkiPaths) -> None:
     client = SignalClient.for_certificate(cert)
     assert client.cuid == cuid_from_spki_sha256(spki_sha256(cert))
     assert len(client.cuid) == 22  # RFC 9132 §4.4.1.1
-    mids = MidAllocator(100)
-    assert [mids.next(), mids.next()] == [100, 101]
-    mids.seen(500)
-    assert mids.next() == 501
-    mids.seen(7)  # an older mid does not move the allocator back
-    assert mids.next() == 502
+    mids = ClientSession(0.0, last_mid=99)
+    assert [mids.allocate_mid(), mids.allocate_mid()] == [100, 101]
+    mids.mid_used(500)
+    assert mids.allocate_mid() == 501
+    mids.mid_used(7)  # an older mid does not move the allocator back
+    assert mids.allocate_mid() == 502
     err = ClientError(Code.BAD_REQUEST, "nope")
     assert err.code_text == "4.00 BAD_REQUEST" and "nope" in str(err)
     assert ClientError(None, "timeout").code_text == "no response"

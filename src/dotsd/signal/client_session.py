@@ -196,6 +196,11 @@ class ClientSession:
         """When the configuration is refreshed next (None: not scheduled)."""
         return self._refresh_at
 
+    @property
+    def probe_at(self) -> float | None:
+        """When DTLS is probed next after a TLS fallback (None: not on a fallback)."""
+        return self._probe_at
+
     # -- the link ------------------------------------------------------------------------------
 
     def link_up(self, now: float, *, reliable: bool, redirect_until: float | None = None,
