@@ -26,6 +26,7 @@ from dotsd.signal.mitigation import Event
 from dotsd.signal.pacing import RttEstimator
 from dotsd.signal.server import SignalServer
 from dotsd.transport.base import make_peer_info, spki_sha256
+from dotsd.transport.node import CoapNode
 
 TIMEOUT = 5.0
 
@@ -346,3 +347,30 @@ async def test_over_dtls(pki: PkiPaths, tmp_path: Path) -> None:
         listener.close()
         await listener.wait_closed()
         await asyncio.sleep(0)
+
+
+async def test_two_clients_on_one_node_both_see_their_link_go_down(pki: PkiPaths) -> None:
+    """Each SignalClient on a shared node is told when its own link goes down (it used to be
+    the first client only: the node had one callback attribute)."""
+    server = SignalServer()
+    node = CoapNode()
+    cert = load_certificate(pki.client_cert)
+    clients = [SignalClient.for_certificate(cert, node=node, timeout=TIMEOUT,
+                                            heartbeat=(0.0, 3)) for _ in range(2)]
+    try:
+        links = []
+        for client in clients:
+            la, _ = cert_links(client, server, pki.client_cert)
+            await client.start(la)
+            links.append(la)
+        links[1].close()  # the second client's link goes down: only it loses its session
+        await asyncio.wait_for(clients[1].session_lost.wait(), TIMEOUT)
+        assert "link down" in (clients[1].lost_reason or "")
+        assert clients[0].connected.is_set() and not clients[0].session_lost.is_set()
+        links[0].close()
+        await asyncio.wait_for(clients[0].session_lost.wait(), TIMEOUT)
+    finally:
+        for client in clients:
+            await client.close()
+        await node.close()
+        await server.node.close()

@@ -351,8 +351,7 @@ class SignalClient:
         self._own_node = node is None
         self.node = node if node is not None else CoapNode(Site(), params=dots_defaults())
         self.node.site.add("/" + "/".join(HEARTBEAT_PATH), _HeartbeatResource(self))
-        if self.node.on_link_down is None:
-            self.node.on_link_down = self._link_down
+        self.node.add_link_listener(down=self._link_down)
         self.session = ClientSession(0.0, heartbeat=heartbeat, redial_delay=reconnect_delay,
                                      first_sid=first_sid, last_mid=first_mid - 1)
         self.dialer = dialer
@@ -916,6 +915,7 @@ class SignalClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.connected.clear()
+        self.node.remove_link_listener(down=self._link_down)
         if self._own_node:
             await self.node.close()
         elif self.link is not None:

@@ -14,7 +14,9 @@ RFC 9132 §4.3 rules applied:
   a specific time period ... on the order of few minutes (e.g., 10 min)": within that time a
   redial tries the winner first, alone, and races the others only if it fails;
 * a session that fell back to TLS probes DTLS again, at most every 5 minutes ("MUST NOT be
-  done more frequently than every 5 minutes"): :class:`~dotsd.signal.client_session.ClientSession` times it, :meth:`ServerDialer.probe_dtls` does it.
+  done more frequently than every 5 minutes"): the
+  :class:`~dotsd.signal.client_session.ClientSession` times it, :meth:`ServerDialer.probe_dtls`
+  does it.
 """
 
 from __future__ import annotations
