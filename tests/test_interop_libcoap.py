@@ -313,7 +313,7 @@ async def test_large_request_right_after_connect(scheme: str, creds: Creds,
             msg = Message(code=Code.PUT, payload=BIG_BODY).set_path("/large")
             sent.append(dc.node.start_request(link, msg, timeout=1))
 
-        dc.node.on_link_up = on_link_up
+        dc.node.add_link_listener(up=on_link_up)
         await dc.connect(scheme, "127.0.0.1", peer.port_for(scheme))
         assert len(sent) == 1
         resp = await bounded(sent[0])

@@ -129,7 +129,7 @@ async def play(steps: list[bytes], fast: bool) -> list[object]:
     link = CaptureLink(make_peer_info(("192.0.2.1", 5683), "udp", False))
     node.link_up(link)
     removed: list[object] = []
-    node.on_observer_removed = lambda *args: removed.append(args)
+    node.add_observer_listener(lambda *args: removed.append(args))
     seen: list[object] = []
     for data in steps:
         node.data_received(link, data)

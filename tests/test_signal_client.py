@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 from memlinks import MemLink
 
-from dotsd.agents.client import ClientError, MidAllocator, Reply, SignalClient
+from dotsd.agents.client import ClientError, Reply, SignalClient
 from dotsd.agents.server import SignalServer
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
 from dotsd.link import cuid_from_spki_sha256, make_peer_info, spki_sha256
 from dotsd.model.codec import to_cbor
+from dotsd.node import CoapNode
 from dotsd.pki import PkiPaths, init_pki, load_certificate
+from dotsd.signal.client_session import ClientSession
 from dotsd.signal.config import Attribute
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
 from dotsd.signal.mitigation import Event
@@ -119,12 +121,12 @@ def test_cuid_and_mids(pki: PkiPaths) -> None:
     client = SignalClient.for_certificate(cert)
     assert client.cuid == cuid_from_spki_sha256(spki_sha256(cert))
     assert len(client.cuid) == 22  # RFC 9132 §4.4.1.1
-    mids = MidAllocator(100)
-    assert [mids.next(), mids.next()] == [100, 101]
-    mids.seen(500)
-    assert mids.next() == 501
-    mids.seen(7)  # an older mid does not move the allocator back
-    assert mids.next() == 502
+    mids = ClientSession(0.0, last_mid=99)
+    assert [mids.allocate_mid(), mids.allocate_mid()] == [100, 101]
+    mids.mid_used(500)
+    assert mids.allocate_mid() == 501
+    mids.mid_used(7)  # an older mid does not move the allocator back
+    assert mids.allocate_mid() == 502
     err = ClientError(Code.BAD_REQUEST, "nope")
     assert err.code_text == "4.00 BAD_REQUEST" and "nope" in str(err)
     assert ClientError(None, "timeout").code_text == "no response"
@@ -344,3 +346,30 @@ async def test_over_dtls(pki: PkiPaths, tmp_path: Path) -> None:
         listener.close()
         await listener.wait_closed()
         await asyncio.sleep(0)
+
+
+async def test_two_clients_on_one_node_both_see_their_link_go_down(pki: PkiPaths) -> None:
+    """Each SignalClient on a shared node is told when its own link goes down (it used to be
+    the first client only: the node had one callback attribute)."""
+    server = SignalServer()
+    node = CoapNode()
+    cert = load_certificate(pki.client_cert)
+    clients = [SignalClient.for_certificate(cert, node=node, timeout=TIMEOUT,
+                                            heartbeat=(0.0, 3)) for _ in range(2)]
+    try:
+        links = []
+        for client in clients:
+            la, _ = cert_links(client, server, pki.client_cert)
+            await client.start(la)
+            links.append(la)
+        links[1].close()  # the second client's link goes down: only it loses its session
+        await asyncio.wait_for(clients[1].session_lost.wait(), TIMEOUT)
+        assert "link down" in (clients[1].lost_reason or "")
+        assert clients[0].connected.is_set() and not clients[0].session_lost.is_set()
+        links[0].close()
+        await asyncio.wait_for(clients[0].session_lost.wait(), TIMEOUT)
+    finally:
+        for client in clients:
+            await client.close()
+        await node.close()
+        await server.node.close()

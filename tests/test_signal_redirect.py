@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loopback import ipv6_loopback
 
-from dotsd.agents.client import Redirected, SignalClient
+from dotsd.agents.client import Redirected, SessionMoved, SignalClient
 from dotsd.agents.dial import AttemptCache, Candidate, DialError, ServerDialer, order_candidates
 from dotsd.agents.server import SignalServer
 from dotsd.coap.numbers import Code
@@ -26,6 +26,7 @@ from dotsd.dtls.context import server_context as dtls_server_context
 from dotsd.model import yang
 from dotsd.model.codec import from_cbor, to_cbor
 from dotsd.pki import PkiPaths, init_pki, load_certificate
+from dotsd.signal.client_session import ProbeDtls
 from dotsd.signal.mitigation import Event
 from dotsd.signal.redirect import (
     INFINITE_TTL,
@@ -266,32 +267,46 @@ async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -
     try:
         async with serve(pki, "127.0.0.1", port, tmp_path / "s", dtls=False) as served:
             client, dialer = make_client(pki, "127.0.0.1", port)
+            client.dialer = dialer
+            events: list[object] = []
+            probed, moved = asyncio.Event(), asyncio.Event()
+
+            def seen(event: object) -> None:
+                events.append(event)
+                if isinstance(event, ProbeDtls):
+                    probed.set()
+                if isinstance(event, SessionMoved):
+                    moved.set()
+
+            client.add_listener(seen)
             try:
                 started = time.monotonic()
                 await asyncio.wait_for(client.start(), 10)
                 assert time.monotonic() - started < 4.0  # the DTLS attempt allows 5 s
                 assert dialer.current == Candidate("tls", "127.0.0.1", port)
                 assert (await client.session_config_get()).current is not None
-                assert dialer.cache.lookup(f"127.0.0.1:{port}", asyncio.get_running_loop(
-                ).time()) == dialer.current
                 loop = asyncio.get_running_loop()
-                assert not dialer.dtls_probe_due(loop.time())  # not before 5 minutes
-                # RFC 9132 §4.3: probe DTLS again later; still black-holed: stay on TLS.
-                dialer.dtls_probe_interval = 0.0
+                assert dialer.cache.lookup(f"127.0.0.1:{port}", loop.time()) == dialer.current
+                # RFC 9132 §4.3: DTLS is probed again, not before 5 minutes.
+                assert dialer.tls_fallback
+                due = client.session.probe_at
+                assert due is not None and due - loop.time() > 290
+                # Still black-holed: the probe fails and the session stays on TLS.
+                client.session.dtls_probe_interval = 0.2
+                client.session.probe_failed(loop.time())
                 dialer.timeout = 0.5
-                assert dialer.dtls_probe_due(loop.time())
-                assert await dialer.probe_dtls() is None
-                assert dialer.current.transport == "tls"
-                # DTLS becomes available: the probe succeeds, the session moves to it.
+                client.set_attack_ongoing(None)  # re-arms the session's timer
+                await asyncio.wait_for(probed.wait(), 10)
+                assert dialer.current.transport == "tls" and not moved.is_set()
+                # DTLS becomes available: a probe succeeds, the session moves to it.
                 hole.close()
                 listener = await serve_dtls(
                     served.server.node, "127.0.0.1", port,
                     dtls_server_context(DtlsConfig.from_pki(pki)))
                 served.listeners.append(listener)
-                link = await dialer.probe_dtls()
-                assert link is not None and dialer.current.transport == "dtls"
-                await client.reconnect(link)
-                assert client.link is link
+                await asyncio.wait_for(moved.wait(), 10)
+                assert dialer.current.transport == "dtls"
+                assert client.link is not None and client.link.info.transport == "dtls"
                 assert (await client.mitigate(SCOPE)).code == Code.CREATED
             finally:
                 await client.close()

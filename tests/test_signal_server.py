@@ -130,7 +130,7 @@ def make_env(pki: PkiPaths, tmp_path: Path | None = None,
              changes: list[Change] | None = None, **kw: Any) -> Env:
     clock = Clock()
     store = SqliteStore.open(tmp_path / "state") if tmp_path is not None else None
-    server = SignalServer(store=store, clock=clock,
+    server = SignalServer(store=store, clock=clock, monotonic=clock,
                           on_change=None if changes is None else changes.append, **kw)
     return Env(pki, server, clock)
 
@@ -381,7 +381,8 @@ async def test_session_config(pki: PkiPaths, tmp_path: Path) -> None:
     # Restart: the stored configuration applies to the client's new session.
     env.server.store.close()
     clock = Clock(T0 + 10)
-    server = SignalServer(store=SqliteStore.open(tmp_path / "state"), clock=clock)
+    server = SignalServer(store=SqliteStore.open(tmp_path / "state"), clock=clock,
+                          monotonic=clock)
     env2 = Env(pki, server, clock)
     assert (await env2.get(1)).code == Code.CONTENT
     state = server.node.endpoint.peer_state(env2.server_link)
@@ -409,10 +410,10 @@ async def test_heartbeat_and_signal_loss(pki: PkiPaths, tmp_path: Path) -> None:
     assert (await env.get(10)).code == Code.CONTENT
     assert entry(await env.get(10))["status"] == "attack-mitigation-signal-loss"
     # Heartbeats keep the session: nothing happens within the allowance.
-    assert env.server.tick(T0 + 400) == []
+    assert env.server.tick(T0 + 400, mono=T0 + 400) == []
     # 30 s x 15 missing heartbeats without any traffic: the session is lost (§4.7) and the
     # preconfigured request is triggered (§4.4.1.3).
-    lost = env.server.tick(T0 + 30 * 15 + 1)
+    lost = env.server.tick(T0 + 30 * 15 + 1, mono=T0 + 30 * 15 + 1)
     assert [c.mitigation.status.label for c in lost] == ["attack-mitigation-in-progress"]
     assert not env.server.sessions
     assert env.server.store is not None
@@ -432,6 +433,31 @@ async def test_heartbeat_and_signal_loss(pki: PkiPaths, tmp_path: Path) -> None:
     obs.cancel()
 
 
+async def test_heartbeat_loss_follows_the_monotonic_clock(pki: PkiPaths,
+                                                          tmp_path: Path) -> None:
+    """RFC 9132 §4.7 counts missing heartbeats over time spans: a step of the wall clock (NTP)
+    must not lose a session, and a wall clock held back must not keep a silent one."""
+    wall, mono = Clock(T0), Clock(500.0)
+    server = SignalServer(store=SqliteStore.open(tmp_path / "state"), clock=wall,
+                          monotonic=mono)
+    env = Env(pki, server, wall)
+    pre = {MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 86400,
+                               "trigger-mitigation": False}]}}
+    assert (await env.put(10, pre)).code == Code.CREATED
+    assert len(server.sessions) == 1
+    span = 30 * 15  # the defaults: heartbeat-interval x missing-hb-allowed (RFC 9132 §4.5)
+    wall.now += 3600  # the wall clock jumps an hour ahead
+    assert server.tick() == [] and len(server.sessions) == 1
+    wall.now -= 3600 * 2  # and back, behind the start
+    mono.now += span + 1  # while the client stays silent for the whole span
+    lost = server.tick()
+    assert [c.mitigation.status.label for c in lost] == ["attack-mitigation-in-progress"]
+    assert not server.sessions
+    await env.client.close()
+    assert server.store is not None
+    server.store.close()
+
+
 async def test_client_not_back_after_restart_loses_its_session(pki: PkiPaths,
                                                                 tmp_path: Path) -> None:
     """A restarted server knows no session: a client with a preconfigured mitigation that
@@ -449,7 +475,8 @@ async def test_client_not_back_after_restart_loses_its_session(pki: PkiPaths,
         await env.client.close()
 
         clock = Clock(T0 + 50)
-        server = SignalServer(store=SqliteStore.open(state / "state"), clock=clock)
+        server = SignalServer(store=SqliteStore.open(state / "state"), clock=clock,
+                              monotonic=clock)
         deadline = T0 + 50 + 30 * 15  # RFC 9132 §4.5.2 defaults: 30 s x 15
         assert server.next_deadline() == deadline
         if returns:
@@ -458,11 +485,12 @@ async def test_client_not_back_after_restart_loses_its_session(pki: PkiPaths,
             hb = request(Code.PUT, HEARTBEAT_PATH, build_heartbeat_body(True))
             assert (await env2.ask(hb)).code == Code.CHANGED
             clock.now = deadline
-            assert server.tick(deadline) == []  # its own session counts from T0 + 300
+            # Its own session counts from T0 + 300.
+            assert server.tick(deadline, mono=deadline) == []
             await env2.client.close()
         else:
-            assert server.tick(deadline - 1) == []
-            lost = server.tick(deadline)
+            assert server.tick(deadline - 1, mono=deadline - 1) == []
+            lost = server.tick(deadline, mono=deadline)
             assert [c.mitigation.status.label for c in lost] == ["attack-mitigation-in-progress"]
         assert server.store is not None
         stored = server.store.get_mitigation(cuid_of(pki.client_cert), 10)
@@ -624,10 +652,11 @@ async def test_many_sessions_each_lost_on_its_own_time(pki: PkiPaths) -> None:
         env.clock.now = T0 + 20 + k * 0.5
         await heartbeat(0)
     assert len(server._timers) <= 2 * len(server.sessions) + 64
-    server.tick(T0 + limit + 9.5)  # clients 1..9 are past their allowance, 10..19 not yet
+    # Clients 1..9 are past their allowance, 10..19 not yet.
+    server.tick(T0 + limit + 9.5, mono=T0 + limit + 9.5)
     alive = {s.client.identity for s in server.sessions.values()}
     assert alive == {"psk:" + (b"cpe-%d" % n).hex() for n in [0, *range(10, 20)]}
-    server.tick(T0 + limit + 25)
+    server.tick(T0 + limit + 25, mono=T0 + limit + 25)
     assert [s.client.identity for s in server.sessions.values()] == [
         "psk:" + b"cpe-0".hex()]
     deadline = server.next_deadline()

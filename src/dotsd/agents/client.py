@@ -47,9 +47,9 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography import x509
 
@@ -62,13 +62,20 @@ from dotsd.link import Link, cuid_from_psk_identity, cuid_from_spki_sha256, spki
 from dotsd.model import codec
 from dotsd.model.errors import ModelError
 from dotsd.node import CoapNode, RequestError
+from dotsd.signal.client_session import (
+    ClientEvent,
+    ClientSession,
+    ParamsChanged,
+    ProbeDtls,
+    Redial,
+    RefreshConfig,
+    ReturnToProvisioned,
+)
 from dotsd.signal.config import (
     Attribute,
     ConfigError,
-    ConfigSet,
     ConfigSetKind,
     ServerConfig,
-    SidAllocator,
     Value,
     build_put_body,
     choose_values,
@@ -78,11 +85,7 @@ from dotsd.signal.config import (
 from dotsd.signal.heartbeat import (
     HEARTBEAT_PATH,
     HeartbeatMonitor,
-    PeerReachable,
-    Role,
     SendHeartbeat,
-    SessionLost,
-    ThresholdReached,
     build_heartbeat_body,
     check_heartbeat_path,
     parse_heartbeat_body,
@@ -90,13 +93,17 @@ from dotsd.signal.heartbeat import (
 from dotsd.signal.mitigation import MEMBER
 from dotsd.signal.pacing import MitigationRepeatPolicy, RttEstimator
 from dotsd.signal.redirect import Redirection, parse_redirect
+from dotsd.signal.session import SessionState, StateChanged
 from dotsd.signal.uri import MAX_MID, mitigate_path
+
+if TYPE_CHECKING:
+    from dotsd.agents.dial import ServerDialer
 
 __all__ = [
     "ClientError",
-    "MidAllocator",
     "Redirected",
     "Reply",
+    "SessionMoved",
     "SignalClient",
 ]
 
@@ -108,7 +115,6 @@ SessionLostHook = Callable[[str], object]
 RedirectHook = Callable[[Redirection], tuple[bool, str]]
 """Asked whether to follow a redirection (RFC 9132 §4.6); answers (follow, reason)."""
 
-_RECONNECT_MAX: Final = 60.0  # seconds between two redial attempts at most
 MIN_REPEAT_INTERVAL: Final = 0.25
 """Least time between two sends of one unanswered NON mitigation request. RFC 9132 §4.4 caps
 the rate at one datagram per RTT; the RTT a fresh session knows is that of a cheap exchange
@@ -167,6 +173,17 @@ def _redirection(msg: Message) -> Redirection | None:
 def _fresh(msg: Message) -> Message:
     """A copy of a request to send anew (new Message ID and token, RFC 7252 §4.4, §5.3.1)."""
     return dataclasses.replace(msg, mid=0, token=b"", options=list(msg.options or []))
+
+
+DTLS_AGAIN: Final = "DTLS available again"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionMoved:
+    """The session moved to another link (``reason``): back from an expired redirection
+    (RFC 9132 §4.6), or to DTLS after a TLS fallback (§4.3, :data:`DTLS_AGAIN`)."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,35 +256,7 @@ def _reply(msg: Message, ok: tuple[Code, ...], mid: int | None = None) -> Reply:
 
 
 # ---------------------------------------------------------------------------------------------
-# Identifiers
-
-
-class MidAllocator:
-    """'mid' values of new mitigation requests: RFC 9132 §4.4.1.1, a new request uses a 'mid'
-    greater than those of the client's previous requests. Nothing is persisted: a client
-    restarting must pass a ``first`` value above what it used before (e.g. from a clock)."""
-
-    def __init__(self, first: int = 1) -> None:
-        if not 0 <= first <= MAX_MID:
-            raise ValueError(f"'mid' must be within 0..{MAX_MID}")
-        self._next = first
-
-    @property
-    def peek(self) -> int:
-        return self._next
-
-    def next(self) -> int:
-        mid = self._next
-        if mid > MAX_MID:
-            # RFC 9132 §4.4.1.1 describes the rollover (withdraw everything, restart at 0);
-            # not automated here.
-            raise ValueError("'mid' space exhausted: withdraw all requests and restart at 0")
-        self._next += 1
-        return mid
-
-    def seen(self, mid: int) -> None:
-        """A 'mid' chosen by the caller: later allocations go above it."""
-        self._next = max(self._next, mid + 1)
+# Repetition
 
 
 class _TrackedRepeat:
@@ -316,19 +305,24 @@ class _HeartbeatResource(Resource):
 
 
 class SignalClient:
-    """RFC 9132 client side (see the module docstring).
+    """RFC 9132 client side (see the module docstring): the asyncio agent that runs a
+    :class:`~dotsd.signal.client_session.ClientSession` over a link of a :class:`CoapNode`.
 
     ``cuid``: the client identifier (see :meth:`for_certificate`, :meth:`for_psk`);
     ``node``: the CoAP node to use (default: a new one with the DOTS defaults, RFC 9132
     §4.5.2; the heartbeat resource is added to its site); ``connect``: dials the server and
     returns the link (used by :meth:`start` without a link and to redial after a session
-    loss); ``first_mid``: the first 'mid' to allocate; ``timeout``: how long a request waits
-    for its response (None: the CoAP MAX_TRANSMIT_WAIT); ``heartbeat``: a fixed
-    ('heartbeat-interval', 'missing-hb-allowed') overriding the negotiated values (tests,
-    or 'heartbeat-interval' 0 to turn heartbeats off); ``estimator``: the RTT estimate pacing
-    the repetitions (default: a new :class:`RttEstimator`); ``on_session_lost``: called with
-    the reason when the session is lost (RFC 9132 §4.7); ``on_redirect``: whether to follow a
-    redirection (RFC 9132 §4.6; with ``connect``, which then dials the alternate server).
+    loss); ``dialer``: a :class:`~dotsd.agents.dial.ServerDialer`, which then provides
+    ``connect`` and ``on_redirect`` and lets the session return from an expired redirection
+    (RFC 9132 §4.6) and probe DTLS after a fallback to TLS (§4.3); ``first_mid``: the first
+    'mid' to allocate; ``timeout``: how long a request waits for its response (None: the CoAP
+    MAX_TRANSMIT_WAIT); ``heartbeat``: a fixed ('heartbeat-interval', 'missing-hb-allowed')
+    overriding the negotiated values (tests, or 'heartbeat-interval' 0 to turn heartbeats off);
+    ``estimator``: the RTT estimate pacing the repetitions (default: a new
+    :class:`RttEstimator`); ``on_session_lost``: called with the reason when the session is
+    lost (RFC 9132 §4.7); ``on_redirect``: whether to follow a redirection (RFC 9132 §4.6;
+    with ``connect``, which then dials the alternate server); ``refresh``: refresh the session
+    configuration before its Max-Age runs out (§4.5.3), once it was read.
     """
 
     def __init__(
@@ -337,6 +331,7 @@ class SignalClient:
         *,
         node: CoapNode | None = None,
         connect: Callable[[], Awaitable[Link]] | None = None,
+        dialer: ServerDialer | None = None,
         first_mid: int = 1,
         first_sid: int = 1,
         timeout: float | None = None,
@@ -346,44 +341,41 @@ class SignalClient:
         on_session_lost: SessionLostHook | None = None,
         on_redirect: RedirectHook | None = None,
         reconnect_delay: float = 1.0,
+        refresh: bool = True,
     ) -> None:
+        if not 0 <= first_mid <= MAX_MID:
+            raise ValueError(f"'mid' must be within 0..{MAX_MID}")
         self.cuid = cuid
         self._own_node = node is None
         self.node = node if node is not None else CoapNode(Site(), params=dots_defaults())
         self.node.site.add("/" + "/".join(HEARTBEAT_PATH), _HeartbeatResource(self))
-        if self.node.on_link_down is None:
-            self.node.on_link_down = self._link_down
-        self.connect = connect
-        self.mids = MidAllocator(first_mid)
-        self.sids = SidAllocator(first_sid)
+        self.node.add_link_listener(down=self._link_down)
+        self.session = ClientSession(0.0, heartbeat=heartbeat, redial_delay=reconnect_delay,
+                                     first_sid=first_sid, last_mid=first_mid - 1)
+        self.dialer = dialer
+        self._connect = connect if connect is not None or dialer is None else dialer.dial
+        self.session.redial = self._connect is not None
         self.timeout = timeout
-        self.heartbeat_override = heartbeat
         self.estimator = estimator if estimator is not None else RttEstimator()
         self.repeat = repeat if repeat is not None else MitigationRepeatPolicy(
             self.estimator, min_interval=MIN_REPEAT_INTERVAL)
         self.on_session_lost = on_session_lost
-        self.on_redirect = on_redirect
+        self.on_redirect = (on_redirect if on_redirect is not None or dialer is None
+                            else dialer.redirect)
+        self.refresh = refresh
         self.redirects = 0
-        self.reconnect_delay = reconnect_delay
         self.link: Link | None = None
-        self.monitor: HeartbeatMonitor | None = None
-        self.server_config: ServerConfig | None = None
-        self.config_max_age: int | None = None
-        self.sid: int | None = None
-        self._config: dict[ConfigSetKind, ConfigSet] = {k: ConfigSet() for k in ConfigSetKind}
-        self._scopes: dict[int, dict[str, Any]] = {}  # mid -> scope entry as sent
-        self._active: set[int] = set()  # mids not withdrawn
-        self._attack_ongoing: bool | None = None  # None: "has an active mitigation"
         self.connected = asyncio.Event()
         self.session_lost = asyncio.Event()
-        self.lost_reason: str | None = None
         self.heartbeats_sent = 0
         self.heartbeats_answered = 0
         self.peer_heartbeats = 0
         self.reconnects = 0
-        self._down: str | None = None
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[ClientEvent | SessionMoved], object]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     # -- construction ---------------------------------------------------------------------------
@@ -398,67 +390,90 @@ class SignalClient:
         """A client whose 'cuid' is derived from its PSK identity (RFC 9132 §4.4.1.1)."""
         return cls(cuid_from_psk_identity(psk_identity), **kw)
 
+    @property
+    def connect(self) -> Callable[[], Awaitable[Link]] | None:
+        """Dials the server (None: the application attaches links with :meth:`start`)."""
+        return self._connect
+
+    @connect.setter
+    def connect(self, connect: Callable[[], Awaitable[Link]] | None) -> None:
+        self._connect = connect
+        self.session.redial = connect is not None  # RFC 9132 §4.7: redial after a loss
+
+    # -- session state (kept by the ClientSession) ------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        return self.session.state
+
+    @property
+    def monitor(self) -> HeartbeatMonitor | None:
+        return self.session.monitor
+
+    @property
+    def mitigating(self) -> bool:
+        """Whether the client has an active mitigation (RFC 9132 §4.5: 'mitigating-config')."""
+        return self.session.mitigating
+
+    @property
+    def active_mids(self) -> frozenset[int]:
+        return self.session.active_mids
+
+    @property
+    def server_config(self) -> ServerConfig | None:
+        return self.session.server_config
+
+    @property
+    def config_max_age(self) -> int | None:
+        return self.session.config_max_age
+
+    @property
+    def sid(self) -> int | None:
+        return self.session.sid
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self.session.lost_reason
+
+    def add_listener(self, listener: Callable[[ClientEvent | SessionMoved], object]) -> None:
+        """Call ``listener`` with every event of the session (state changes, redials,
+        refreshes, ...) after the client acted on it."""
+        self._listeners.append(listener)
+
+    def set_attack_ongoing(self, ongoing: bool | None) -> None:
+        """Tell whether an attack is ongoing (None: assume so while a mitigation is active).
+        RFC 9132 §4.7: under attack the session is not declared lost on missing heartbeats."""
+        self.session.set_attack_ongoing(self._now(), ongoing)
+        self._pump()
+
     # -- session --------------------------------------------------------------------------------
 
     async def start(self, link: Link | None = None) -> None:
-        """Use ``link`` (or dial with ``connect``) and start the heartbeat task."""
+        """Use ``link`` (or dial with ``connect``); the session's timer runs from now on."""
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
         if link is None:
             if self.connect is None:
                 raise ValueError("no link and no connect factory")
             link = await self.connect()
         self._attach(link)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
 
     def _attach(self, link: Link) -> None:
         self.link = link
-        self._down = None
-        interval, missing = self._heartbeat_values(self._config[ConfigSetKind.IDLE])
-        self.monitor = HeartbeatMonitor(interval, missing, self._now(), role=Role.CLIENT,
-                                        reliable=link.info.reliable)
-        self.lost_reason = None
+        dialer = self.dialer
+        now = self._now()
+        self.session.link_up(
+            now, reliable=link.info.reliable,
+            redirect_until=dialer.redirect_expiry() if dialer is not None else None,
+            tls_fallback=dialer is not None and dialer.tls_fallback)
         self.session_lost.clear()
         self.connected.set()
-        self._apply_config()
-
-    def _heartbeat_values(self, values: ConfigSet) -> tuple[float, int]:
-        if self.heartbeat_override is not None:
-            return self.heartbeat_override
-        return float(values.heartbeat_interval), values.missing_hb_allowed
-
-    @property
-    def mitigating(self) -> bool:
-        """Whether the client has an active mitigation (RFC 9132 §4.5: 'mitigating-config')."""
-        return bool(self._active)
-
-    @property
-    def active_mids(self) -> frozenset[int]:
-        return frozenset(self._active)
-
-    def set_attack_ongoing(self, ongoing: bool | None) -> None:
-        """Tell whether an attack is ongoing (None: assume so while a mitigation is active).
-        RFC 9132 §4.7: under attack the session is not declared lost on missing heartbeats."""
-        self._attack_ongoing = ongoing
-        self._apply_config()
-
-    def _apply_config(self) -> None:
-        """RFC 9132 §4.5: the set that applies now, on this link's CoAP parameters (§4.5.2)
-        and on the heartbeat monitor."""
-        link, monitor = self.link, self.monitor
-        if link is None or monitor is None:
-            return
-        kind = ConfigSetKind.MITIGATING if self._active else ConfigSetKind.IDLE
-        values = self._config[kind]
-        if link in self.node.links:
-            self.node.set_params(link, values.transmission_parameters())
-        interval, missing = self._heartbeat_values(values)
-        monitor.set_interval(interval, missing, self._now())
-        attack = self._attack_ongoing if self._attack_ongoing is not None else self.mitigating
-        monitor.set_attack_ongoing(attack)
-        self._wake.set()
+        self._pump()
 
     def _require_link(self) -> Link:
         if self.link is None or self._closed:
@@ -467,21 +482,151 @@ class SignalClient:
 
     def _heard(self) -> None:
         """Any response from the server is traffic for the heartbeat monitor (RFC 9132 §4.7)."""
-        if self.monitor is not None:
-            self.monitor.on_traffic(self._now())
-            self._wake.set()
+        self.session.traffic(self._now())
+        self._pump()
 
     def _peer_heartbeat(self, link: Link, status: bool) -> None:
-        if link is not self.link or self.monitor is None:
+        if link is not self.link:
             return
         self.peer_heartbeats += 1
-        self.monitor.on_peer_heartbeat(self._now(), status)
-        self._wake.set()
+        self.session.peer_heartbeat(self._now(), status)
+        self._pump()
 
     def _link_down(self, link: Link, reason: str | None) -> None:
         if link is self.link and not self._closed:
-            self._down = f"link down: {reason or 'closed'}"
-            self._wake.set()
+            self.session.link_down(self._now(), reason or "closed")
+            self._pump()
+
+    # -- the one timer and the session's events ---------------------------------------------------
+
+    def _pump(self) -> None:
+        """Act on every event of the session, then re-arm the one timer (RFC 9132 §4.7)."""
+        if self._closed:
+            return
+        while (event := self.session.next_event()) is not None:
+            self._act(event)
+            self._tell(event)
+        self._arm()
+
+    def _tell(self, event: ClientEvent | SessionMoved) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("session listener failed")
+
+    def _arm(self) -> None:
+        when = self.session.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at, self._timer = when, None
+        if when is not None and self._loop is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self.session.handle_timer(self._now())
+        self._pump()
+
+    def _act(self, event: ClientEvent) -> None:
+        if isinstance(event, SendHeartbeat):
+            self._send_heartbeat(event.peer_hb_status)
+        elif isinstance(event, ParamsChanged):
+            if self.link is not None and self.link in self.node.links:
+                self.node.set_params(self.link, event.params)
+        elif isinstance(event, StateChanged):
+            self._state_changed(event)
+        elif isinstance(event, Redial):
+            self._spawn(self._redial(event))
+        elif isinstance(event, RefreshConfig):
+            if self.refresh:
+                self._spawn(self._refresh(event.sid))
+        elif isinstance(event, ReturnToProvisioned):
+            log.warning("cuid=%s: redirection expired: back to the provisioned server",
+                        self.cuid)
+            self._spawn(self._move(None, "back to the provisioned server"))
+        elif isinstance(event, ProbeDtls):
+            self._spawn(self._probe_dtls())
+
+    def _state_changed(self, event: StateChanged) -> None:
+        new = event.new
+        if new is SessionState.DEGRADED:
+            log.warning("cuid=%s: %s; keeping the session", self.cuid, event.reason)
+        elif new is SessionState.ESTABLISHED and event.old is SessionState.DEGRADED:
+            log.info("cuid=%s: the DOTS server is reachable again", self.cuid)
+        elif new is SessionState.LOST:
+            # RFC 9132 §4.7: the session is over; requests fail at once until a new link is
+            # attached (by the ``connect`` factory, or by the application with start()).
+            log.warning("cuid=%s: DOTS signal channel session lost: %s", self.cuid,
+                        event.reason)
+            self.connected.clear()
+            self.session_lost.set()
+            old, self.link = self.link, None
+            if old is not None:
+                old.close()
+            if self.on_session_lost is not None and event.old is not SessionState.CONNECTING:
+                self._spawn(self._call_lost_hook(event.reason))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call_lost_hook(self, reason: str) -> None:
+        assert self.on_session_lost is not None
+        try:
+            result = self.on_session_lost(reason)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("on_session_lost hook failed")
+
+    async def _redial(self, event: Redial) -> None:
+        """RFC 9132 §4.7: "the DOTS client MUST try to re-establish the DOTS signal channel
+        session"; a failure is retried after the session's back-off."""
+        if self.connect is None or self._closed:
+            return
+        try:
+            link = await self.connect()
+        except Exception as exc:
+            log.warning("cuid=%s: reconnect failed: %r", self.cuid, exc)
+            self.session.dial_failed(self._now(), repr(exc))
+            self._pump()
+            return
+        if self._closed:
+            link.close()
+            return
+        self.reconnects += 1
+        self._attach(link)
+
+    async def _refresh(self, sid: int | None) -> None:
+        """RFC 9132 §4.5.3: refresh the configuration with a GET carrying the 'sid'."""
+        try:
+            await self.session_config_get(sid)
+        except ClientError as exc:
+            log.info("cuid=%s: configuration refresh failed: %s", self.cuid, exc)
+            self.session.refresh_failed(self._now())
+            self._pump()
+
+    async def _move(self, link: Link | None, why: str) -> None:
+        try:
+            await self.reconnect(link)
+        except Exception as exc:
+            log.warning("cuid=%s: could not move the session (%s): %r", self.cuid, why, exc)
+            return
+        log.info("cuid=%s: session moved: %s", self.cuid, why)
+        self._tell(SessionMoved(why))
+
+    async def _probe_dtls(self) -> None:
+        """RFC 9132 §4.3: a session that fell back to TLS probes DTLS again."""
+        link = await self.dialer.probe_dtls() if self.dialer is not None else None
+        if link is None:
+            self.session.probe_failed(self._now())
+            self._pump()
+            return
+        await self._move(link, DTLS_AGAIN)
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -537,12 +682,18 @@ class SignalClient:
         when a redirection expired, RFC 9132 §4.6, or to move from TLS to DTLS, §4.3)."""
         if link is None and self.connect is None:
             raise ValueError("no connect factory")
-        old, self.link, self.monitor = self.link, None, None
+        old, self.link = self.link, None
         if old is not None:
             old.close()  # not self.link any more: its link_down is no session loss
         if link is None:
             assert self.connect is not None
-            link = await self.connect()
+            try:
+                link = await self.connect()
+            except BaseException as exc:
+                # Nothing to send on: the session is lost, and redialled (RFC 9132 §4.7).
+                self.session.link_down(self._now(), f"reconnect failed: {exc!r}")
+                self._pump()
+                raise
         self._attach(link)
 
     async def _request_once(self, msg: Message) -> Message:
@@ -577,18 +728,17 @@ class SignalClient:
         'target-protocol', 'lifetime', 'trigger-mitigation', ...). Returns the 2.01 / 2.04
         reply, whose :attr:`Reply.lifetime` is the granted lifetime."""
         if mid is None:
-            mid = self.mids.next()  # RFC 9132 §4.4.1.1: greater than the previous ones
+            mid = self.session.allocate_mid()  # RFC 9132 §4.4.1.1: above the previous ones
         elif not 0 <= mid <= MAX_MID:
             raise ValueError(f"'mid' must be within 0..{MAX_MID}")
         else:
-            self.mids.seen(mid)
+            self.session.mid_used(mid)
         entry = {k: v for k, v in scope.items() if k != "mid"}  # 'mid' goes in the Uri-Path
         msg = self._message(Code.PUT, mitigate_path(self.cuid, mid),
                             {MEMBER: {"scope": [entry]}})
         reply = _reply(await self._request_non(msg), (Code.CREATED, Code.CHANGED), mid)
-        self._scopes[mid] = entry
-        self._active.add(mid)
-        self._apply_config()  # RFC 9132 §4.5: now 'mitigating-config'
+        self.session.mitigation_active(self._now(), mid, entry)  # §4.5: 'mitigating-config'
+        self._pump()
         return reply
 
     async def efficacy(self, mid: int, attack_status: str, *,
@@ -597,7 +747,7 @@ class SignalClient:
         request's scope (default: as this client sent it) with 'attack-status' ("under-attack",
         "attack-successfully-mitigated"). 2.04 expected; 4.12 when the server no longer has
         the request."""
-        base = scope if scope is not None else self._scopes.get(mid)
+        base = scope if scope is not None else self.session.scope_of(mid)
         if base is None:
             raise ValueError(f"no scope known for mid {mid}: pass scope=")
         entry = {k: v for k, v in base.items() if k not in ("mid", "lifetime")}
@@ -651,9 +801,8 @@ class SignalClient:
         """Withdraw a mitigation (RFC 9132 §4.4.4): DELETE, 2.02 expected."""
         msg = self._message(Code.DELETE, mitigate_path(self.cuid, mid))
         reply = _reply(await self._request(msg), (Code.DELETED,), mid)
-        self._active.discard(mid)
-        self._scopes.pop(mid, None)
-        self._apply_config()  # RFC 9132 §4.5: back to 'idle-config' when none is left
+        self.session.mitigation_ended(self._now(), mid)  # §4.5: 'idle-config' when none left
+        self._pump()
         return reply
 
     # -- session configuration (RFC 9132 §4.5) ----------------------------------------------------
@@ -668,11 +817,9 @@ class SignalClient:
             config = parse_config_response(reply.body or {})
         except ConfigError as exc:
             raise ClientError(resp.code, f"malformed configuration: {exc}") from None
-        self.server_config = config
-        self.config_max_age = reply.max_age  # RFC 9132 §4.5.3: when to refresh
-        for kind in ConfigSetKind:
-            self._config[kind] = config.current(kind)
-        self._apply_config()
+        # The server's current values apply; Max-Age says when to refresh (RFC 9132 §4.5.3).
+        self.session.config_received(self._now(), config, reply.max_age)
+        self._pump()
         return config
 
     async def session_config_set(
@@ -704,73 +851,38 @@ class SignalClient:
         body = build_put_body(chosen.get(ConfigSetKind.MITIGATING),
                               chosen.get(ConfigSetKind.IDLE), reliable=link.info.reliable)
         if sid is None:
-            sid = self.sids.next()
+            sid = self.session.sids.next()
         msg = self._message(Code.PUT, config_path(sid), body)
         reply = _reply(await self._request(msg), (Code.CREATED, Code.CHANGED))
-        self.sid = sid
-        for kind, values in chosen.items():
-            self._config[kind] = self._config[kind].replace(values)
-        self._apply_config()  # RFC 9132 §4.5.2: "MUST use the negotiated values"
+        self.session.config_installed(self._now(), sid, chosen)  # §4.5.2: "MUST use" them
+        self._pump()
         return reply
 
     async def session_config_delete(self) -> Reply:
         """Back to the server's defaults (RFC 9132 §4.5.4), re-read with a GET."""
         reply = _reply(await self._request(self._message(Code.DELETE, config_path())),
                        (Code.DELETED,))
-        self.sid = None
+        self.session.config_deleted()
         await self.session_config_get()
         return reply
 
     # -- heartbeats (RFC 9132 §4.7) ---------------------------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
-        while not self._closed:
-            if self._down is not None:
-                await self._lose(self._down)
-                continue
-            monitor = self.monitor
-            if monitor is None or self.link is None:
-                await self._wait(None)
-                continue
-            now = self._now()
-            due = monitor.get_timer()
-            if due is None or due > now:
-                await self._wait(None if due is None else due - now)
-                continue
-            for action in monitor.handle_timer(now):
-                if isinstance(action, SendHeartbeat):
-                    self._send_heartbeat(monitor, action.peer_hb_status)
-                elif isinstance(action, ThresholdReached):
-                    # RFC 9132 §4.7: under attack, keep the session and its heartbeats.
-                    log.warning("cuid=%s: %d heartbeats unanswered during an attack; keeping "
-                                "the session", self.cuid, action.missed)
-                elif isinstance(action, PeerReachable):
-                    log.info("cuid=%s: the DOTS server is reachable again", self.cuid)
-                elif isinstance(action, SessionLost):
-                    await self._lose(action.reason)
-                    break
-
-    async def _wait(self, delay: float | None) -> None:
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
-
-    def _send_heartbeat(self, monitor: HeartbeatMonitor, peer_hb_status: bool) -> None:
+    def _send_heartbeat(self, peer_hb_status: bool) -> None:
         """A Non-confirmable heartbeat PUT (RFC 9132 §4.7, Figure 27), not repeated: a missing
         answer is what the monitor counts."""
-        link = self.link
-        if link is None:
+        link, monitor = self.link, self.session.monitor
+        if link is None or monitor is None:
             return
         msg = self._message(Code.PUT, HEARTBEAT_PATH, build_heartbeat_body(peer_hb_status))
         now = self._now()
+        self.session.heartbeat_sent(now)
         try:
             fut = self.node.start_request(link, msg, confirmable=False,
                                           timeout=max(monitor.interval, 0.001))
         except Exception as exc:  # a send failure is a missing heartbeat
             log.warning("heartbeat not sent: %r", exc)
-            monitor.on_heartbeat_sent(now)
             return
-        monitor.on_heartbeat_sent(now)
         self.heartbeats_sent += 1
         fut.add_done_callback(lambda f: self._heartbeat_done(f, monitor, now))
 
@@ -782,57 +894,26 @@ class SignalClient:
         if resp.code != Code.CHANGED:
             log.info("heartbeat answered %s: %s", code_str(resp.code), _decode_payload(resp))
         self.heartbeats_answered += 1
-        sample = monitor.on_heartbeat_response(self._now(), sent_at)
+        sample = self.session.heartbeat_answered(self._now(), sent_at)
         if sample is not None:
             self.estimator.sample(sample)  # RFC 9132 §4.4: an RTT estimate for the pacing
-        self._wake.set()
-
-    async def _lose(self, reason: str) -> None:
-        """RFC 9132 §4.7: the session is lost; tell the application and, with a ``connect``
-        factory, try to re-establish it."""
-        log.warning("cuid=%s: DOTS signal channel session lost: %s", self.cuid, reason)
-        self._down = None
-        self.lost_reason = reason
-        self.connected.clear()
-        self.session_lost.set()
-        # The session is over (RFC 9132 §4.7): requests fail at once until a new link is
-        # attached (by the ``connect`` factory below, or by the application with start()).
-        old, self.link, self.monitor = self.link, None, None
-        if old is not None:
-            old.close()
-        if self.on_session_lost is not None:
-            try:
-                result = self.on_session_lost(reason)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("on_session_lost hook failed")
-        if self.connect is None:
-            return
-        delay = self.reconnect_delay
-        while not self._closed:
-            try:
-                link = await self.connect()
-            except Exception as exc:
-                log.warning("cuid=%s: reconnect failed: %r (retry in %.1f s)", self.cuid,
-                            exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RECONNECT_MAX)
-                continue
-            self.reconnects += 1
-            self._attach(link)
-            return
+        self._pump()
 
     async def close(self) -> None:
-        """Stop the heartbeat task; close the link (and the node when it is ours)."""
+        """Stop the session's timer and tasks; close the link (and the node when it is ours)."""
         self._closed = True
-        self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self.session.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         self.connected.clear()
+        self.node.remove_link_listener(down=self._link_down)
         if self._own_node:
             await self.node.close()
         elif self.link is not None:

@@ -14,7 +14,9 @@ RFC 9132 §4.3 rules applied:
   a specific time period ... on the order of few minutes (e.g., 10 min)": within that time a
   redial tries the winner first, alone, and races the others only if it fails;
 * a session that fell back to TLS probes DTLS again, at most every 5 minutes ("MUST NOT be
-  done more frequently than every 5 minutes"): :meth:`ServerDialer.dtls_probe_due`.
+  done more frequently than every 5 minutes"): the
+  :class:`~dotsd.signal.client_session.ClientSession` times it, :meth:`ServerDialer.probe_dtls`
+  does it.
 """
 
 from __future__ import annotations
@@ -54,8 +56,6 @@ TRANSPORTS: Final[tuple[Transport, ...]] = ("dtls", "tls")
 DEFAULT_ATTEMPT_DELAY: Final = 0.25  # RFC 8305 §5: recommended Connection Attempt Delay
 ATTACK_ATTEMPT_DELAY: Final = 0.1  # RFC 9132 §4.3: "during an attack ... 100 ms"
 CACHE_TIME: Final = 600.0  # RFC 9132 §4.3: "e.g., 10 min"
-DTLS_PROBE_INTERVAL: Final = 300.0  # RFC 9132 §4.3: "MUST NOT be done more frequently than
-# every 5 minutes"
 
 
 class DialError(ConnectionError):
@@ -216,7 +216,6 @@ class ServerDialer:
         self.current: Candidate | None = None
         self.server_name: str = host
         self._tls_since: float | None = None
-        self.dtls_probe_interval = DTLS_PROBE_INTERVAL
         self._sessions: dict[Candidate, SSL.Session] = {}  # DTLS sessions for resumption
 
     @property
@@ -300,10 +299,17 @@ class ServerDialer:
         """Follow a 5.03 redirection from the next :meth:`dial` on (RFC 9132 §4.6)."""
         return self.redirects.accept(redirection, self._now())
 
-    def dtls_probe_due(self, now: float) -> bool:
-        """Whether a session on TLS should probe DTLS again (RFC 9132 §4.3: not more often
-        than every 5 minutes)."""
-        return self._tls_since is not None and now - self._tls_since >= self.dtls_probe_interval
+    def redirect_expiry(self) -> float | None:
+        """When the redirection the current server was reached by ends (RFC 9132 §4.6;
+        None: the provisioned server, or a redirection without end)."""
+        if self.server_name == self.host:
+            return None
+        return self.redirects.expiry()
+
+    @property
+    def tls_fallback(self) -> bool:
+        """Whether the session runs on TLS although DTLS is configured (RFC 9132 §4.3)."""
+        return self._tls_since is not None
 
     async def probe_dtls(self) -> Link | None:
         """RFC 9132 §4.3: a session that fell back to TLS "periodically repeats the mechanism

@@ -276,6 +276,7 @@ class SignalServer:
         strict_cuid: bool = True,
         alias_check: AliasCheck = no_data_channel,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         node: CoapNode | None = None,
     ) -> None:
         self.store = store
@@ -285,7 +286,8 @@ class SignalServer:
         self.on_change = on_change
         self.strict_cuid = strict_cuid
         self.alias_check = alias_check
-        self.clock = clock
+        self.clock = clock  # wall: mitigation lifetimes and times on the wire only
+        self.monotonic = monotonic  # sessions and heartbeats (RFC 9132 §4.7): NTP cannot step it
         self.node = node if node is not None else CoapNode(Site(), params=dots_defaults())
         self.site = self.node.site
         self.site.add("/" + "/".join(MITIGATE_PATH), MitigateResource(self), prefix=True)
@@ -396,7 +398,7 @@ class SignalServer:
         sessions = {id(s): s for key in touched
                     for s in (self.sessions.get(key), self._by_cuid.get(key)) if s is not None}
         for session in sessions.values():
-            self._apply_session_params(session, now)
+            self._apply_session_params(session)
         if self._wake is not None:
             self._wake.set()
         self._commit(follow_up, now)
@@ -443,7 +445,8 @@ class SignalServer:
             raise Unauthorized("the DOTS signal channel requires an authenticated (D)TLS "
                                "session", rule="RFC 9132 §8")
         policy = self.client_policy(ident, req)
-        wait = self._rates.check(ident.identity, policy.max_requests_per_second, self.clock())
+        wait = self._rates.check(ident.identity, policy.max_requests_per_second,
+                                 self.monotonic())
         if wait is not None:
             raise ServiceUnavailable(
                 f"too many requests from this DOTS client (at most "
@@ -478,14 +481,15 @@ class SignalServer:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def session(self, ident: ClientIdentity, link: Link, now: float) -> _Session:
+    def session(self, ident: ClientIdentity, link: Link) -> _Session:
         """The session of the client (created at its first request; RFC 9132 §4.5: the
         session configuration stored for it is reapplied)."""
+        now = self.monotonic()
         session = self.sessions.get(ident.identity)
         if session is not None:
             if session.link is not link:  # a new (D)TLS session of the same client
                 session.link = link
-                self._apply_session_params(session, now, force=True)
+                self._apply_session_params(session, force=True)
             return session
         config = self._session_config(ident.cuid, link.info.reliable)
         mitigating = self._mitigating(ident)
@@ -496,7 +500,7 @@ class SignalServer:
         session = _Session(ident, link, config, monitor, mitigating)
         self.sessions[ident.identity] = session
         self._by_cuid[ident.cuid] = session
-        self._apply_session_params(session, now, force=True)
+        self._apply_session_params(session, force=True)
         return session
 
     def _session_config(self, cuid: str, reliable: bool) -> SessionConfig:
@@ -515,7 +519,7 @@ class SignalServer:
         session yet. A client that does not come back within its 'missing-hb-allowed' x
         'heartbeat-interval' has lost its session as surely as one whose heartbeats stopped
         (RFC 9132 §4.7): then its preconfigured mitigations are triggered (§4.4.1.3)."""
-        now = self.clock()
+        now = self.monotonic()
         waiting: dict[str, float] = {}
         for m in self.table:
             if m.preconfigured and m.status is Status.ATTACK_MITIGATION_SIGNAL_LOSS \
@@ -533,8 +537,7 @@ class SignalServer:
             return False
         return any(m.is_active for m in self.table if m.owner == ident.identity)
 
-    def _apply_session_params(self, session: _Session, now: float,
-                              force: bool = False) -> None:
+    def _apply_session_params(self, session: _Session, force: bool = False) -> None:
         """RFC 9132 §4.5: 'mitigating-config' while the client has an active mitigation,
         'idle-config' otherwise, switched automatically; negotiated values for the CoAP
         transmission parameters (§4.5.2) and the heartbeat monitor."""
@@ -545,7 +548,7 @@ class SignalServer:
         effective = session.config.effective(mitigating)
         self._set_params(session.link, effective.params)
         session.monitor.set_interval(effective.heartbeat_interval,
-                                     effective.missing_hb_allowed, now)
+                                     effective.missing_hb_allowed, self.monotonic())
         self._arm(session)
         if self._wake is not None:
             self._wake.set()
@@ -554,10 +557,10 @@ class SignalServer:
         if link in self.node.links:
             self.node.set_params(link, params)
 
-    def _heard(self, ident: ClientIdentity, link: Link, now: float) -> _Session:
+    def _heard(self, ident: ClientIdentity, link: Link) -> _Session:
         """Any request of the client is traffic for its heartbeat monitor (RFC 9132 §4.7)."""
-        session = self.session(ident, link, now)
-        session.monitor.on_traffic(now)
+        session = self.session(ident, link)
+        session.monitor.on_traffic(self.monotonic())
         self._arm(session)
         return session
 
@@ -597,26 +600,29 @@ class SignalServer:
 
     # -- time -------------------------------------------------------------------------------
 
-    def tick(self, now: float | None = None) -> list[Change]:
-        """Do what is due at ``now``: lifetime and active-but-terminating expiry (RFC 9132
-        §4.4.1.1, §4.4.4) and heartbeat timers (§4.7). Changes are persisted and notified."""
+    def tick(self, now: float | None = None, *, mono: float | None = None) -> list[Change]:
+        """Do what is due: lifetime and active-but-terminating expiry at the wall-clock time
+        ``now`` (RFC 9132 §4.4.1.1, §4.4.4), heartbeat timers at the monotonic time ``mono``
+        (§4.7; a step of the wall clock loses no session). Changes are persisted and
+        notified."""
         now = self.clock() if now is None else now
+        mono = self.monotonic() if mono is None else mono
         changes = self.table.expire(now)
         self._commit(changes, now)
         done = list(changes)
         if len(self._rates) > len(self.sessions) + 1024:
-            self._rates.forget_idle(now)
+            self._rates.forget_idle(mono)
         for cuid, deadline in list(self._awaiting.items()):
             if cuid in self._by_cuid:
                 del self._awaiting[cuid]  # it came back: its own session watches it now
-            elif now >= deadline:
+            elif mono >= deadline:
                 del self._awaiting[cuid]
                 log.info("cuid=%s did not come back after the restart: session lost", cuid)
                 lost = self.table.on_session_lost(cuid, now)
                 self._commit(lost, now)
                 done.extend(lost)
         due_now: list[str] = []
-        while self._timers and self._timers[0][0] <= now:
+        while self._timers and self._timers[0][0] <= mono:
             due, key = heapq.heappop(self._timers)
             if self._timer_stands(due, key):
                 due_now.append(key)
@@ -624,7 +630,7 @@ class SignalServer:
             session = self.sessions[key]
             session.armed = None
             cuid = session.client.cuid
-            for action in session.monitor.handle_timer(now):
+            for action in session.monitor.handle_timer(mono):
                 if isinstance(action, SessionLost):
                     # RFC 9132 §4.4.1.3 / §4.7: preconfigured mitigations are triggered.
                     log.info("signal channel session lost cuid=%s: %s", cuid, action.reason)
@@ -643,9 +649,15 @@ class SignalServer:
         return done
 
     def next_deadline(self) -> float | None:
+        """When :meth:`tick` is due next, on the monotonic clock; the table's wall-clock
+        deadlines are converted with the clocks' current offset (the timer task also wakes
+        every 30 s, so a stepped wall clock is noticed)."""
         while self._timers and not self._timer_stands(*self._timers[0]):
             heapq.heappop(self._timers)
-        times = [t for t in (self.table.next_deadline(), *self._awaiting.values(),
+        expiry = self.table.next_deadline()
+        if expiry is not None:
+            expiry += self.monotonic() - self.clock()
+        times = [t for t in (expiry, *self._awaiting.values(),
                              self._timers[0][0] if self._timers else None)
                  if t is not None]
         return min(times) if times else None
@@ -665,7 +677,7 @@ class SignalServer:
             except Exception:
                 log.exception("signal server tick failed")
             deadline = self.next_deadline()
-            delay = _MAX_SLEEP if deadline is None else deadline - self.clock()
+            delay = _MAX_SLEEP if deadline is None else deadline - self.monotonic()
             delay = min(max(delay, 0.0), _MAX_SLEEP)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -759,8 +771,8 @@ class MitigateResource(Resource):
         ident, policy = s.authorize(req)
         s.check_cuid(ident, uri.cuid, Code.PUT)
         body = _decode(msg)
+        s._heard(ident, req.link)
         now = s.clock()
-        s._heard(ident, req.link, now)
         assert uri.mid is not None  # parse_mitigate_uri: mandatory for PUT (§4.4.1.3)
         # RFC 9132 §4.4.3: an efficacy update carries an empty If-Match Option. RFC 7252
         # §5.10.8: no ETag is ever assigned here, so an If-Match naming one cannot match, and
@@ -789,8 +801,8 @@ class MitigateResource(Resource):
         ident = s.authenticate(req)
         s.check_cuid(ident, uri.cuid, Code.GET)
         _check_accept(msg)
+        s._heard(ident, req.link)
         now = s.clock()
-        s._heard(ident, req.link, now)
         outcome = s.table.get(uri.cuid, uri.mid, now, identity=ident.identity,
                               content=uri.content)
         return _cbor_response(outcome.code, outcome.body)
@@ -801,8 +813,8 @@ class MitigateResource(Resource):
         uri = parse_mitigate_uri(msg.uri_path, msg.uri_query, method=Code.DELETE)
         ident = s.authenticate(req)
         s.check_cuid(ident, uri.cuid, Code.DELETE)
+        s._heard(ident, req.link)
         now = s.clock()
-        s._heard(ident, req.link, now)
         assert uri.mid is not None  # parse_mitigate_uri: mandatory for DELETE (§4.4.4)
         outcome = s.table.delete(uri.cuid, uri.mid, now, identity=ident.identity)
         s._commit(outcome.changes, now)
@@ -822,8 +834,7 @@ class ConfigResource(Resource):
         s = self.server
         sid = parse_config_path(req.message.uri_path)
         ident = s.authenticate(req)
-        now = s.clock()
-        return sid, s._heard(ident, req.link, now), now
+        return sid, s._heard(ident, req.link), s.clock()
 
     def _get(self, req: IncomingRequest) -> Message:
         _check_accept(req.message)
@@ -850,16 +861,16 @@ class ConfigResource(Resource):
             except BaseException:
                 s.sessions.pop(session.client.identity, None)  # rebuilt from the store
                 raise
-        s._apply_session_params(session, now, force=True)
+        s._apply_session_params(session, force=True)
         return Message(code=outcome.code)
 
     def _delete(self, req: IncomingRequest) -> Message:
         s = self.server
-        sid, session, now = self._start(req)
+        sid, session, _ = self._start(req)
         if s.store is not None:
             s.store.delete_session_config(session.client.cuid)
         code = session.config.delete(sid)  # RFC 9132 §4.5.4: back to the defaults
-        s._apply_session_params(session, now, force=True)
+        s._apply_session_params(session, force=True)
         return Message(code=code)
 
 
@@ -876,8 +887,7 @@ class HeartbeatResource(Resource):
         body = _decode(req.message)
         status = parse_heartbeat_body(body)
         ident = s.authenticate(req)
-        now = s.clock()
-        session = s.session(ident, req.link, now)
-        session.monitor.on_peer_heartbeat(now, status)
+        session = s.session(ident, req.link)
+        session.monitor.on_peer_heartbeat(s.monotonic(), status)
         s._arm(session)
         return Message(code=Code.CHANGED)

@@ -39,15 +39,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from dotsd.agents.client import ClientError, Redirected, Reply, SignalClient
+from dotsd.agents.client import (
+    DTLS_AGAIN,
+    ClientError,
+    Redirected,
+    Reply,
+    SessionMoved,
+    SignalClient,
+)
 from dotsd.agents.dial import DialError, ServerDialer
 from dotsd.agents.mids import MidFile
 from dotsd.cli import EXIT_USAGE, CommandError, Subparsers
 from dotsd.coap.numbers import Code, code_dotted, code_str
 from dotsd.model.errors import ModelError
 from dotsd.pki import load_certificate
+from dotsd.signal.client_session import ReturnToProvisioned
 from dotsd.signal.config import Attribute, ConfigSetKind, ServerConfig
 from dotsd.signal.mids import MidStateError
+from dotsd.signal.session import SessionState, StateChanged
 
 if TYPE_CHECKING:
     from dotsd.dtls.context import DtlsContext
@@ -410,6 +419,7 @@ async def open_session(args: argparse.Namespace, *, heartbeats: bool) -> AsyncIt
     dialer = ServerDialer(client.node, host, port, dtls=dtls, tls=tls,
                           addresses=args.address, timeout=args.timeout,
                           attack=lambda: client.mitigating)
+    client.dialer = dialer
     client.connect = dialer.dial
     client.on_redirect = dialer.redirect
     session = Session(client, dialer, MidFile(_state_dir(args) / MID_FILE),
@@ -743,9 +753,10 @@ def _say(args: argparse.Namespace, text: str, **fields: Any) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    """A long-lived client: the session kept up (heartbeats and redial, RFC 9132 §4.7), its
-    configuration refreshed before Max-Age runs out (§4.5.3), back to the provisioned server
-    when a redirection expires (§4.6); the other commands served on the control socket."""
+    """A long-lived client: the session kept up by the client's own session behaviour
+    (heartbeats and redial, RFC 9132 §4.7; configuration refresh, §4.5.3; return from an
+    expired redirection, §4.6; DTLS probed again after a TLS fallback, §4.3), each step
+    printed; the other commands served on the control socket."""
     async with open_session(args, heartbeats=True) as session:
         client = session.client
         try:
@@ -757,38 +768,14 @@ async def _run(args: argparse.Namespace) -> int:
                    f"socket {_state_dir(args) / CONTROL_SOCKET}",
              server=session.dialer.server_name, transport=str(session.dialer.current),
              cuid=client.cuid)
+        client.add_listener(lambda event: _say_event(args, session, event))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         watcher = loop.create_task(_run_watch(args, session)) if args.watch else None
-        refresh_at = _refresh_time(client, loop.time())
-        reconnects = 0
         try:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                now = loop.time()
-                if client.reconnects != reconnects:
-                    reconnects = client.reconnects
-                    _say(args, f"session re-established with {session.link_text()}",
-                         reconnects=reconnects)
-                if (session.dialer.server_name != session.dialer.host
-                        and session.dialer.redirects.target(now, attack=client.mitigating)
-                        is None and client.link is not None):
-                    _say(args, "redirection expired: back to the provisioned server")
-                    with contextlib.suppress(Exception):
-                        await client.reconnect()
-                if session.dialer.dtls_probe_due(now) and client.link is not None:
-                    link = await session.dialer.probe_dtls()  # RFC 9132 §4.3
-                    if link is not None:
-                        await client.reconnect(link)
-                        _say(args, f"DTLS available again: session moved to "
-                                   f"{session.link_text()}")
-                if refresh_at is not None and now >= refresh_at and client.link is not None:
-                    with contextlib.suppress(ClientError):
-                        await client.session_config_get(client.sid)  # RFC 9132 §4.5.3
-                    refresh_at = _refresh_time(client, now)
+            await stop.wait()
         finally:
             control.close()
             with contextlib.suppress(FileNotFoundError):
@@ -801,12 +788,17 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refresh_time(client: SignalClient, now: float) -> float | None:
-    """RFC 9132 §4.5.3: refresh the configuration before its Max-Age expires (at 90 %)."""
-    max_age = client.config_max_age
-    if max_age is None or max_age <= 0 or max_age >= 2**32 - 1:
-        return None
-    return now + max(1.0, 0.9 * max_age)
+def _say_event(args: argparse.Namespace, session: Session, event: object) -> None:
+    """The session's steps that an operator wants to see, as `run` prints them."""
+    client = session.client
+    if isinstance(event, StateChanged) and event.new is SessionState.ESTABLISHED \
+            and event.old is SessionState.CONNECTING:
+        _say(args, f"session re-established with {session.link_text()}",
+             reconnects=client.reconnects)
+    elif isinstance(event, ReturnToProvisioned):
+        _say(args, "redirection expired: back to the provisioned server")
+    elif isinstance(event, SessionMoved) and event.reason == DTLS_AGAIN:
+        _say(args, f"DTLS available again: session moved to {session.link_text()}")
 
 
 async def _run_watch(args: argparse.Namespace, session: Session) -> None:

@@ -110,9 +110,38 @@ class CoapNode:
         self.links: set[Link] = set()
         self._tasks: set[asyncio.Future[None]] = set()
         self._log_malformed = RateLimitedLog(log, "malformed datagrams", _REJECT_LOG_RATE)
-        self.on_link_up: Callable[[Link], None] | None = None
-        self.on_link_down: Callable[[Link, str | None], None] | None = None
-        self.on_observer_removed: Callable[[Hashable, Hashable, str], None] | None = None
+        # Listeners, each told in turn (several clients or agents may share one node).
+        self._up_listeners: list[Callable[[Link], None]] = []
+        self._down_listeners: list[Callable[[Link, str | None], None]] = []
+        self._observer_listeners: list[Callable[[Hashable, Hashable, str], None]] = []
+
+    def add_link_listener(self, *, up: Callable[[Link], None] | None = None,
+                          down: Callable[[Link, str | None], None] | None = None) -> None:
+        """Be told of every link that comes up (``up``) or goes down (``down``, with the
+        reason)."""
+        if up is not None:
+            self._up_listeners.append(up)
+        if down is not None:
+            self._down_listeners.append(down)
+
+    def remove_link_listener(self, *, up: Callable[[Link], None] | None = None,
+                             down: Callable[[Link, str | None], None] | None = None) -> None:
+        if up is not None and up in self._up_listeners:
+            self._up_listeners.remove(up)
+        if down is not None and down in self._down_listeners:
+            self._down_listeners.remove(down)
+
+    def add_observer_listener(self, removed: Callable[[Hashable, Hashable, str], None]
+                              ) -> None:
+        """Be told of every observer the endpoint removed: (peer, key, reason)."""
+        self._observer_listeners.append(removed)
+
+    def _tell(self, listeners: list[Callable[..., None]], *args: Any) -> None:
+        for listener in list(listeners):
+            try:
+                listener(*args)
+            except Exception:  # one listener's bug must not break the node or the others
+                log.exception("node listener failed")
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -129,8 +158,8 @@ class CoapNode:
             conn = CoapTcpConnection(max_message_size=self.max_message_size)
             self._streams[link] = conn
             self._flush_stream(link, conn)
-        if self.on_link_up is not None:
-            self.on_link_up(link)
+        if self._up_listeners:
+            self._tell(self._up_listeners, link)
 
     def data_received(self, link: Link, data: bytes) -> None:
         clock = self._clock
@@ -183,8 +212,7 @@ class CoapNode:
         self._streams.pop(link, None)
         self.endpoint.remove_peer(link, f"link lost: {reason or 'closed'}")
         self._pump()
-        if self.on_link_down is not None:
-            self.on_link_down(link, reason)
+        self._tell(self._down_listeners, link, reason)
 
     # ----------------------------------------------------------------- client API
     def set_params(self, link: Link, params: TransmissionParameters) -> None:
@@ -249,8 +277,8 @@ class CoapNode:
                     self._resolve(ev.request, ev.response)
                 elif isinstance(ev, RequestFailed):
                     self._reject(ev.request, ev.reason)
-                elif isinstance(ev, ObserverRemoved) and self.on_observer_removed is not None:
-                    self.on_observer_removed(ev.peer, ev.key, ev.reason)
+                elif isinstance(ev, ObserverRemoved) and self._observer_listeners:
+                    self._tell(self._observer_listeners, ev.peer, ev.key, ev.reason)
                 elif isinstance(ev, MessageRejected):
                     self._log_rejected(ev)
                 ev = ep.next_event()

@@ -25,6 +25,11 @@ mitigator bridge), are in :mod:`dotsd.agents`.
 * :mod:`dotsd.signal.ratelimit` — the server's per-client request rate limit
   (RFC 9132 §4.4.1.3).
 * :mod:`dotsd.signal.redirect` — redirected signaling to an alternate server (RFC 9132 §4.6).
+* :mod:`dotsd.signal.session` — the session lifecycle (connecting, established, degraded,
+  lost, closed) as a transition table (RFC 9132 §4.7).
+* :mod:`dotsd.signal.client_session` — a DOTS client's whole session behaviour on fake or
+  real time: heartbeats, configuration sets and refresh, redial, redirection expiry, DTLS
+  re-probing, 'mid' values (RFC 9132 §4.3-§4.7).
 
 Submodules are imported explicitly; importing this package loads nothing else.
 """
