@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from dotsd.agents.serve import ServerAgent, serve
 from dotsd.agents.server import SignalServer
+from dotsd.agents.settings import MitigatorSettings, ServerSettings
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
 from dotsd.link import Link, spki_sha256
@@ -75,6 +77,7 @@ class SignalNet:
         self.dtls: Any = None
         self.tls: Any = None
         self._closers: list[Callable[[], Any]] = []
+        self.agent: ServerAgent | None = None
 
     def dtls_client_context(self, name: str = "client") -> Any:
         from dotsd.dtls.context import DtlsConfig, client_context
@@ -113,16 +116,9 @@ class SignalNet:
         for close in reversed(self._closers):
             with contextlib.suppress(Exception):
                 close()
-        await self.server.close()
-        await self.server.node.close()
-        for listener in (self.dtls, self.tls):
-            if listener is not None:
-                listener.close()
-                with contextlib.suppress(Exception):
-                    await listener.wait_closed()
+        if self.agent is not None:
+            await self.agent.close()  # listeners, server, mitigator, store
         await asyncio.sleep(0)
-        if self.server.store is not None:
-            self.server.store.close()
 
 
 @contextlib.asynccontextmanager
@@ -130,23 +126,22 @@ async def signal_listeners(pki: PkiPaths, state: Path | None = None, *, tls: boo
                            dtls_kw: dict[str, Any] | None = None,
                            **server_kw: Any) -> AsyncIterator[SignalNet]:
     """A SignalServer (SQLite store in ``state``, or memory only) serving DTLS (``dtls_kw``:
-    more serve_dtls arguments, e.g. handshake timers) and TLS."""
-    from dotsd.dtls.context import DtlsConfig, server_context
-    from dotsd.tls.context import server_context as tls_server_context
-    from dotsd.transport.dtls import serve_dtls
-    from dotsd.transport.tcp import serve_tcp
-
+    more serve_dtls arguments, e.g. handshake timers) and TLS on one port, assembled by
+    :func:`dotsd.agents.serve.serve` as the ``dotsd server`` command does."""
     store = SqliteStore.open(state) if state is not None else None
     net = SignalNet(pki, SignalServer(store=store, **server_kw))
+    # The log mitigator without feedback: statuses move only as the tests report them.
+    quiet = MitigatorSettings("log", {"feedback_delay": None})
+    settings = ServerSettings(bind=HOST, port=0, pki=pki.directory, mitigator=quiet,
+                              transports=("dtls", "tls") if tls else ("dtls",))
+    agent = await serve(settings, server=net.server, dtls_options=dtls_kw)
+    net.agent = agent
+    net.dtls = agent.listeners[0]
+    net.dtls_port = agent.port
+    if tls:
+        net.tls = agent.listeners[1]
+        net.tls_port = agent.port
     try:
-        net.dtls = await serve_dtls(net.server.node, HOST, 0,
-                                    server_context(DtlsConfig.from_pki(pki)),
-                                    **(dtls_kw or {}))
-        net.dtls_port = net.dtls.port
-        if tls:
-            net.tls = await serve_tcp(net.server.node, HOST, 0, tls_server_context(
-                pki.server_cert, pki.server_key, pki.ca_cert))
-            net.tls_port = net.tls.port
         yield net
     finally:
         await net.close()

@@ -44,12 +44,9 @@ class Recorder(Mitigator):
 
 
 def wire(env: Env) -> tuple[Recorder, MitigatorBridge]:
-    holder: list[MitigatorBridge] = []
-    plugin = Recorder(report=lambda fb: holder[0].feedback(fb))
-    bridge = MitigatorBridge(plugin, timeout=5)
-    holder.append(bridge)
-    bridge.attach(env.server)
-    return plugin, bridge
+    bridge = MitigatorBridge(lambda report: Recorder(report=report), env.server, timeout=5)
+    assert isinstance(bridge.mitigator, Recorder)
+    return bridge.mitigator, bridge
 
 
 async def test_apply_feedback_withdraw(pki: PkiPaths) -> None:  # noqa: F811

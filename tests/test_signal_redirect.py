@@ -17,15 +17,17 @@ from hypothesis import strategies as st
 from loopback import ipv6_loopback
 
 from dotsd.agents.client import Redirected, SessionMoved, SignalClient
+from dotsd.agents.connect import ClientSettings, new_client
 from dotsd.agents.dial import AttemptCache, Candidate, DialError, ServerDialer, order_candidates
-from dotsd.agents.server import SignalServer
+from dotsd.agents.serve import ServerAgent
+from dotsd.agents.serve import serve as serve_agent
+from dotsd.agents.settings import MitigatorSettings, ServerSettings
 from dotsd.coap.numbers import Code
 from dotsd.dtls.context import DtlsConfig
-from dotsd.dtls.context import client_context as dtls_client_context
 from dotsd.dtls.context import server_context as dtls_server_context
 from dotsd.model import yang
 from dotsd.model.codec import from_cbor, to_cbor
-from dotsd.pki import PkiPaths, init_pki, load_certificate
+from dotsd.pki import PkiPaths, init_pki
 from dotsd.signal.client_session import ProbeDtls
 from dotsd.signal.mitigation import Event
 from dotsd.signal.redirect import (
@@ -36,11 +38,7 @@ from dotsd.signal.redirect import (
     parse_redirect,
     redirect_body,
 )
-from dotsd.store import SqliteStore
-from dotsd.tls.context import client_context as tls_client_context
-from dotsd.tls.context import server_context as tls_server_context
 from dotsd.transport.dtls import serve_dtls
-from dotsd.transport.tcp import serve_tcp
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
 SCOPE: dict[str, Any] = {"target-prefix": ["2001:db8:6401::1/128"], "lifetime": 3600}
@@ -127,33 +125,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
     return init_pki(tmp_path_factory.mktemp("pki"))
 
 
-class Served:
-    def __init__(self, server: SignalServer, listeners: list[Any]) -> None:
-        self.server = server
-        self.listeners = listeners
-
-
 @contextlib.asynccontextmanager
 async def serve(pki: PkiPaths, host: str, port: int, state: Path, *, dtls: bool = True,
-                tls: bool = True) -> AsyncIterator[Served]:
-    server = SignalServer(store=SqliteStore.open(state))
-    listeners: list[Any] = []
+                tls: bool = True) -> AsyncIterator[ServerAgent]:
+    transports = tuple(t for t, on in (("dtls", dtls), ("tls", tls)) if on)
+    agent = await serve_agent(ServerSettings(
+        bind=host, port=port, pki=pki.directory, state=state, transports=transports,
+        mitigator=MitigatorSettings("log", {"feedback_delay": None})))
     try:
-        if dtls:
-            listeners.append(await serve_dtls(server.node, host, port,
-                                              dtls_server_context(DtlsConfig.from_pki(pki))))
-            port = listeners[-1].port
-        if tls:
-            listeners.append(await serve_tcp(server.node, host, port, tls_server_context(
-                pki.server_cert, pki.server_key, pki.ca_cert)))
-        yield Served(server, listeners)
+        yield agent
     finally:
-        for listener in listeners:
-            listener.close()
-        await server.close()
-        await server.node.close()
-        assert server.store is not None
-        server.store.close()
+        await agent.close()
 
 
 def _free_port() -> int:
@@ -177,17 +159,14 @@ def _free_port() -> int:
 def make_client(pki: PkiPaths, host: str, port: int, *, dtls: bool = True, tls: bool = True,
                 follow: bool = True, addresses: tuple[str, ...] = ()
                 ) -> tuple[SignalClient, ServerDialer]:
-    client = SignalClient.for_certificate(load_certificate(pki.client_cert), timeout=5.0,
-                                          heartbeat=(0.0, 15))
-    dialer = ServerDialer(
-        client.node, host, port,
-        dtls=dtls_client_context(DtlsConfig.from_pki(pki, client=True)) if dtls else None,
-        tls=tls_client_context(pki.client_cert, pki.client_key, pki.ca_cert) if tls else None,
-        addresses=addresses, timeout=5.0)
-    client.connect = dialer.dial
-    if follow:
-        client.on_redirect = dialer.redirect
-    return client, dialer
+    transports = tuple(t for t, on in (("dtls", dtls), ("tls", tls)) if on)
+    client = new_client(ClientSettings(host, port, addresses=addresses, pki=pki.directory,
+                                       transports=transports, timeout=5.0,
+                                       heartbeat=(0.0, 15)))
+    assert client.dialer is not None
+    if not follow:
+        client.on_redirect = None
+    return client, client.dialer
 
 
 @needs_v6
@@ -267,7 +246,6 @@ async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -
     try:
         async with serve(pki, "127.0.0.1", port, tmp_path / "s", dtls=False) as served:
             client, dialer = make_client(pki, "127.0.0.1", port)
-            client.dialer = dialer
             events: list[object] = []
             probed, moved = asyncio.Event(), asyncio.Event()
 

@@ -544,7 +544,7 @@ async def test_conflict_body_and_store_failure(pki: PkiPaths, tmp_path: Path,
         raise RuntimeError("mitigator bug")
 
     env = make_env(pki, tmp_path)
-    env.server.on_change = broken_hook  # a failing mitigator must not fail the request
+    env.server.add_listener(broken_hook)  # a failing mitigator must not fail the request
     assert (await env.put(123)).code == Code.CREATED
     # A lower 'mid' overlapping a higher one: 4.09, conflict-information as dots+cbor
     # (RFC 9132 §4.4.1.3).

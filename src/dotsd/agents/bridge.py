@@ -1,6 +1,7 @@
 """The link between a signal server and a mitigator plugin.
 
-The server reports every change of a mitigation (``SignalServer.on_change``); the bridge turns
+The server tells its listeners of every change of a mitigation (``SignalServer.add_listener``);
+the bridge turns
 the ones that start or stop mitigating into :class:`MitigationOrder` s (``action_for``: statuses
 1-5 are "active", RFC 9132 §4.4.2 Table 3) and runs them on the plugin in background tasks, so
 that a slow or failing backend never delays a signal-channel answer. The plugin's
@@ -17,12 +18,13 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from dotsd.mitigate.base import (
     Action,
     Feedback,
+    FeedbackSink,
     MitigationOrder,
     Mitigator,
     Targets,
@@ -63,23 +65,29 @@ def order_for(change: Change) -> MitigationOrder | None:
     return None if action is None else _order(action, m)
 
 
+MitigatorFactory = Callable[[FeedbackSink], Mitigator]
+"""Makes the mitigator, given the sink its feedback goes to (e.g. ``lambda report:
+registry.create(name, options, report=report)``)."""
+
+
 class MitigatorBridge:
-    """Feeds ``server``'s changes to ``mitigator`` and its feedback back (module docstring).
+    """Feeds ``server``'s changes to the mitigator that ``create`` makes, and the mitigator's
+    feedback back to the server (module docstring); ``timeout`` bounds each order."""
 
-    Create the mitigator with ``report=bridge.feedback``; then :meth:`attach` the server.
-    """
-
-    def __init__(self, mitigator: Mitigator, *, timeout: float | None = 30.0) -> None:
-        self.mitigator = mitigator
+    def __init__(self, create: MitigatorFactory, server: SignalServer, *,
+                 timeout: float | None = 30.0) -> None:
         self.timeout = timeout
-        self.server: SignalServer | None = None
+        self.server = server
+        self._feedback_listeners: list[FeedbackSink] = []
         self._chains: dict[tuple[str, int], asyncio.Task[bool]] = {}
         self._tasks: set[asyncio.Task[bool]] = set()
         self.failures = 0
+        self.mitigator = create(self.feedback)
+        server.add_listener(self.on_change)
 
-    def attach(self, server: SignalServer) -> None:
-        self.server = server
-        server.on_change = self.on_change
+    def add_feedback_listener(self, listener: FeedbackSink) -> None:
+        """Also tell ``listener`` of the mitigator's feedback (a progress display)."""
+        self._feedback_listeners.append(listener)
 
     # -- server → mitigator -------------------------------------------------------------------
 
@@ -128,38 +136,21 @@ class MitigatorBridge:
 
     def feedback(self, feedback: Feedback) -> None:
         """The mitigator's report sink: a status and/or counters for one mitigation."""
-        server = self.server
-        if server is None:
-            log.warning("feedback before the server is attached: %s", feedback)
-            return
+        for listener in list(self._feedback_listeners):
+            try:
+                listener(feedback)
+            except Exception:
+                log.exception("feedback listener failed")
         counters = (None if feedback.counters is None
                     else Counters(**dataclasses.asdict(feedback.counters)))
-        if feedback.status is None and counters is None:
-            return
-        event = (Event(feedback.status.signal_event) if feedback.status is not None
-                 else None)
-        try:
-            if event is None:
-                # counters only: report them with the current status's event
-                m = next((r for r in server.table
-                          if r.key == (feedback.cuid, feedback.mid)), None)
-                if m is None:
-                    return
-                event = _event_of(m.status)
-                if event is None:
-                    return
-            server.report(feedback.cuid, feedback.mid, event, counters=counters)
-        except (KeyError, ValueError) as exc:  # gone meanwhile, or not a mitigator event
-            log.info("feedback for %s/%d ignored: %s", feedback.cuid, feedback.mid, exc)
+        if feedback.status is not None:
+            # A late report about a mitigation that is gone or has moved on is ignored by
+            # the table (the mitigator runs asynchronously).
+            self.server.report(feedback.cuid, feedback.mid,
+                               Event(feedback.status.signal_event), counters=counters)
+        elif counters is not None:
+            self.server.report_counters(feedback.cuid, feedback.mid, counters)
         if feedback.detail:
             log.info("mitigator %r on %s/%d: %s", self.mitigator.name, feedback.cuid,
                      feedback.mid, feedback.detail)
 
-
-def _event_of(status: Status) -> Event | None:
-    return {
-        Status.ATTACK_MITIGATION_IN_PROGRESS: Event.ATTACK_RESUMED,
-        Status.ATTACK_SUCCESSFULLY_MITIGATED: Event.MITIGATING,
-        Status.ATTACK_STOPPED: Event.ATTACK_STOPPED,
-        Status.ATTACK_EXCEEDED_CAPABILITY: Event.EXCEEDED,
-    }.get(status)

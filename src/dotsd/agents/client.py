@@ -435,6 +435,13 @@ class SignalClient:
     def lost_reason(self) -> str | None:
         return self.session.lost_reason
 
+    def use_dialer(self, dialer: ServerDialer) -> None:
+        """Reach the server through ``dialer``: it dials (and redials), follows redirections
+        (RFC 9132 §4.6) and probes DTLS after a TLS fallback (§4.3)."""
+        self.dialer = dialer
+        self.connect = dialer.dial
+        self.on_redirect = dialer.redirect
+
     def add_listener(self, listener: Callable[[ClientEvent | SessionMoved], object]) -> None:
         """Call ``listener`` with every event of the session (state changes, redials,
         refreshes, ...) after the client acted on it."""

@@ -1,7 +1,7 @@
 """The DOTS signal channel server (RFC 9132): the sans-IO rules of ``dotsd.signal`` on a
 :class:`~dotsd.node.CoapNode`, with durable state in a ``dotsd.store`` store.
 
-    server = SignalServer(store=SqliteStore.open(state_dir), on_change=mitigator.apply)
+    server = SignalServer(store=SqliteStore.open(state_dir), on_change=bridge.on_change)
     await serve_dtls(server.node, "::", 4646, context)
     server.start()          # lifetime expiry / heartbeat timer task
 
@@ -258,7 +258,8 @@ class SignalServer:
     ``store``: durable state (None: memory only, for tests); ``policy``: which targets and
     lifetimes are allowed, one policy for all or a :class:`~dotsd.signal.policy.PolicySet`
     with one per client (default :data:`~dotsd.signal.policy.LAB`); ``config_policy``: the
-    session configuration bounds (RFC 9132 §4.5); ``on_change``: the mitigator hook;
+    session configuration bounds (RFC 9132 §4.5); ``on_change``: a first change listener
+    (more with :meth:`add_listener`);
     ``strict_cuid``: require the 'cuid' derived from the client's credentials (RFC 9132
     §4.4.1.1); ``alias_check``: whether a client created an 'alias-name' (default: no data
     channel, none did); ``clock``: wall-clock epoch seconds. ``node``: an existing node to add the
@@ -283,7 +284,7 @@ class SignalServer:
         self.policies = policy if isinstance(policy, PolicySet) else PolicySet(policy)
         self.config_policy = config_policy or ConfigPolicy()
         self.conflict_policy = conflict_policy
-        self.on_change = on_change
+        self._listeners: list[ChangeHook] = [] if on_change is None else [on_change]
         self.strict_cuid = strict_cuid
         self.alias_check = alias_check
         self.clock = clock  # wall: mitigation lifetimes and times on the wire only
@@ -307,6 +308,15 @@ class SignalServer:
         # The YANG model is compiled now, not by the first mitigation request (~0.2 s, which
         # the first client under attack would wait for).
         yang.validator()
+
+    def add_listener(self, listener: ChangeHook) -> None:
+        """Call ``listener`` with every accepted / changed / withdrawn / expired mitigation,
+        after it was stored (the mitigator bridge, a progress display, ...)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: ChangeHook) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def set_policy(self, policy: Policy | PolicySet,
                    config_policy: ConfigPolicy | None = None) -> None:
@@ -390,11 +400,11 @@ class SignalServer:
                 self._notify(m, now)
                 if m.preconfigured and m.status in _REPEATED and not change.removed:
                     follow_up.extend(self._repeat_notifications(m, now))
-            if self.on_change is not None:
+            for listener in list(self._listeners):
                 try:
-                    self.on_change(change)
-                except Exception:  # the mitigator must not break the signal channel
-                    log.exception("on_change hook failed for %s/%d", m.cuid, m.mid)
+                    listener(change)
+                except Exception:  # a mitigator must not break the signal channel
+                    log.exception("change listener failed for %s/%d", m.cuid, m.mid)
         sessions = {id(s): s for key in touched
                     for s in (self.sessions.get(key), self._by_cuid.get(key)) if s is not None}
         for session in sessions.values():
@@ -588,6 +598,14 @@ class SignalServer:
         """Mitigator feedback (RFC 9132 §4.4.1.1); persisted and notified (§4.4.2.1)."""
         now = self.clock()
         changes = self.table.mitigator_report(cuid, mid, event, now, counters=counters)
+        self._commit(changes, now)
+        return changes
+
+    def report_counters(self, cuid: str, mid: int, counters: Counters) -> list[Change]:
+        """The mitigator's counters alone for a running mitigation (RFC 9132 §4.4.2:
+        'bytes-dropped', 'pkts-dropped', ...); persisted and notified."""
+        now = self.clock()
+        changes = self.table.update_counters(cuid, mid, counters)
         self._commit(changes, now)
         return changes
 

@@ -47,19 +47,19 @@ from dotsd.agents.client import (
     SessionMoved,
     SignalClient,
 )
+from dotsd.agents.connect import ClientSettings, ConnectError, new_client
 from dotsd.agents.dial import DialError, ServerDialer
 from dotsd.agents.mids import MidFile
 from dotsd.cli import EXIT_USAGE, CommandError, Subparsers
 from dotsd.coap.numbers import Code, code_dotted, code_str
 from dotsd.model.errors import ModelError
-from dotsd.pki import load_certificate
 from dotsd.signal.client_session import ReturnToProvisioned
 from dotsd.signal.config import Attribute, ConfigSetKind, ServerConfig
 from dotsd.signal.mids import MidStateError
 from dotsd.signal.session import SessionState, StateChanged
 
 if TYPE_CHECKING:
-    from dotsd.dtls.context import DtlsContext
+    pass
 
 DEFAULT_PORT: Final = 4646  # RFC 9132 §4.3 / registries.md
 EXIT_UNREACHABLE: Final = 3
@@ -355,15 +355,8 @@ class Session:
         return f"{self.dialer.server_name} over {self.dialer.current}"
 
 
-def _psk_context(args: argparse.Namespace) -> DtlsContext:
-    """DTLS with a pre-shared key (RFC 9132 §8 allows PSK; the 'cuid' is then derived from
-    the PSK identity, §4.4.1.1). The key comes from a file, never from the command line."""
-    from dotsd.dtls.context import DtlsConfig, DtlsConfigError
-    from dotsd.dtls.context import client_context as dtls_client_context
-
-    if args.transport == "tls":
-        raise CommandError("--psk-identity works over DTLS only (--transport dtls or auto)",
-                           exit_code=EXIT_USAGE)
+def _psk_key(args: argparse.Namespace) -> bytes:
+    """The pre-shared key, in hex, from its file (never from the command line)."""
     if args.psk_key_file is None:
         raise CommandError("--psk-identity needs --psk-key-file", exit_code=EXIT_USAGE)
     try:
@@ -376,54 +369,42 @@ def _psk_context(args: argparse.Namespace) -> DtlsContext:
         raise CommandError(f"{args.psk_key_file}: the PSK must be hexadecimal") from None
     if not secret:
         raise CommandError(f"{args.psk_key_file}: empty PSK")
-    try:
-        return dtls_client_context(DtlsConfig(psk_identity=args.psk_identity.encode("utf-8"),
-                                              psk_key=secret))
-    except DtlsConfigError as exc:
-        raise CommandError(f"--psk-identity: {exc}", exit_code=EXIT_USAGE) from None
+    return secret
 
 
-@contextlib.asynccontextmanager
-async def open_session(args: argparse.Namespace, *, heartbeats: bool) -> AsyncIterator[Session]:
-    from dotsd.dtls.context import DtlsConfig, DtlsConfigError
-    from dotsd.dtls.context import client_context as dtls_client_context
-    from dotsd.tls.context import client_context as tls_client_context
-
+def client_settings(args: argparse.Namespace, *, heartbeats: bool) -> ClientSettings:
+    """The command line as the client agent's settings."""
     host, port = _split_server(args.server)
     if args.pki is None and args.psk_identity is None:
         raise CommandError("give --pki DIR (a certificate) or --psk-identity ID with "
                            "--psk-key-file FILE", exit_code=EXIT_USAGE)
-    heartbeat = None if heartbeats else (0.0, 15)
-    dtls: DtlsContext | None
+    psk_identity = psk_key = None
     if args.psk_identity is not None:
-        dtls, tls = _psk_context(args), None
-        client = SignalClient.for_psk(args.psk_identity.encode("utf-8"),
-                                      timeout=args.timeout, heartbeat=heartbeat)
-    else:
-        pki = Path(args.pki)
-        cert, key, ca = pki / f"{args.cert}.pem", pki / f"{args.cert}.key", pki / "ca.pem"
-        for path in (ca, cert, key):
-            if not path.is_file():
-                raise CommandError(f"{path}: missing (create a PKI with: dotsd pki init {pki})")
-        try:
-            certificate = load_certificate(cert)
-            dtls = (dtls_client_context(DtlsConfig(cert=cert, key=key, ca=ca))
-                    if args.transport in ("auto", "dtls") else None)
-            tls = (tls_client_context(cert, key, ca) if args.transport in ("auto", "tls")
-                   else None)
-        except (DtlsConfigError, ValueError, OSError) as exc:
-            raise CommandError(f"{pki}: cannot load the client credentials {args.cert!r}: "
-                               f"{exc}") from None
-        client = SignalClient.for_certificate(certificate, timeout=args.timeout,
-                                              heartbeat=heartbeat)
-    dialer = ServerDialer(client.node, host, port, dtls=dtls, tls=tls,
-                          addresses=args.address, timeout=args.timeout,
-                          attack=lambda: client.mitigating)
-    client.dialer = dialer
-    client.connect = dialer.dial
-    client.on_redirect = dialer.redirect
-    session = Session(client, dialer, MidFile(_state_dir(args) / MID_FILE),
-                      f"{host}:{port}")
+        if args.transport == "tls":
+            raise CommandError("--psk-identity works over DTLS only (--transport dtls or "
+                               "auto)", exit_code=EXIT_USAGE)
+        psk_identity, psk_key = args.psk_identity.encode("utf-8"), _psk_key(args)
+    transports = ("dtls", "tls") if args.transport == "auto" else (args.transport,)
+    if psk_identity is not None:
+        transports = ("dtls",)
+    return ClientSettings(
+        host, port, addresses=tuple(args.address),
+        pki=None if args.pki is None or psk_identity is not None else Path(args.pki),
+        cert=args.cert, psk_identity=psk_identity, psk_key=psk_key, transports=transports,
+        timeout=args.timeout, heartbeat=None if heartbeats else (0.0, 15))
+
+
+@contextlib.asynccontextmanager
+async def open_session(args: argparse.Namespace, *, heartbeats: bool) -> AsyncIterator[Session]:
+    settings = client_settings(args, heartbeats=heartbeats)
+    try:
+        client = new_client(settings)
+    except ConnectError as exc:
+        raise CommandError(str(exc).replace("PSK:", "--psk-identity:"),
+                           exit_code=EXIT_USAGE if exc.usage else 1) from None
+    assert client.dialer is not None
+    session = Session(client, client.dialer, MidFile(_state_dir(args) / MID_FILE),
+                      f"{settings.host}:{settings.port}")
     try:
         try:
             await client.start()

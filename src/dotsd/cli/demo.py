@@ -20,18 +20,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
-from dotsd.agents.bridge import MitigatorBridge
-from dotsd.agents.client import ClientError, Reply, SignalClient
-from dotsd.agents.dial import ServerDialer
+from dotsd.agents.client import ClientError, Reply
+from dotsd.agents.connect import ClientSettings, new_client
+from dotsd.agents.serve import ServeError, serve
 from dotsd.agents.server import SignalServer
+from dotsd.agents.settings import ServerSettings
 from dotsd.cli import CommandError, Subparsers
 from dotsd.coap.numbers import code_str
-from dotsd.mitigate import registry
 from dotsd.mitigate.base import Feedback
-from dotsd.pki import init_pki, load_certificate
+from dotsd.pki import init_pki
 from dotsd.signal.config import ConfigSetKind
 from dotsd.signal.mitigation import Change
-from dotsd.store.sqlite import SqliteStore
 
 SCOPE: Final[dict[str, Any]] = {  # RFC 9132 Figure 7, trimmed: a documentation prefix
     "target-prefix": ["2001:db8:6401::1/128"],
@@ -72,59 +71,32 @@ class _Reporter:
 @contextlib.asynccontextmanager
 async def _server(report: _Reporter, directory: Path) -> AsyncIterator[tuple[SignalServer,
                                                                               int]]:
-    from dotsd.dtls.context import DtlsConfig
-    from dotsd.dtls.context import server_context as dtls_server_context
-    from dotsd.pki import PkiPaths
-    from dotsd.tls.context import server_context as tls_server_context
-    from dotsd.transport.dtls import serve_dtls
-    from dotsd.transport.tcp import serve_tcp
-
-    pki = PkiPaths.of(directory / "pki")
-    store = SqliteStore.open(directory / "state")
-    holder: list[MitigatorBridge] = []
-
-    def feedback(fb: Feedback) -> None:
-        if fb.status is not None:
-            report("mitigator", f"mid {fb.mid}: {fb.status.value}")
-        holder[0].feedback(fb)
-
-    mitigator = registry.create("log", report=feedback)
-    bridge = MitigatorBridge(mitigator)
-    holder.append(bridge)
-    server = SignalServer(store=store)
-    bridge.attach(server)
-    to_bridge = server.on_change
+    settings = ServerSettings(bind="127.0.0.1", port=0, pki=directory / "pki",
+                              state=directory / "state")
+    try:
+        agent = await serve(settings)
+    except ServeError as exc:
+        raise CommandError(f"the demo server did not start: {exc}") from exc
+    name = agent.mitigator.name
 
     def on_change(change: Change) -> None:
         m = change.mitigation
         report("server", f"mid {m.mid}: {change.before.label if change.before else 'new'} → "
                          f"{m.status.label} ({change.reason.value}); order to the "
-                         f"'{mitigator.name}' mitigator")
-        if to_bridge is not None:
-            to_bridge(change)
+                         f"'{name}' mitigator")
 
-    server.on_change = on_change
-    await mitigator.start()
-    listeners: list[Any] = []
+    def on_feedback(fb: Feedback) -> None:
+        if fb.status is not None:
+            report("mitigator", f"mid {fb.mid}: {fb.status.value}")
+
+    agent.server.add_listener(on_change)
+    agent.bridge.add_feedback_listener(on_feedback)
     try:
-        dtls = await serve_dtls(server.node, "127.0.0.1", 0,
-                                dtls_server_context(DtlsConfig.from_pki(pki)))
-        listeners.append(dtls)
-        listeners.append(await serve_tcp(server.node, "127.0.0.1", dtls.port,
-                                         tls_server_context(pki.server_cert, pki.server_key,
-                                                            pki.ca_cert)))
-        server.start()
-        report("server", f"DOTS server on 127.0.0.1:{dtls.port} (DTLS and TLS), lab mode: "
-                         "documentation prefixes only", port=dtls.port)
-        yield server, dtls.port
+        report("server", f"DOTS server on 127.0.0.1:{agent.port} (DTLS and TLS), lab mode: "
+                         "documentation prefixes only", port=agent.port)
+        yield agent.server, agent.port
     finally:
-        for listener in listeners:
-            listener.close()
-        await server.close()
-        await server.node.close()
-        await bridge.drain(5.0)
-        await mitigator.stop()
-        store.close()
+        await agent.close()
 
 
 async def _next(notes: AsyncIterator[Reply]) -> Reply:
@@ -135,24 +107,15 @@ async def _next(notes: AsyncIterator[Reply]) -> Reply:
 
 
 async def _demo(args: argparse.Namespace, report: _Reporter, directory: Path) -> None:
-    from dotsd.dtls.context import DtlsConfig
-    from dotsd.dtls.context import client_context as dtls_client_context
-    from dotsd.tls.context import client_context as tls_client_context
-
     pki = init_pki(directory / "pki")
     report("demo", f"temporary PKI in {pki.directory}: private CA, server and client "
                    "certificates (ECDSA P-256)")
     async with _server(report, directory) as (_server_obj, port):
-        client = SignalClient.for_certificate(load_certificate(pki.client_cert),
-                                              timeout=STEP_TIMEOUT)
-        dialer = ServerDialer(
-            client.node, "127.0.0.1", port,
-            dtls=dtls_client_context(DtlsConfig.from_pki(pki, client=True))
-            if args.transport != "tls" else None,
-            tls=tls_client_context(pki.client_cert, pki.client_key, pki.ca_cert)
-            if args.transport != "dtls" else None)
-        client.connect = dialer.dial
-        client.on_redirect = dialer.redirect
+        transports = ("dtls", "tls") if args.transport == "auto" else (args.transport,)
+        client = new_client(ClientSettings("127.0.0.1", port, pki=pki.directory,
+                                           transports=transports, timeout=STEP_TIMEOUT))
+        dialer = client.dialer
+        assert dialer is not None
         try:
             await client.start()
             report("client", f"session up over {dialer.current}; cuid {client.cuid} "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import signal
@@ -27,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dotsd import _speedups as speedups
-from dotsd.agents.bridge import MitigatorBridge
-from dotsd.agents.server import SignalServer
+from dotsd.agents.serve import ServeError, ServerAgent, check_pki, make_mitigator, serve
 from dotsd.cli import CommandError, Subparsers, emit
 from dotsd.cli import settings as server_config
 from dotsd.cli.settings import (
@@ -38,14 +36,8 @@ from dotsd.cli.settings import (
     MitigatorSettings,
     ServerSettings,
 )
-from dotsd.coap.params import dots_defaults
-from dotsd.coap.site import Site
 from dotsd.mitigate import registry
-from dotsd.mitigate.base import FeedbackSink, Mitigator, MitigatorError
-from dotsd.node import CoapNode
 from dotsd.pki import PkiPaths
-from dotsd.store.base import StoreError
-from dotsd.store.sqlite import SqliteStore
 
 log = logging.getLogger("dotsd.server")
 
@@ -93,13 +85,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _check_pki(pki: PkiPaths) -> None:
-    for path in (pki.ca_cert, pki.server_cert, pki.server_key):
-        if not path.is_file():
-            raise CommandError(f"{path}: missing (create a PKI with: dotsd pki init "
-                               f"{pki.directory})")
-
-
 def _settings(args: argparse.Namespace) -> ServerSettings:
     """The file's settings (or the defaults) with every flag given on the command line
     applied over them; ``--pki`` and ``--state`` must come from one or the other."""
@@ -133,21 +118,14 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
     return settings
 
 
-def _create_mitigator(settings: ServerSettings, report: FeedbackSink | None) -> Mitigator:
-    """The configured plugin, its options checked by its constructor (before serving)."""
-    name = settings.mitigator.name
-    try:
-        return registry.create(name, settings.mitigator.options, report=report)
-    except (MitigatorError, LookupError, ValueError) as exc:
-        raise CommandError(str(exc) if isinstance(exc, LookupError)
-                           else f"mitigator {name!r}: {exc}") from exc
-
-
 def _check(args: argparse.Namespace, settings: ServerSettings) -> int:
     """``--check``: everything that can be validated without listening or writing."""
     assert settings.pki is not None
-    _check_pki(PkiPaths.of(settings.pki))
-    _create_mitigator(settings, None)
+    try:
+        check_pki(PkiPaths.of(settings.pki))
+        make_mitigator(settings, None)
+    except ServeError as exc:
+        raise CommandError(str(exc)) from exc
     if settings.state is not None and settings.state.exists() and not settings.state.is_dir():
         raise CommandError(f"state {settings.state}: not a directory")
     source = args.config or "(command line)"
@@ -167,56 +145,11 @@ def _say(args: argparse.Namespace, text: str, **fields: Any) -> None:
 
 
 async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
-    from dotsd.dtls.context import DtlsConfig
-    from dotsd.dtls.context import server_context as dtls_server_context
-    from dotsd.tls.context import server_context as tls_server_context
-    from dotsd.transport.dtls import serve_dtls
-    from dotsd.transport.tcp import serve_tcp
-
-    assert settings.pki is not None and settings.state is not None  # _settings
-    pki = PkiPaths.of(settings.pki)
-    _check_pki(pki)
     try:
-        store = SqliteStore.open(settings.state)
-    except StoreError as exc:
-        raise CommandError(f"state {settings.state}: {exc}") from exc
-    listeners: list[Any] = []
-    psk: dict[bytes, bytes] = {}  # PSK identity -> key, of the [[client]] entries
-    server: SignalServer | None = None
-    bridge: MitigatorBridge | None = None
+        agent = await serve(settings)
+    except ServeError as exc:
+        raise CommandError(str(exc)) from exc
     try:
-        bridge_holder: list[MitigatorBridge] = []
-        mitigator = _create_mitigator(settings, lambda fb: bridge_holder[0].feedback(fb))
-        bridge = MitigatorBridge(mitigator)
-        bridge_holder.append(bridge)
-        server = SignalServer(store=store, policy=settings.policy_set,
-                              config_policy=settings.session_config,
-                              node=CoapNode(Site(), config=settings.endpoint,
-                                            params=dots_defaults()))
-        bridge.attach(server)
-        await mitigator.start()
-        resumed = bridge.resume(server.table)
-        port = settings.port
-        try:
-            # RFC 9132 §4.3: DTLS and TLS on the same port; with port 0 the first listener
-            # picks it and the second follows.
-            if "dtls" in settings.transports:
-                # [[client]] PSKs (DTLS only: Python's ssl has no TLS PSK before 3.13); the
-                # dict is refilled by SIGHUP, so keys change without a restart.
-                psk.update(settings.psk_keys)
-                dtls = await serve_dtls(server.node, settings.bind, port, dtls_server_context(
-                    DtlsConfig.from_pki(pki, psk_lookup=psk.get if psk else None)))
-                listeners.append(dtls)
-                port = dtls.port
-            if "tls" in settings.transports:
-                tls = await serve_tcp(server.node, settings.bind, port, tls_server_context(
-                    pki.server_cert, pki.server_key, pki.ca_cert))
-                listeners.append(tls)
-                port = tls.port
-        except OSError as exc:
-            raise CommandError(f"cannot listen on [{settings.bind}]:{settings.port}: "
-                               f"{exc.strerror or exc}") from exc
-        server.start()
         # RFC 9132 §4.4.1.1, §10: targets outside the client's domain are refused (4.00);
         # the operator sees which domain this server serves.
         policy = settings.effective_policy
@@ -229,61 +162,39 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
         if settings.lab_mode:
             log.warning("lab mode: documentation prefixes only")
         if settings.redirect is not None:
-            server.redirect(settings.redirect)
             _say(args, server_config.redirect_summary(settings.redirect),
                  redirect=settings.to_dict()["redirect"])
         transports = "+".join(settings.transports)
-        _say(args, f"listening on [{settings.bind}]:{port} ({transports}), state "
-                   f"{settings.state}, mitigator {mitigator.name}, {resumed} active "
+        name = agent.mitigator.name
+        _say(args, f"listening on [{settings.bind}]:{agent.port} ({transports}), state "
+                   f"{settings.state}, mitigator {name}, {agent.resumed} active "
                    "mitigation(s) resumed",
-             bind=settings.bind, port=port, transports=list(settings.transports),
-             state=str(settings.state), mitigator=mitigator.name, resumed=resumed,
+             bind=settings.bind, port=agent.port, transports=list(settings.transports),
+             state=str(settings.state), mitigator=name, resumed=agent.resumed,
              config=args.config)
         _say(args, speedups.report(), speedups=speedups.status())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(args, settings, server, psk))
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(args, agent))
         await stop.wait()
         _say(args, "stopping", reason="signal")
     finally:
-        for listener in listeners:
-            with contextlib.suppress(Exception):
-                listener.close()
-        if server is not None:
-            await server.close()
-            await server.node.close()
-        if bridge is not None:
-            await bridge.drain(5.0)
-            with contextlib.suppress(Exception):
-                await bridge.mitigator.stop()
-        store.close()
+        await agent.close()
 
 
-def _reload(args: argparse.Namespace, current: ServerSettings, server: SignalServer | None,
-            psk: dict[bytes, bytes]) -> None:
+def _reload(args: argparse.Namespace, agent: ServerAgent) -> None:
     """SIGHUP: read the configuration again and apply what can change while serving — the
     policy, the session configuration bounds (for new sessions) and the redirection (RFC 9132
     §4.6); the rest needs a restart. A bad file changes nothing."""
-    if server is None:
-        return
     try:
         new = _settings(args)
     except CommandError as exc:
         log.error("reload failed, configuration unchanged: %s", exc)
         _say(args, f"reload failed, configuration unchanged: {exc}", reload="failed")
         return
-    server.set_policy(new.policy_set, new.session_config)
-    psk.clear()
-    psk.update(new.psk_keys)
-    server.redirect(new.redirect)
-    restart = [name for name in ("bind", "port", "transports", "pki", "state", "mitigator",
-                                 "endpoint")
-               if getattr(new, name) != getattr(current, name)]
-    restart = ["limits" if name == "endpoint" else name for name in restart]
-    if new.psk_keys and not current.psk_keys:
-        restart.append("psk (DTLS PSK is enabled at start when a [[client]] has a psk-key)")
+    restart = agent.reload(new)
     summary = server_config.policy_summary(new)
     if new.redirect is not None:
         summary += "; " + server_config.redirect_summary(new.redirect)

@@ -53,7 +53,6 @@ them itself when it is created.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import ipaddress
 import json
@@ -61,12 +60,19 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from dotsd.agents.settings import (
+    DEFAULT_BIND,
+    DEFAULT_PORT,
+    LIMIT_FIELDS,
+    TRANSPORTS,
+    MitigatorSettings,
+    ServerSettings,
+)
 from dotsd.coap.endpoint import EndpointConfig
 from dotsd.mitigate import registry
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigPolicy, ConfigSetKind
@@ -77,7 +83,6 @@ from dotsd.signal.policy import (
     ClientPolicy,
     IPNetwork,
     Policy,
-    PolicySet,
 )
 from dotsd.signal.redirect import Redirection
 
@@ -96,9 +101,6 @@ __all__ = [
     "redirect_summary",
 ]
 
-DEFAULT_PORT: Final = 4646  # RFC 9132 §4.3 / registries.md: "dots-signal" UDP and TCP
-DEFAULT_BIND: Final = "::"
-TRANSPORTS: Final = ("dtls", "tls")  # RFC 9132 §4.3: DTLS over UDP, TLS over TCP
 UINT32_MAX: Final = 2**32 - 1
 INT32_MAX: Final = 2**31 - 1
 UINT16_MAX: Final = 0xFFFF
@@ -106,12 +108,6 @@ DECIMAL_MAX: Final = Decimal(UINT16_MAX)
 
 _SECTIONS: Final = ("server", "policy", "client", "session-config", "mitigator", "redirect",
                     "limits")
-# [limits] key -> EndpointConfig field (dotsd.coap.endpoint, where each rule is cited)
-_LIMIT_FIELDS: Final = {"max-observations": "max_observers_per_peer",
-                        "max-uploads": "max_uploads_per_peer",
-                        "max-upload-bytes": "max_upload_bytes_per_peer",
-                        "max-body-size": "max_body_size",
-                        "max-block2-bodies": "max_block2_bodies_per_peer"}
 _REDIRECT_KEYS: Final = ("alt-server", "alt-server-record", "ttl")
 _SERVER_KEYS: Final = ("bind", "port", "transports", "pki", "state")
 _DOMAIN_KEYS: Final = ("allowed-prefixes", "allowed-domains")
@@ -138,83 +134,6 @@ class ConfigFileError(ValueError):
         self.key = key
         self.problem = problem
         super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
-
-
-@dataclass(frozen=True, slots=True)
-class MitigatorSettings:
-    """Which mitigator plugin (:mod:`dotsd.mitigate.registry`) and its own options."""
-
-    name: str = registry.DEFAULT
-    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSettings:
-    """Everything ``dotsd server`` runs with. ``policy`` None is lab mode
-    (:data:`~dotsd.signal.policy.LAB`); ``pki`` / ``state`` None: not configured (the command
-    line must give them)."""
-
-    bind: str = DEFAULT_BIND
-    port: int = DEFAULT_PORT
-    transports: tuple[str, ...] = TRANSPORTS
-    pki: Path | None = None
-    state: Path | None = None
-    policy: Policy | None = None
-    clients: tuple[ClientPolicy, ...] = ()
-    refuse_unlisted: bool = False
-    session_config: ConfigPolicy = field(default_factory=ConfigPolicy)
-    mitigator: MitigatorSettings = field(default_factory=MitigatorSettings)
-    redirect: Redirection | None = None
-    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
-    # (PSK identity, key) of [[client]] entries with a psk-key: DTLS accepts them. Secret:
-    # never written out by to_dict / describe.
-    psk_keys: tuple[tuple[bytes, bytes], ...] = field(default=(), compare=False, repr=False)
-    source: str | None = field(default=None, compare=False)
-
-    @property
-    def lab_mode(self) -> bool:
-        return self.policy is None
-
-    @property
-    def effective_policy(self) -> Policy:
-        return LAB if self.policy is None else self.policy
-
-    @property
-    def policy_set(self) -> PolicySet:
-        """What the server applies: each listed client's own policy, and the default (none
-        with ``unlisted-clients = "refuse"``) for the others."""
-        return PolicySet(None if self.refuse_unlisted else self.effective_policy, self.clients)
-
-    def replace(self, **changes: Any) -> ServerSettings:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings in the file's shape (TOML / JSON types): loading it gives back equal
-        settings."""
-        server: dict[str, Any] = {"bind": self.bind, "port": self.port,
-                                  "transports": list(self.transports)}
-        if self.pki is not None:
-            server["pki"] = str(self.pki)
-        if self.state is not None:
-            server["state"] = str(self.state)
-        result: dict[str, Any] = {"server": server}
-        if self.policy is not None:
-            result["policy"] = _policy_dict(self.policy)
-            if self.refuse_unlisted:
-                result["policy"]["unlisted-clients"] = "refuse"
-        if self.clients:
-            result["client"] = [{"name": c.name, c.match.kind: c.match.value,
-                                 **_policy_dict(c.policy)} for c in self.clients]
-        result["session-config"] = _session_dict(self.session_config)
-        result["mitigator"] = {"name": self.mitigator.name,
-                               "options": _plain(self.mitigator.options)}
-        result["limits"] = {key: getattr(self.endpoint, name)
-                            for key, name in _LIMIT_FIELDS.items()}
-        if self.redirect is not None:
-            result["redirect"] = {"alt-server": self.redirect.alt_server,
-                                  "alt-server-record": list(self.redirect.records),
-                                  "ttl": self.redirect.ttl}
-        return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,15 +528,15 @@ class _Reader:
 
     def limits_section(self, table: Mapping[str, Any]) -> EndpointConfig:
         """What one peer may hold in the CoAP layer (see :class:`EndpointConfig`)."""
-        keys = tuple(_LIMIT_FIELDS)
+        keys = tuple(LIMIT_FIELDS)
         self.known(table, "limits", keys)
-        values = {_LIMIT_FIELDS[key]: self.integer(table[key], f"limits.{key}", 0, INT32_MAX)
+        values = {LIMIT_FIELDS[key]: self.integer(table[key], f"limits.{key}", 0, INT32_MAX)
                   for key in keys if key in table}
         try:
             return EndpointConfig(**values)
         except ValueError as exc:  # upload bytes below the body size
             message = str(exc)
-            for key, name in _LIMIT_FIELDS.items():
+            for key, name in LIMIT_FIELDS.items():
                 message = message.replace(name, key)
             raise self.fail("limits", message) from None
 
@@ -637,54 +556,6 @@ class _Reader:
 
 # ---------------------------------------------------------------------------------------------
 # Writing and describing
-
-
-def _number(value: int | Decimal) -> int | float:
-    return float(value) if isinstance(value, Decimal) else value
-
-
-def _policy_dict(policy: Policy) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        "allowed-prefixes": [str(p) for p in policy.allowed_prefixes],
-        "allowed-domains": list(policy.allowed_domains),
-        "max-lifetime": policy.max_lifetime,
-        "allow-indefinite": policy.allow_indefinite,
-        "retry-after": policy.retry_after,
-    }
-    if policy.max_mitigations_per_client is not None:
-        result["max-mitigations-per-client"] = policy.max_mitigations_per_client
-    if policy.max_requests_per_second is not None:
-        result["max-requests-per-second"] = policy.max_requests_per_second
-    return result
-
-
-def _bounds_dict(bounds: ConfigBounds) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        attr.value: {"min": _number(bounds.minimum.get(attr)),
-                     "max": _number(bounds.maximum.get(attr)),
-                     "default": _number(bounds.default.get(attr))}
-        for attr in Attribute
-    }
-    result["allow-heartbeat-disable"] = bounds.allow_heartbeat_disable
-    return result
-
-
-def _session_dict(policy: ConfigPolicy) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    if policy.max_age is not None:
-        result["max-age"] = policy.max_age
-    for kind in ConfigSetKind:
-        result[kind.value.removesuffix("-config")] = _bounds_dict(policy.bounds(kind))
-    return result
-
-
-def _plain(value: object) -> Any:
-    """Plugin options as plain dicts / lists (MappingProxyType is not serialisable)."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _listing(items: Iterable[object]) -> str:

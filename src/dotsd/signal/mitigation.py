@@ -1437,12 +1437,18 @@ class MitigationTable:
             return []
         extra: dict[str, Any] = {} if counters is None else {"counters": counters}
         if event not in TRANSITIONS[m.status]:
-            if extra and m.is_active:
-                after = replace(m, **extra)
-                self._store(after)
-                return [Change(Reason.MITIGATOR, after, before=m.status)]
-            return []
+            return [] if counters is None else self.update_counters(cuid, mid, counters)
         return [self._move(m, event, now, Reason.MITIGATOR, **extra)]
+
+    def update_counters(self, cuid: str, mid: int, counters: Counters) -> list[Change]:
+        """New mitigator counters for a running mitigation (RFC 9132 §4.4.2), its status
+        unchanged; nothing for one that is gone or not active (a late report)."""
+        m = self._records.get((cuid, mid))
+        if m is None or not m.is_active:
+            return []
+        after = replace(m, counters=counters)
+        self._store(after)
+        return [Change(Reason.MITIGATOR, after, before=m.status)]
 
     def report_conflict(self, cuid: str, mid: int, info: ConflictInfo, now: float) -> list[Change]:
         """Record a conflict found after acceptance (extension point for conflict-cause 2,

@@ -1,0 +1,208 @@
+"""One assembly of a DOTS server agent: :func:`serve` takes a :class:`ServerSettings`.
+
+    agent = await serve(ServerSettings(pki=Path("/etc/dotsd/pki"), state=Path("/var/lib/dotsd")))
+    ...                     # agent.port, agent.server (the SignalServer), agent.mitigator
+    await agent.close()
+
+It opens the store, makes the mitigator plugin and its bridge, builds the
+:class:`~dotsd.agents.server.SignalServer` on a CoAP node with the operator's per-peer limits,
+resumes the active mitigations on the plugin, listens on DTLS and TLS on one port (RFC 9132
+§4.3), starts the server's timer and applies the redirection; :meth:`ServerAgent.reload`
+applies new settings while serving, :meth:`ServerAgent.close` stops in order. The
+``dotsd server`` command, ``dotsd demo`` and the tests all use it.
+
+Every failure to start is a :class:`ServeError` with one line for the operator; what was
+already opened is closed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dotsd.agents.bridge import MitigatorBridge, MitigatorFactory
+from dotsd.agents.server import SignalServer
+from dotsd.agents.settings import ServerSettings
+from dotsd.coap.params import dots_defaults
+from dotsd.coap.site import Site
+from dotsd.mitigate import registry
+from dotsd.mitigate.base import FeedbackSink, Mitigator, MitigatorError
+from dotsd.node import CoapNode
+from dotsd.pki import PkiPaths
+from dotsd.store import SqliteStore, StoreError
+from dotsd.store.base import Store
+
+__all__ = ["ServeError", "ServerAgent", "check_pki", "make_mitigator", "serve"]
+
+log = logging.getLogger("dotsd.agents.serve")
+
+# What needs a restart when it changes (everything else is applied by ServerAgent.reload).
+RESTART_FIELDS = ("bind", "port", "transports", "pki", "state", "mitigator", "endpoint")
+
+
+class ServeError(Exception):
+    """The server cannot start as configured (the message says why, for the operator)."""
+
+
+def check_pki(pki: PkiPaths) -> None:
+    """The server's certificate, key and CA must exist (RFC 9132 §8: mutual authentication)."""
+    for path in (pki.ca_cert, pki.server_cert, pki.server_key):
+        if not path.is_file():
+            raise ServeError(f"{path}: missing (create a PKI with: dotsd pki init "
+                             f"{pki.directory})")
+
+
+def make_mitigator(settings: ServerSettings, report: FeedbackSink | None) -> Mitigator:
+    """The configured plugin, its options checked by its constructor (before serving)."""
+    name = settings.mitigator.name
+    try:
+        return registry.create(name, settings.mitigator.options, report=report)
+    except (MitigatorError, LookupError, ValueError) as exc:
+        raise ServeError(str(exc) if isinstance(exc, LookupError)
+                         else f"mitigator {name!r}: {exc}") from exc
+
+
+@dataclass(eq=False)
+class ServerAgent:
+    """A running DOTS server: its settings, the signal server, the mitigator bridge, the
+    listeners and the port they share."""
+
+    settings: ServerSettings
+    server: SignalServer
+    bridge: MitigatorBridge
+    port: int
+    resumed: int
+    listeners: list[Any] = field(default_factory=list)
+    psk: dict[bytes, bytes] = field(default_factory=dict)  # the DTLS PSK lookup, reloadable
+    psk_at_start: bool = False  # whether the DTLS listener was started with PSK lookup
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def mitigator(self) -> Mitigator:
+        return self.bridge.mitigator
+
+    def reload(self, new: ServerSettings) -> list[str]:
+        """Apply what can change while serving: the policy and client list, the session
+        configuration bounds (for new sessions), the DTLS PSKs and the redirection (RFC 9132
+        §4.6). Returns the changed settings that need a restart."""
+        self.server.set_policy(new.policy_set, new.session_config)
+        self.psk.clear()
+        self.psk.update(new.psk_keys)  # the DTLS context looks keys up here
+        self.server.redirect(new.redirect)
+        current, self.settings = self.settings, new
+        restart = ["limits" if name == "endpoint" else name for name in RESTART_FIELDS
+                   if getattr(new, name) != getattr(current, name)]
+        if new.psk_keys and not self.psk_at_start:
+            restart.append("psk (DTLS PSK is enabled at start when a [[client]] has a psk-key)")
+        return restart
+
+    async def close(self) -> None:
+        """Stop listening, stop the server's timer, let the mitigator finish its orders
+        (bounded), stop it, close the store."""
+        for listener in self.listeners:
+            with contextlib.suppress(Exception):
+                listener.close()
+        for listener in self.listeners:
+            with contextlib.suppress(Exception):
+                await listener.wait_closed()
+        await self.server.close()
+        await self.server.node.close()
+        await self.bridge.drain(5.0)
+        with contextlib.suppress(Exception):
+            await self.bridge.mitigator.stop()
+        for close in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                close()
+
+
+async def serve(
+    settings: ServerSettings,
+    *,
+    server: SignalServer | None = None,
+    mitigator: MitigatorFactory | None = None,
+    dtls_options: dict[str, Any] | None = None,
+) -> ServerAgent:
+    """Start a DOTS server agent as ``settings`` say (module docstring).
+
+    ``settings.state`` None keeps state in memory only (tests). For tests and embedding:
+    ``server``, a SignalServer built by the caller (its own store, clock or policy), used
+    instead of one made from the settings; ``mitigator``, a factory used instead of the
+    registry's plugin; ``dtls_options``, more arguments for the DTLS listener (handshake
+    timers, limits)."""
+    from dotsd.dtls.context import DtlsConfig
+    from dotsd.dtls.context import server_context as dtls_server_context
+    from dotsd.tls.context import server_context as tls_server_context
+    from dotsd.transport.dtls import serve_dtls
+    from dotsd.transport.tcp import serve_tcp
+
+    if settings.pki is None:
+        raise ServeError("no PKI directory given")
+    pki = PkiPaths.of(settings.pki)
+    check_pki(pki)
+    closers: list[Callable[[], None]] = []
+    store: Store | None = None
+    if server is None:
+        if settings.state is not None:
+            try:
+                store = SqliteStore.open(settings.state)
+            except StoreError as exc:
+                raise ServeError(f"state {settings.state}: {exc}") from exc
+            closers.append(store.close)
+        server = SignalServer(store=store, policy=settings.policy_set,
+                              config_policy=settings.session_config,
+                              node=CoapNode(Site(), config=settings.endpoint,
+                                            params=dots_defaults()))
+    elif server.store is not None:
+        closers.append(server.store.close)
+
+    def create(report: FeedbackSink) -> Mitigator:
+        return make_mitigator(settings, report) if mitigator is None else mitigator(report)
+
+    try:
+        bridge = MitigatorBridge(create, server)
+    except BaseException:
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                close()
+        raise
+    agent = ServerAgent(settings, server, bridge, settings.port, 0,
+                        psk_at_start=bool(settings.psk_keys), closers=closers)
+    try:
+        await bridge.mitigator.start()
+        agent.resumed = bridge.resume(server.table)
+        port = settings.port
+        # RFC 9132 §4.3: DTLS and TLS on the same port; with port 0 the first listener picks
+        # it and the second follows.
+        if "dtls" in settings.transports:
+            # [[client]] PSKs (DTLS only: Python's ssl has no TLS PSK before 3.13); the dict
+            # is refilled by reload, so keys change without a restart.
+            agent.psk.update(settings.psk_keys)
+            psk = agent.psk
+            dtls = await serve_dtls(
+                server.node, settings.bind, port, dtls_server_context(
+                    DtlsConfig.from_pki(pki, psk_lookup=psk.get if psk else None)),
+                **(dtls_options or {}))
+            agent.listeners.append(dtls)
+            port = dtls.port
+        if "tls" in settings.transports:
+            tls = await serve_tcp(server.node, settings.bind, port, tls_server_context(
+                pki.server_cert, pki.server_key, pki.ca_cert))
+            agent.listeners.append(tls)
+            port = tls.port
+    except OSError as exc:
+        await agent.close()
+        raise ServeError(f"cannot listen on [{settings.bind}]:{settings.port}: "
+                         f"{exc.strerror or exc}") from exc
+    except BaseException:
+        await agent.close()
+        raise
+    agent.port = port
+    server.start()
+    if settings.redirect is not None:
+        server.redirect(settings.redirect)
+    log.info("DOTS server listening on [%s]:%d (%s)", settings.bind, port,
+             "+".join(settings.transports))
+    return agent

@@ -1,0 +1,119 @@
+"""The one assembly of each agent: dotsd.agents.serve.serve(ServerSettings) and
+dotsd.agents.connect.connect(ClientSettings), end to end on loopback and on bad settings."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from dotsd.agents.connect import ClientSettings, ConnectError, connect, new_client
+from dotsd.agents.serve import ServeError, serve
+from dotsd.agents.settings import MitigatorSettings, ServerSettings
+from dotsd.coap.numbers import Code
+from dotsd.pki import PkiPaths, init_pki
+from dotsd.signal.mitigation import Change
+
+pytestmark = pytest.mark.network
+
+SCOPE = {"target-prefix": ["2001:db8:6401::1/128"], "lifetime": 3600}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
+    return init_pki(tmp_path_factory.mktemp("pki"))
+
+
+def settings(pki: PkiPaths, state: Path | None, **kw: object) -> ServerSettings:
+    return ServerSettings(bind="127.0.0.1", port=0, pki=pki.directory, state=state,
+                          mitigator=MitigatorSettings("log", {"feedback_delay": None}),
+                          **kw)  # type: ignore[arg-type]
+
+
+async def test_serve_and_connect_end_to_end(pki: PkiPaths, tmp_path: Path) -> None:
+    agent = await serve(settings(pki, tmp_path / "state"))
+    changes: list[Change] = []
+    agent.server.add_listener(changes.append)
+    try:
+        assert agent.port > 0 and len(agent.listeners) == 2  # DTLS and TLS, one port
+        for transport in ("dtls", "tls"):
+            client = await connect(ClientSettings("127.0.0.1", agent.port, pki=pki.directory,
+                                                  transports=(transport,), timeout=5.0))
+            try:
+                assert client.link is not None and client.link.info.transport == transport
+                reply = await client.mitigate(SCOPE)
+                assert reply.code == Code.CREATED
+                assert agent.server.store is not None
+                assert agent.server.store.get_mitigation(client.cuid, reply.mid or 0)
+                assert (await client.withdraw(reply.mid or 0)).code == Code.DELETED
+            finally:
+                await client.close()
+        # Both listeners saw the change, and the bridge ordered the mitigator.
+        assert [c.mitigation.status.label for c in changes].count(
+            "attack-mitigation-in-progress") == 2
+        await agent.bridge.drain(5.0)
+        assert agent.bridge.failures == 0
+    finally:
+        await agent.close()
+    # The store is closed with the agent: a new one opens the same state, nothing lost.
+    again = await serve(settings(pki, tmp_path / "state"))
+    try:
+        assert again.server.store is not None
+        # The withdrawn request is kept through its active-but-terminating period (RFC 9132
+        # §4.4.4); both clients used the same certificate, so the same cuid and mid 1.
+        kept = list(again.server.table)
+        assert [(m.mid, m.status.label) for m in kept] == [
+            (1, "dots-client-withdrawn-mitigation")]
+    finally:
+        await again.close()
+
+
+async def test_serve_refuses_a_missing_pki_and_a_busy_port(pki: PkiPaths,
+                                                           tmp_path: Path) -> None:
+    with pytest.raises(ServeError, match="missing"):
+        await serve(ServerSettings(pki=tmp_path / "nowhere", state=None))
+    with pytest.raises(ServeError, match="mitigator"):
+        await serve(settings(pki, None).replace(
+            mitigator=MitigatorSettings("log", {"no-such-option": 1})))
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    try:
+        port = busy.getsockname()[1]
+        with pytest.raises(ServeError, match="cannot listen"):
+            await serve(settings(pki, tmp_path / "s").replace(port=port))
+    finally:
+        busy.close()
+    # What was opened before the failure was closed: the same state opens again.
+    agent = await serve(settings(pki, tmp_path / "s"))
+    await agent.close()
+
+
+async def test_reload_applies_the_policy_and_names_what_needs_a_restart(
+        pki: PkiPaths) -> None:
+    agent = await serve(settings(pki, None))
+    try:
+        redirect_off = agent.settings
+        restart = agent.reload(redirect_off.replace(port=1234, transports=("dtls",)))
+        assert restart == ["port", "transports"]
+        assert agent.reload(agent.settings) == []
+    finally:
+        await agent.close()
+
+
+def test_new_client_refuses_contradictory_settings(pki: PkiPaths, tmp_path: Path) -> None:
+    with pytest.raises(ConnectError) as info:
+        new_client(ClientSettings("127.0.0.1"))
+    assert info.value.usage
+    with pytest.raises(ConnectError, match="DTLS only") as info:
+        new_client(ClientSettings("127.0.0.1", psk_identity=b"cpe", psk_key=b"k" * 16,
+                                  transports=("tls",)))
+    assert info.value.usage
+    with pytest.raises(ConnectError, match="missing"):
+        new_client(ClientSettings("127.0.0.1", pki=tmp_path))
+    with pytest.raises(ConnectError, match="transports"):
+        new_client(ClientSettings("127.0.0.1", pki=pki.directory, transports=("quic",)))
+    client = new_client(ClientSettings("127.0.0.1", pki=pki.directory))
+    assert client.dialer is not None and client.connect is not None
+    assert client.cuid and client.state.value == "connecting"
+
