@@ -49,7 +49,6 @@ import heapq
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from dotsd.coap.endpoint import error_response
@@ -77,11 +76,6 @@ from dotsd.signal.errors import (
 )
 from dotsd.signal.heartbeat import (
     HEARTBEAT_PATH,
-    HeartbeatMonitor,
-    PeerReachable,
-    Role,
-    SessionLost,
-    ThresholdReached,
     check_heartbeat_path,
     parse_heartbeat_body,
 )
@@ -105,6 +99,8 @@ from dotsd.signal.mitigation import (
 from dotsd.signal.policy import LAB, Policy, PolicySet
 from dotsd.signal.ratelimit import RateLimiter
 from dotsd.signal.redirect import Redirection, redirect_body
+from dotsd.signal.server_session import ParamsChanged, ServerSession
+from dotsd.signal.session import SessionState
 from dotsd.signal.uri import MITIGATE_PATH, parse_mitigate_uri
 from dotsd.store import base as store_base
 from dotsd.store.base import Store, StoreError
@@ -236,18 +232,6 @@ def _decode(msg: Message) -> dict[str, Any]:
 # Sessions
 
 
-@dataclass(slots=True)
-class _Session:
-    """One client's signal channel session state (keyed by its 'cuid')."""
-
-    client: ClientIdentity
-    link: Link
-    config: SessionConfig
-    monitor: HeartbeatMonitor
-    mitigating: bool = False
-    armed: float | None = None  # the monitor's timer as last put in the server's heap
-
-
 # ---------------------------------------------------------------------------------------------
 # The server
 
@@ -294,8 +278,8 @@ class SignalServer:
         self.site.add("/" + "/".join(MITIGATE_PATH), MitigateResource(self), prefix=True)
         self.site.add("/" + "/".join(CONFIG_PATH), ConfigResource(self), prefix=True)
         self.site.add("/" + "/".join(HEARTBEAT_PATH), HeartbeatResource(self), prefix=True)
-        self.sessions: dict[str, _Session] = {}  # by client identity
-        self._by_cuid: dict[str, _Session] = {}  # the same, by the client's derived cuid
+        self.sessions: dict[str, ServerSession] = {}  # by client identity
+        self._by_cuid: dict[str, ServerSession] = {}  # the same, by the client's derived cuid
         # (due, identity) of the sessions' heartbeat timers, a heap with stale entries skipped:
         # no request costs O(sessions) (an ISP's server holds thousands).
         self._timers: list[tuple[float, str]] = []
@@ -491,27 +475,36 @@ class SignalServer:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def session(self, ident: ClientIdentity, link: Link) -> _Session:
+    def session(self, ident: ClientIdentity, link: Link) -> ServerSession:
         """The session of the client (created at its first request; RFC 9132 §4.5: the
         session configuration stored for it is reapplied)."""
         now = self.monotonic()
         session = self.sessions.get(ident.identity)
         if session is not None:
-            if session.link is not link:  # a new (D)TLS session of the same client
-                session.link = link
-                self._apply_session_params(session, force=True)
+            if session.peer is not link:  # a new (D)TLS session of the same client
+                session.mitigating = self._mitigating(ident)
+                session.moved(link, now)
+                self._drain(session)
             return session
-        config = self._session_config(ident.cuid, link.info.reliable)
-        mitigating = self._mitigating(ident)
-        effective = config.effective(mitigating)
-        monitor = HeartbeatMonitor(effective.heartbeat_interval, effective.missing_hb_allowed,
-                                   now, role=Role.SERVER, reliable=link.info.reliable,
-                                   send_heartbeats=False)
-        session = _Session(ident, link, config, monitor, mitigating)
+        session = ServerSession(ident, self._session_config(ident.cuid, link.info.reliable),
+                                link, now, reliable=link.info.reliable,
+                                mitigating=self._mitigating(ident))
         self.sessions[ident.identity] = session
         self._by_cuid[ident.cuid] = session
-        self._apply_session_params(session, force=True)
+        self._drain(session)
         return session
+
+    def _drain(self, session: ServerSession) -> None:
+        """Act on the session's events, then re-arm its timer."""
+        cuid = session.client.cuid
+        while (event := session.next_event()) is not None:
+            if isinstance(event, ParamsChanged):
+                self._set_params(session.peer, event.params)  # RFC 9132 §4.5.2
+            elif SessionState.DEGRADED in (event.new, event.old):  # RFC 9132 §4.7
+                log.info("cuid=%s: %s", cuid, event.reason)
+        self._arm(session)
+        if self._wake is not None:
+            self._wake.set()
 
     def _session_config(self, cuid: str, reliable: bool) -> SessionConfig:
         """The client's session configuration: the stored one, else the defaults (§4.5)."""
@@ -547,36 +540,33 @@ class SignalServer:
             return False
         return any(m.is_active for m in self.table if m.owner == ident.identity)
 
-    def _apply_session_params(self, session: _Session, force: bool = False) -> None:
+    def _apply_session_params(self, session: ServerSession, force: bool = False) -> None:
         """RFC 9132 §4.5: 'mitigating-config' while the client has an active mitigation,
-        'idle-config' otherwise, switched automatically; negotiated values for the CoAP
-        transmission parameters (§4.5.2) and the heartbeat monitor."""
+        'idle-config' otherwise, switched automatically (``force``: the configuration itself
+        changed)."""
+        now = self.monotonic()
         mitigating = self._mitigating(session.client)
-        if not force and mitigating == session.mitigating:
-            return
-        session.mitigating = mitigating
-        effective = session.config.effective(mitigating)
-        self._set_params(session.link, effective.params)
-        session.monitor.set_interval(effective.heartbeat_interval,
-                                     effective.missing_hb_allowed, self.monotonic())
-        self._arm(session)
-        if self._wake is not None:
-            self._wake.set()
+        if force:
+            session.mitigating = mitigating
+            session.reconfigure(now)
+        else:
+            session.set_mitigating(now, mitigating)
+        self._drain(session)
 
-    def _set_params(self, link: Link, params: TransmissionParameters) -> None:
+    def _set_params(self, link: Hashable, params: TransmissionParameters) -> None:
         if link in self.node.links:
             self.node.set_params(link, params)
 
-    def _heard(self, ident: ClientIdentity, link: Link) -> _Session:
+    def _heard(self, ident: ClientIdentity, link: Link) -> ServerSession:
         """Any request of the client is traffic for its heartbeat monitor (RFC 9132 §4.7)."""
         session = self.session(ident, link)
-        session.monitor.on_traffic(self.monotonic())
+        session.heard(self.monotonic())
         self._arm(session)
         return session
 
-    def _arm(self, session: _Session) -> None:
+    def _arm(self, session: ServerSession) -> None:
         """Put the session's heartbeat timer in the heap (after any call on its monitor)."""
-        due = session.monitor.get_timer()
+        due = session.get_timer()
         if due is None or due == session.armed:
             return
         session.armed = due
@@ -647,23 +637,19 @@ class SignalServer:
         for key in due_now:
             session = self.sessions[key]
             session.armed = None
-            cuid = session.client.cuid
-            for action in session.monitor.handle_timer(mono):
-                if isinstance(action, SessionLost):
-                    # RFC 9132 §4.4.1.3 / §4.7: preconfigured mitigations are triggered.
-                    log.info("signal channel session lost cuid=%s: %s", cuid, action.reason)
-                    lost = self.table.on_session_lost(cuid, now)
-                    self._commit(lost, now)
-                    done.extend(lost)
-                    del self.sessions[key]
-                    self._by_cuid.pop(cuid, None)
-                elif isinstance(action, ThresholdReached):
-                    log.info("cuid=%s: %d heartbeats missed but traffic still seen",
-                             cuid, action.missed)
-                elif isinstance(action, PeerReachable):
-                    log.info("cuid=%s: reachable again", cuid)
-            if key in self.sessions:
-                self._arm(session)
+            session.handle_timer(mono)
+            if session.lost:
+                # RFC 9132 §4.4.1.3 / §4.7: preconfigured mitigations are triggered.
+                cuid = session.client.cuid
+                log.info("signal channel session lost cuid=%s: %s", cuid,
+                         session.lifecycle_reason)
+                del self.sessions[key]
+                self._by_cuid.pop(cuid, None)
+                lost = self.table.on_session_lost(cuid, now)
+                self._commit(lost, now)
+                done.extend(lost)
+            else:
+                self._drain(session)
         return done
 
     def next_deadline(self) -> float | None:
@@ -848,7 +834,7 @@ class ConfigResource(Resource):
         self.get = _guard(server, self._get)
         self.delete = _guard(server, self._delete)
 
-    def _start(self, req: IncomingRequest) -> tuple[int | None, _Session, float]:
+    def _start(self, req: IncomingRequest) -> tuple[int | None, ServerSession, float]:
         s = self.server
         sid = parse_config_path(req.message.uri_path)
         ident = s.authenticate(req)
@@ -906,6 +892,6 @@ class HeartbeatResource(Resource):
         status = parse_heartbeat_body(body)
         ident = s.authenticate(req)
         session = s.session(ident, req.link)
-        session.monitor.on_peer_heartbeat(s.monotonic(), status)
+        session.peer_heartbeat(s.monotonic(), status)
         s._arm(session)
         return Message(code=Code.CHANGED)
