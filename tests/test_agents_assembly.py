@@ -3,17 +3,22 @@ dotsd.agents.connect.connect(ClientSettings), end to end on loopback and on bad 
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 from pathlib import Path
 
 import pytest
 
+from dotsd.agents.client import ClientError
 from dotsd.agents.connect import ClientSettings, ConnectError, connect, new_client
 from dotsd.agents.serve import ServeError, serve
 from dotsd.agents.settings import MitigatorSettings, ServerSettings
 from dotsd.coap.numbers import Code
 from dotsd.pki import PkiPaths, init_pki
+from dotsd.signal.config import ConfigSetKind
 from dotsd.signal.mitigation import Change
+from dotsd.store import SqliteStore, StoreError
 
 pytestmark = pytest.mark.network
 
@@ -117,3 +122,40 @@ def test_new_client_refuses_contradictory_settings(pki: PkiPaths, tmp_path: Path
     assert client.dialer is not None and client.connect is not None
     assert client.cuid and client.state.value == "connecting"
 
+
+
+async def test_answers_wait_for_the_commit_and_the_loop_keeps_serving(
+        pki: PkiPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve() commits in a writer thread: while a commit is held back, the same client's
+    other requests are answered, and its mitigation request is answered only once the
+    mitigation is in the store (RFC 9132 §4.4.1: acknowledged means installed). A commit
+    that fails is 5.00 and leaves nothing behind."""
+    agent = await serve(settings(pki, tmp_path / "state"))
+    writer, store = agent.server.writer, agent.server.store
+    assert writer is not None and store is not None
+    client = await connect(ClientSettings("127.0.0.1", agent.port, pki=pki.directory,
+                                          transports=("dtls",), timeout=10.0))
+    try:
+        gate = threading.Event()
+        held = writer.submit(lambda _store: gate.wait(10))  # the writer is busy
+        request = asyncio.create_task(client.mitigate(SCOPE))
+        config = await client.session_config_get()  # answered meanwhile
+        assert config.current(ConfigSetKind.IDLE) is not None
+        assert not request.done() and store.get_mitigation(client.cuid, 1) is None
+        gate.set()
+        reply = await request
+        assert reply.code == Code.CREATED and held.done()
+        assert store.get_mitigation(client.cuid, reply.mid or 0) is not None
+
+        def broken(self: SqliteStore, record: object) -> None:
+            if threading.current_thread().name.startswith("dotsd-store-writer"):
+                raise StoreError("disk full")
+
+        monkeypatch.setattr(SqliteStore, "put_mitigation", broken)
+        with pytest.raises(ClientError) as info:
+            await client.mitigate({**SCOPE, "target-prefix": ["2001:db8:6401::2/128"]})
+        assert info.value.code == Code.INTERNAL_SERVER_ERROR
+        assert [m.mid for m in agent.server.table] == [reply.mid]  # reloaded: only the first
+    finally:
+        await client.close()
+        await agent.close()

@@ -4,7 +4,8 @@
     ...                     # agent.port, agent.server (the SignalServer), agent.mitigator
     await agent.close()
 
-It opens the store, makes the mitigator plugin and its bridge, builds the
+It opens the store (reads on the loop, commits in a writer thread:
+:mod:`dotsd.agents.storewriter`), makes the mitigator plugin and its bridge, builds the
 :class:`~dotsd.agents.server.SignalServer` on a CoAP node with the operator's per-peer limits,
 resumes the active mitigations on the plugin, listens on DTLS and TLS on one port (RFC 9132
 §4.3), starts the server's timer and applies the redirection; :meth:`ServerAgent.reload`
@@ -26,6 +27,7 @@ from typing import Any
 from dotsd.agents.bridge import MitigatorBridge, MitigatorFactory
 from dotsd.agents.server import SignalServer
 from dotsd.agents.settings import ServerSettings
+from dotsd.agents.storewriter import StoreWriter
 from dotsd.coap.params import dots_defaults
 from dotsd.coap.site import Site
 from dotsd.mitigate import registry
@@ -145,13 +147,20 @@ async def serve(
     closers: list[Callable[[], None]] = []
     store: Store | None = None
     if server is None:
+        writer: StoreWriter | None = None
         if settings.state is not None:
+            state = settings.state
             try:
-                store = SqliteStore.open(settings.state)
+                store = SqliteStore.open(state)  # the loop's connection: reads
+                closers.append(store.close)
+                # Commits (an fsync each) run in a thread of their own; answers wait for them.
+                writer = StoreWriter(lambda: SqliteStore.open(state, check=False))
+                closers.append(writer.close)
             except StoreError as exc:
-                raise ServeError(f"state {settings.state}: {exc}") from exc
-            closers.append(store.close)
-        server = SignalServer(store=store, policy=settings.policy_set,
+                for close in reversed(closers):
+                    close()
+                raise ServeError(f"state {state}: {exc}") from exc
+        server = SignalServer(store=store, writer=writer, policy=settings.policy_set,
                               config_policy=settings.session_config,
                               node=CoapNode(Site(), config=settings.endpoint,
                                             params=dots_defaults()))

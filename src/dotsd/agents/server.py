@@ -48,9 +48,10 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any, Final
 
+from dotsd.agents.storewriter import StoreWriter
 from dotsd.coap.endpoint import error_response
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
@@ -263,8 +264,11 @@ class SignalServer:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         node: CoapNode | None = None,
+        writer: StoreWriter | None = None,
     ) -> None:
-        self.store = store
+        self.store = store  # reads on the loop; writes here too unless a writer is given
+        self.writer = writer
+        self._writes: set[asyncio.Task[None]] = set()
         self.policies = policy if isinstance(policy, PolicySet) else PolicySet(policy)
         self.config_policy = config_policy or ConfigPolicy()
         self.conflict_policy = conflict_policy
@@ -344,25 +348,56 @@ class SignalServer:
             return self._new_table()
         return self._new_table(mitigation_from_record(r) for r in self.store.all_mitigations())
 
+    def _work(self, changes: Iterable[Change], now: float, bind: ClientIdentity | None = None,
+              cuid: str | None = None) -> Callable[[Store], None]:
+        """The store writes of ``changes`` (and the binding of ``cuid``) as one unit of work.
+        The records are made now, on the loop: the unit may run later, in the writer."""
+        records = [(c.mitigation.cuid, c.mitigation.mid,
+                    None if c.removed else mitigation_record(c.mitigation, now))
+                   for c in changes]
+
+        def work(store: Store) -> None:
+            if bind is not None and cuid is not None:
+                other = store.bind_cuid(cuid, bind.identity, now)
+                if other is not None:
+                    raise _Collision(cuid)
+            for key_cuid, mid, record in records:
+                if record is None:
+                    store.delete_mitigation(key_cuid, mid)
+                else:
+                    store.put_mitigation(record)
+
+        return work
+
     def _persist(self, changes: Iterable[Change], now: float,
                  bind: ClientIdentity | None = None, cuid: str | None = None) -> None:
-        """Write ``changes`` (and the binding of ``cuid``) in one transaction; on failure the
-        table is reloaded from the store, so memory never holds what was not kept."""
+        """Write ``changes`` (and the binding of ``cuid``) in one transaction, here and now;
+        on failure the table is reloaded from the store, so memory never holds what was not
+        kept."""
+        self._write_now(self._work(changes, now, bind, cuid))
+
+    def _write_now(self, work: Callable[[Store], None]) -> None:
         if self.store is None:
             return
         try:
             with self.store.transaction():
-                if bind is not None and cuid is not None:
-                    other = self.store.bind_cuid(cuid, bind.identity, now)
-                    if other is not None:
-                        raise _Collision(cuid)
-                for change in changes:
-                    m = change.mitigation
-                    if change.removed:
-                        self.store.delete_mitigation(m.cuid, m.mid)
-                    else:
-                        self.store.put_mitigation(mitigation_record(m, now))
+                work(self.store)
         except BaseException:
+            self.table = self._load_table()
+            raise
+
+    async def _write(self, work: Callable[[Store], None]) -> None:
+        """One unit of work, durably, before the caller acknowledges: in the writer thread
+        when there is one (the loop keeps serving meanwhile), else here. On failure, once
+        the writes queued before it are done, the table is reloaded from the store."""
+        writer = self.writer
+        if writer is None:
+            self._write_now(work)
+            return
+        try:
+            await writer.submit(work)
+        except BaseException:
+            await writer.drain()
             self.table = self._load_table()
             raise
 
@@ -411,10 +446,38 @@ class SignalServer:
         return []
 
     def _commit(self, changes: Iterable[Change], now: float) -> None:
+        """Keep ``changes``, then publish them. With a writer, the write is queued and the
+        changes are published once it is committed (timer and mitigator changes: nobody
+        waits for an answer)."""
         changes = list(changes)
-        if changes:
+        if not changes:
+            return
+        if self.writer is None:
             self._persist(changes, now)
             self._publish(changes, now)
+            return
+        task = asyncio.get_running_loop().create_task(self._write(self._work(changes, now)))
+        self._writes.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._writes.discard(task)
+            if task.cancelled():
+                return
+            exc = task.exception()
+            if exc is not None:
+                log.error("store failure, %d change(s) not kept: %s", len(changes), exc)
+                return
+            self._publish(changes, now)
+
+        task.add_done_callback(done)
+
+    async def _commit_and_publish(self, changes: Sequence[Change], now: float,
+                                  bind: ClientIdentity | None = None,
+                                  cuid: str | None = None) -> None:
+        """For a request: keep ``changes`` durably (and bind ``cuid``), then publish them;
+        the answer waits for this (RFC 9132 §4.4.1: acknowledged means installed)."""
+        await self._write(self._work(changes, now, bind, cuid))
+        self._publish(changes, now)
 
     def _notify(self, m: Mitigation, now: float) -> None:
         body = self.table.status_body(m, now)
@@ -688,12 +751,15 @@ class SignalServer:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     async def close(self) -> None:
-        """Stop the timer task (the store and the node are the caller's)."""
+        """Stop the timer task and wait for the queued writes (the store, the writer and
+        the node are the caller's)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=10.0)
 
 
 class _Collision(Exception):
@@ -721,29 +787,61 @@ def _redirect_error(redirection: Redirection) -> SignalError:
                               rule="RFC 9132 §4.6")
 
 
-def _guard(server: SignalServer, handler: Callable[[IncomingRequest], Message]
-           ) -> Callable[[IncomingRequest], Message]:
-    """Every error as its CoAP response (RFC 9132 §9); while the server redirects, every
-    request is answered with the redirection (RFC 9132 §4.6)."""
+def _failure_reply(req: IncomingRequest, exc: Exception) -> Message | None:
+    """The CoAP response of an expected failure (RFC 9132 §9), or None for a bug."""
+    if isinstance(exc, SignalError):
+        log.info("%s %s → %s", req.message.path_str, exc.rule or "", exc)
+        return _error(exc)
+    if isinstance(exc, ModelError):
+        return _model_error(exc)
+    if isinstance(exc, _Collision):
+        return _error(_collision(exc.cuid))
+    if isinstance(exc, StoreError):
+        log.error("store failure: %s", exc)
+        return error_response(Code.INTERNAL_SERVER_ERROR,
+                              "the request could not be stored; nothing was changed")
+    return None
 
-    def run(req: IncomingRequest) -> Message:
+
+Handler = Callable[[IncomingRequest], "Message | Awaitable[Message]"]
+
+
+def _guard(server: SignalServer, handler: Handler) -> Handler:
+    """Every error as its CoAP response (RFC 9132 §9), also of a handler that answers once
+    its write is durable (an awaitable); while the server redirects, every request is
+    answered with the redirection (RFC 9132 §4.6)."""
+
+    def run(req: IncomingRequest) -> Message | Awaitable[Message]:
         try:
             if server.redirection is not None:
                 raise _redirect_error(server.redirection)
-            return handler(req)
-        except SignalError as exc:
-            log.info("%s %s → %s", req.message.path_str, exc.rule or "", exc)
-            return _error(exc)
-        except ModelError as exc:
-            return _model_error(exc)
-        except _Collision as exc:
-            return _error(_collision(exc.cuid))
-        except StoreError as exc:
-            log.error("store failure: %s", exc)
-            return error_response(Code.INTERNAL_SERVER_ERROR,
-                                  "the request could not be stored; nothing was changed")
+            reply = handler(req)
+        except Exception as exc:
+            failure = _failure_reply(req, exc)
+            if failure is None:
+                raise
+            return failure
+        if isinstance(reply, Message):
+            return reply
+        return _guarded(req, reply)
 
     return run
+
+
+async def _guarded(req: IncomingRequest, reply: Awaitable[Message]) -> Message:
+    try:
+        return await reply
+    except Exception as exc:
+        failure = _failure_reply(req, exc)
+        if failure is None:
+            raise
+        return failure
+
+
+async def _after(work: Awaitable[None], response: Message) -> Message:
+    """``response`` once ``work`` is done (an exception is the guard's to answer)."""
+    await work
+    return response
 
 
 class MitigateResource(Resource):
@@ -768,7 +866,7 @@ class MitigateResource(Resource):
             return ("mitigate", uri.cuid)
         return ("mitigate", uri.cuid, uri.mid)
 
-    def _put(self, req: IncomingRequest) -> Message:
+    def _put(self, req: IncomingRequest) -> Message | Awaitable[Message]:
         s = self.server
         msg = req.message
         uri = parse_mitigate_uri(msg.uri_path, msg.uri_query, method=Code.PUT)
@@ -794,9 +892,12 @@ class MitigateResource(Resource):
             # RFC 9132 §4.4.3 "silently ignored"; a CoAP request still gets an answer: the
             # precondition failed (RFC 7252 §5.10.8.1).
             return error_response(Code.PRECONDITION_FAILED, outcome.reason)
-        s._persist(outcome.changes, now, bind=ident, cuid=uri.cuid)
-        s._publish(outcome.changes, now)
-        return _cbor_response(outcome.code, outcome.body)
+        response = _cbor_response(outcome.code, outcome.body)
+        if s.writer is None:
+            s._persist(outcome.changes, now, bind=ident, cuid=uri.cuid)
+            s._publish(outcome.changes, now)
+            return response
+        return _after(s._commit_and_publish(outcome.changes, now, ident, uri.cuid), response)
 
     def _get(self, req: IncomingRequest) -> Message:
         s = self.server
@@ -811,7 +912,7 @@ class MitigateResource(Resource):
                               content=uri.content)
         return _cbor_response(outcome.code, outcome.body)
 
-    def _delete(self, req: IncomingRequest) -> Message:
+    def _delete(self, req: IncomingRequest) -> Message | Awaitable[Message]:
         s = self.server
         msg = req.message
         uri = parse_mitigate_uri(msg.uri_path, msg.uri_query, method=Code.DELETE)
@@ -821,8 +922,11 @@ class MitigateResource(Resource):
         now = s.clock()
         assert uri.mid is not None  # parse_mitigate_uri: mandatory for DELETE (§4.4.4)
         outcome = s.table.delete(uri.cuid, uri.mid, now, identity=ident.identity)
-        s._commit(outcome.changes, now)
-        return Message(code=outcome.code)  # RFC 9132 §4.4.4: 2.02 without payload
+        response = Message(code=outcome.code)  # RFC 9132 §4.4.4: 2.02 without payload
+        if s.writer is None or not outcome.changes:
+            s._commit(outcome.changes, now)
+            return response
+        return _after(s._commit_and_publish(outcome.changes, now), response)
 
 
 class ConfigResource(Resource):
@@ -849,33 +953,62 @@ class ConfigResource(Resource):
             msg.add(OptionNumber.MAX_AGE, self.server.config_policy.max_age)
         return msg
 
-    def _put(self, req: IncomingRequest) -> Message:
-        s = self.server
+    def _put(self, req: IncomingRequest) -> Message | Awaitable[Message]:
         body = _decode(req.message)
         sid, session, now = self._start(req)
         outcome = session.config.put(sid, body)
-        if s.store is not None:
+        client = session.client
+
+        def work(store: Store) -> None:
+            if store.bind_cuid(client.cuid, client.identity, now) is not None:
+                raise _collision(client.cuid)
+            store.put_session_config(store_base.SessionConfig(
+                cuid=client.cuid, sid=outcome.sid, config=body, updated=now))
+
+        return self._keep(session, work, Message(code=outcome.code))
+
+    def _delete(self, req: IncomingRequest) -> Message | Awaitable[Message]:
+        sid, session, _ = self._start(req)
+        cuid = session.client.cuid
+        code = session.config.delete(sid)  # RFC 9132 §4.5.4: back to the defaults
+
+        def work(store: Store) -> None:
+            store.delete_session_config(cuid)
+
+        return self._keep(session, work, Message(code=code))
+
+    def _keep(self, session: ServerSession, work: Callable[[Store], None],
+              response: Message) -> Message | Awaitable[Message]:
+        """Store the session's configuration change, then apply it (RFC 9132 §4.5.2) and
+        answer; if it cannot be stored, the session is dropped (rebuilt from the store at
+        the client's next request) and the answer is the failure."""
+        s = self.server
+
+        def applied() -> Message:
+            s._apply_session_params(session, force=True)
+            return response
+
+        if s.store is None:
+            return applied()
+        if s.writer is None:
             try:
                 with s.store.transaction():
-                    other = s.store.bind_cuid(session.client.cuid, session.client.identity, now)
-                    if other is not None:
-                        raise _collision(session.client.cuid)
-                    s.store.put_session_config(store_base.SessionConfig(
-                        cuid=session.client.cuid, sid=outcome.sid, config=body, updated=now))
+                    work(s.store)
             except BaseException:
-                s.sessions.pop(session.client.identity, None)  # rebuilt from the store
+                s.sessions.pop(session.client.identity, None)
                 raise
-        s._apply_session_params(session, force=True)
-        return Message(code=outcome.code)
+            return applied()
 
-    def _delete(self, req: IncomingRequest) -> Message:
-        s = self.server
-        sid, session, _ = self._start(req)
-        if s.store is not None:
-            s.store.delete_session_config(session.client.cuid)
-        code = session.config.delete(sid)  # RFC 9132 §4.5.4: back to the defaults
-        s._apply_session_params(session, force=True)
-        return Message(code=code)
+        async def later() -> Message:
+            assert s.writer is not None
+            try:
+                await s.writer.submit(work)
+            except BaseException:
+                s.sessions.pop(session.client.identity, None)
+                raise
+            return applied()
+
+        return later()
 
 
 class HeartbeatResource(Resource):
