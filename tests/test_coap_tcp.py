@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dotsd.coap.codec import TcpFramer, decode_tcp, encode_tcp
+from dotsd.coap.codec import LocalProtocolError, TcpFramer, decode_tcp, encode_tcp
 from dotsd.coap.message import Message, decode_uint
 from dotsd.coap.numbers import Code, SignalOption
 from dotsd.coap.tcp import (
@@ -15,7 +15,6 @@ from dotsd.coap.tcp import (
     ConnectionAborted,
     ConnectionClosedError,
     CsmReceived,
-    LocalProtocolError,
     MessageReceived,
     MessageTooLargeError,
     PongReceived,

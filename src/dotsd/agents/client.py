@@ -58,6 +58,7 @@ from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber, code_str
 from dotsd.coap.params import dots_defaults
 from dotsd.coap.site import IncomingRequest, Resource, Site
+from dotsd.errors import PeerError
 from dotsd.link import Link, cuid_from_psk_identity, cuid_from_spki_sha256, spki_sha256
 from dotsd.model import codec
 from dotsd.model.errors import ModelError
@@ -127,7 +128,7 @@ times over loopback and would multiply a busy server's load during an attack."""
 # Errors and replies
 
 
-class ClientError(Exception):
+class ClientError(PeerError):
     """A request that did not succeed.
 
     ``code``: the CoAP response code (None when no response came: timeout, link lost);

@@ -57,6 +57,7 @@ from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
 from dotsd.coap.params import TransmissionParameters, dots_defaults
 from dotsd.coap.site import IncomingRequest, Resource, Site
+from dotsd.errors import PeerError
 from dotsd.link import Link
 from dotsd.model import codec, yang
 from dotsd.model.errors import ModelError
@@ -692,7 +693,7 @@ class SignalServer:
             self._task = None
 
 
-class _Collision(Exception):
+class _Collision(PeerError):
     """The store found the cuid bound to another identity inside the write transaction."""
 
     def __init__(self, cuid: str) -> None:

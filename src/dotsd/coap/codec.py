@@ -2,6 +2,11 @@
 
 Decoding never raises anything but :class:`MessageFormatError` (or :class:`Incomplete`
 for a partial TCP frame); encoding raises ``ValueError`` for a message that cannot be sent.
+
+The CoAP layer's two kinds of error live here: :class:`CoapDecodeError`, the peer's bytes are
+not CoAP (a :class:`~dotsd.errors.PeerError`), and :class:`LocalProtocolError`, a caller of
+the endpoint or of the RFC 8323 connection asked for something CoAP does not allow (a
+:class:`~dotsd.errors.LocalError`: our bug, not the peer's).
 """
 
 from __future__ import annotations
@@ -9,12 +14,19 @@ from __future__ import annotations
 import struct
 
 from dotsd.coap.message import Message
+from dotsd.errors import LocalError, PeerError
 
 _PAYLOAD_MARKER = 0xFF
 _MARKER = b"\xff"
 
 
-class CoapDecodeError(Exception):
+class LocalProtocolError(LocalError):
+    """A local misuse of the CoAP layer (h11 style: our mistake, not the peer's): answering a
+    request twice, a request without a request code, a token in use, a message RFC 8323 does
+    not let us send."""
+
+
+class CoapDecodeError(PeerError):
     """Base class of decoding failures."""
 
 

@@ -71,10 +71,6 @@ def probing_rate_policy(req: ClientRequest, attempts: int, rtt: float | None) ->
     return max(rtt if rtt is not None else 1.0, floor)
 
 
-class CoapError(Exception):
-    """A local misuse of the endpoint (our bug, not the peer's)."""
-
-
 @dataclass(slots=True)
 class EndpointConfig:
     max_message_size: int = 1152  # RFC 7252 §4.6
@@ -764,7 +760,7 @@ class CoapEndpoint:
         peer has ``max_observers_per_peer`` already: then the response goes without Observe
         and ``exchange.observe_key`` stays None."""
         if exchange.responded:
-            raise CoapError("request already answered")
+            raise codec.LocalProtocolError("request already answered")
         exchange.responded = True
         req = exchange.request
         peer = exchange.peer
@@ -1021,12 +1017,12 @@ class CoapEndpoint:
         Observe registration) or RequestFailed. ``timeout`` bounds the wait for the (first)
         response; ``repeat`` makes a NON request repeat until answered or timed out."""
         if not is_request(msg.code):
-            raise CoapError("not a request code")
+            raise codec.LocalProtocolError("not a request code")
         state = self.add_peer(peer)
         if not msg.token:
             msg.token = self.new_token(peer)
         elif (peer, msg.token) in self._requests:
-            raise CoapError("token already in use with this peer")
+            raise codec.LocalProtocolError("token already in use with this peer")
         req = ClientRequest(peer, msg, confirmable, state.params)
         req.repeat = repeat if not confirmable else None
         self._requests[(peer, msg.token)] = req

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, Final
 
+from dotsd.errors import LocalError
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "INDEFINITE",
@@ -71,7 +73,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Errors
 
 
-class MitigatorError(Exception):
+class MitigatorError(LocalError):
     """A mitigator could not carry out an order (router unreachable, rule rejected, …).
 
     Never fatal to the server: :func:`execute` logs it and, for an apply, reports

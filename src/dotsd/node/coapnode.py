@@ -41,6 +41,7 @@ from dotsd.coap.tcp import (
     MessageReceived,
     ReleaseReceived,
 )
+from dotsd.errors import PeerError
 from dotsd.link import Link
 from dotsd.ratelog import RateLimitedLog
 from dotsd.transport.base import loop_clock
@@ -49,7 +50,7 @@ log = logging.getLogger("dotsd.coap")
 _REJECT_LOG_RATE = 10
 
 
-class RequestError(Exception):
+class RequestError(PeerError):
     """A request of ours got no response (timeout, reset, link lost, cancelled)."""
 
 

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from dotsd.coap.numbers import Code
 from dotsd.coap.params import TransmissionParameters, dots_defaults
+from dotsd.errors import PeerError
 from dotsd.model.errors import ModelError
 
 __all__ = [
@@ -71,7 +72,7 @@ Value = int | Decimal
 """An attribute value: int for the uint16 attributes, Decimal for the decimal64 ones."""
 
 
-class ConfigError(ModelError):
+class ConfigError(PeerError, ModelError):
     """A session configuration request the server refuses; 4.00 unless a subclass says
     otherwise (RFC 9132 §4.5.2: "missing a mandatory attribute, does not include a 'sid'
     Uri-Path, or contains one or more invalid or unknown parameters")."""

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from dotsd.coap.numbers import Code
+from dotsd.errors import PeerError
 from dotsd.model.errors import ModelError
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 
-class SignalError(Exception):
+class SignalError(PeerError):
     """A request the DOTS server answers with an error response.
 
     ``code`` is the CoAP response code; ``diagnostic`` the plain-text diagnostic payload;

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
+from dotsd.errors import PeerError
 from dotsd.model.errors import ModelError
 
 __all__ = [
@@ -62,7 +63,7 @@ HEARTBEAT_MEMBER: Final = "ietf-dots-signal-channel:heartbeat"  # RFC 9132 §4.7
 HEARTBEAT_PATH: Final = (".well-known", "dots", "hb")  # RFC 9132 §4.2 Table 1
 
 
-class HeartbeatError(ModelError):
+class HeartbeatError(PeerError, ModelError):
     """A malformed heartbeat request (4.00, RFC 9132 §9)."""
 
 

@@ -48,6 +48,7 @@ from enum import Enum, IntEnum
 from typing import Any, Final, Self
 
 from dotsd.coap.numbers import Code
+from dotsd.errors import LocalError
 from dotsd.model import yang
 from dotsd.model.errors import ModelError
 from dotsd.signal.errors import (
@@ -244,7 +245,7 @@ TRANSITIONS: Final[Mapping[Status, Mapping[Event, Status]]] = {
 del S
 
 
-class InvalidTransition(Exception):
+class InvalidTransition(LocalError):
     """An event not allowed in the current status (a caller's mistake, not a peer's)."""
 
     def __init__(self, status: Status, event: Event) -> None:

@@ -19,6 +19,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeAlias
 
+from dotsd.errors import LocalError
+
 # A JSON-shaped object (what json.loads returns for an object); the store never interprets it.
 JsonObject: TypeAlias = dict[str, Any]
 
@@ -31,7 +33,7 @@ INDEFINITE: Final = -1
 UINT32_MAX: Final = 2**32 - 1
 
 
-class StoreError(Exception):
+class StoreError(LocalError):
     """Anything that went wrong in the store: one clear message, no traceback needed."""
 
 
