@@ -142,9 +142,9 @@ def no_data_channel(cuid: str, cdid: str | None, alias: str) -> bool:
 # Store records
 
 
-def mitigation_record(m: Mitigation, now: float) -> store_base.Mitigation:
+def mitigation_record(m: Mitigation, now: float) -> store_base.MitigationRecord:
     """The store record of a signal-layer mitigation (the whole record kept in ``extra``)."""
-    return store_base.Mitigation(
+    return store_base.MitigationRecord(
         cuid=m.cuid,
         mid=m.mid,
         scope=m.scope.to_json(),
@@ -159,7 +159,7 @@ def mitigation_record(m: Mitigation, now: float) -> store_base.Mitigation:
     )
 
 
-def mitigation_from_record(record: store_base.Mitigation) -> Mitigation:
+def mitigation_from_record(record: store_base.MitigationRecord) -> Mitigation:
     """The signal-layer mitigation of a store record (also one written by other tools, with
     no ``extra``: then rebuilt from the plain columns)."""
     data = record.extra.get(_EXTRA_KEY)
@@ -857,7 +857,7 @@ class ConfigResource(Resource):
                     other = s.store.bind_cuid(session.client.cuid, session.client.identity, now)
                     if other is not None:
                         raise _collision(session.client.cuid)
-                    s.store.put_session_config(store_base.SessionConfig(
+                    s.store.put_session_config(store_base.SessionConfigRecord(
                         cuid=session.client.cuid, sid=outcome.sid, config=body, updated=now))
             except BaseException:
                 s.sessions.pop(session.client.identity, None)  # rebuilt from the store
