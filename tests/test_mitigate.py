@@ -37,8 +37,8 @@ from dotsd.signal.mitigation import (
     MEMBER,
     Counters,
     Event,
+    MitigationPutOutcome,
     MitigationTable,
-    PutOutcome,
     Status,
     transition,
 )
@@ -411,7 +411,7 @@ async def test_feedback_drives_the_mitigation_table() -> None:
     table = MitigationTable()
     body = {MEMBER: {"scope": [{**SCOPE_JSON, "lifetime": 3600}]}}
     outcome = table.put(CUID, 9, None, body, T0)
-    assert isinstance(outcome, PutOutcome)
+    assert isinstance(outcome, MitigationPutOutcome)
     (change,) = outcome.changes
     mit = change.mitigation
     was = change.before is not None and change.before in (1, 2, 3, 4, 5)

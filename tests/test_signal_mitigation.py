@@ -35,9 +35,9 @@ from dotsd.signal.mitigation import (
     Ignored,
     InvalidTransition,
     Mitigation,
+    MitigationPutOutcome,
     MitigationTable,
     PortRange,
-    PutOutcome,
     Reason,
     Scope,
     Status,
@@ -85,10 +85,10 @@ def scope_body(**entry: Any) -> dict[str, Any]:
 
 def put(
     table: MitigationTable, mid: int, cuid: str = CUID, now: float = T0, **entry: Any
-) -> PutOutcome:
+) -> MitigationPutOutcome:
     entry.setdefault("target_prefix", ["2001:db8:6401::1/128"])
     outcome = table.put(cuid, mid, None, scope_body(**entry), now)
-    assert isinstance(outcome, PutOutcome)
+    assert isinstance(outcome, MitigationPutOutcome)
     ok(outcome.body)
     return outcome
 
@@ -108,7 +108,7 @@ def test_fig7_put_answers_fig10() -> None:
     table = MitigationTable()
     body = figure_json("rfc9132-fig7.txt")
     outcome = table.put(CUID, 123, CDID, from_cbor(to_cbor(body)), T0)
-    assert isinstance(outcome, PutOutcome)
+    assert isinstance(outcome, MitigationPutOutcome)
     assert outcome.code == Code.CREATED
     assert ok(outcome.body) == figure_json("rfc9132-fig10.txt")  # §4.4.1.3 Figure 10
     (change,) = outcome.changes
@@ -124,7 +124,7 @@ def test_fig16_efficacy_update() -> None:
     table.put(CUID, 123, None, figure_json("rfc9132-fig7.txt"), T0)
     # Figure 16: no 'lifetime', 'attack-status', If-Match → refresh (2.04, §4.4.3).
     outcome = table.put(CUID, 123, None, figure_json("rfc9132-fig16.txt"), T0 + 1000, if_match=True)
-    assert isinstance(outcome, PutOutcome)
+    assert isinstance(outcome, MitigationPutOutcome)
     assert outcome.code == Code.CHANGED
     assert ok(outcome.body) == figure_json("rfc9132-fig10.txt")
     assert outcome.changes[0].reason is Reason.EFFICACY_UPDATE
@@ -159,7 +159,7 @@ def test_fig11_cuid_collision() -> None:
     # (3): with a new 'cuid' the request goes through (the overlap with another client's
     # request is maintained with conflict information, default policy).
     outcome = table.put(OTHER, 12, None, figure_json("rfc9132-fig7.txt"), T0, identity="client-b")
-    assert isinstance(outcome, PutOutcome) and outcome.code == Code.CREATED
+    assert isinstance(outcome, MitigationPutOutcome) and outcome.code == Code.CREATED
 
 
 @needs_examples
@@ -173,7 +173,7 @@ def test_fig14_get_all() -> None:
         }
         start = float(entry["mitigation-start"])
         outcome = table.put(CUID, entry["mid"], None, {MEMBER: {"scope": [request]}}, start)
-        assert isinstance(outcome, PutOutcome) and outcome.code == Code.CREATED
+        assert isinstance(outcome, MitigationPutOutcome) and outcome.code == Code.CREATED
     table.mitigator_report(
         CUID,
         12332,
@@ -292,7 +292,8 @@ def test_lab_targets_accepted(entry: dict[str, Any]) -> None:
 def test_alias_check() -> None:
     # RFC 9132 §4.4.1.3: aliases not created by the client → 4.00.
     table = MitigationTable(alias_check=lambda cuid, cdid, name: name == "mine")
-    assert isinstance(table.put(CUID, 1, None, scope_body(alias_name=["mine"]), T0), PutOutcome)
+    assert isinstance(table.put(CUID, 1, None, scope_body(alias_name=["mine"]), T0),
+                      MitigationPutOutcome)
     with pytest.raises(BadRequest, match="alias"):
         table.put(CUID, 2, None, scope_body(alias_name=["theirs"]), T0)
 

@@ -44,10 +44,10 @@ __all__ = [
     "ConfigError",
     "ConfigNotFoundError",
     "ConfigPolicy",
+    "ConfigPutOutcome",
     "ConfigSet",
     "ConfigSetKind",
     "EffectiveConfig",
-    "PutOutcome",
     "ServerConfig",
     "SessionConfig",
     "SidAllocator",
@@ -259,7 +259,7 @@ class EffectiveConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class PutOutcome:
+class ConfigPutOutcome:
     code: Code  # 2.01 Created (new sid) or 2.04 Changed (same sid), RFC 9132 §4.5.2
     sid: int
 
@@ -597,7 +597,7 @@ class SessionConfig:
             raise ConfigNotFoundError(f"no session configuration with sid={sid}")
         return self.discovery_body()
 
-    def put(self, sid: int | None, body: Mapping[str, Any]) -> PutOutcome:
+    def put(self, sid: int | None, body: Mapping[str, Any]) -> ConfigPutOutcome:
         """Apply a PUT (RFC 9132 §4.5.2).
 
         * no 'sid', malformed body, no attribute, unknown parameter → 4.00;
@@ -626,7 +626,7 @@ class SessionConfig:
         code = Code.CHANGED if sid == self.sid else Code.CREATED
         self.sid = sid
         self._installed = values
-        return PutOutcome(code, sid)
+        return ConfigPutOutcome(code, sid)
 
     def delete(self, sid: int | None = None) -> Code:
         """DELETE (RFC 9132 §4.5.4): reset to the default values, 2.02 (Deleted). Also

@@ -82,10 +82,10 @@ __all__ = [
     "Ignored",
     "InvalidTransition",
     "Mitigation",
+    "MitigationPutOutcome",
     "MitigationRequest",
     "MitigationTable",
     "PortRange",
-    "PutOutcome",
     "Reason",
     "Scope",
     "Status",
@@ -836,7 +836,7 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
-class PutOutcome:
+class MitigationPutOutcome:
     code: Code  # 2.01 Created or 2.04 Changed (RFC 9132 §4.4.1.3)
     body: dict[str, Any]
     mitigation: Mitigation
@@ -1070,7 +1070,7 @@ class MitigationTable:
         identity: str | None = None,
         if_match: bool = False,
         policy: Policy | None = None,
-    ) -> PutOutcome | Ignored:
+    ) -> MitigationPutOutcome | Ignored:
         """Handle a mitigation request / refresh / efficacy update (RFC 9132 §4.4.1, §4.4.3).
 
         ``identity`` is the authenticated client identity (e.g. its SPKI hash) used to detect
@@ -1098,7 +1098,7 @@ class MitigationTable:
                             policy or self.policy)
 
     def _refresh(self, m: Mitigation, request: MitigationRequest, now: float,
-                 policy: Policy) -> PutOutcome:
+                 policy: Policy) -> MitigationPutOutcome:
         # RFC 9132 §4.4.1.3: "MUST repeat all the other parameters as sent in the original
         # mitigation request apart from a possible change to the 'lifetime' parameter value
         # ... If this is not the case, the DOTS server MUST reject the request with a 4.00";
@@ -1123,7 +1123,7 @@ class MitigationTable:
         self._store(after)
         reason = Reason.EFFICACY_UPDATE if request.attack_status else Reason.REFRESHED
         change = Change(reason, after, before=m.status)
-        return PutOutcome(Code.CHANGED, self._put_body(after), after, (change,))
+        return MitigationPutOutcome(Code.CHANGED, self._put_body(after), after, (change,))
 
     def _put_body(self, m: Mitigation) -> dict[str, Any]:
         # RFC 9132 §4.4.1.3 Figure 10: 'mid' and the granted 'lifetime' (§4.4.1.1: "The DOTS
@@ -1145,7 +1145,7 @@ class MitigationTable:
         previous: Mitigation | None,
         now: float,
         policy: Policy,
-    ) -> PutOutcome:
+    ) -> MitigationPutOutcome:
         if request.lifetime is None:
             raise BadRequest(
                 "'lifetime' is mandatory in a mitigation request", rule="RFC 9132 §4.4.1.1"
@@ -1287,7 +1287,7 @@ class MitigationTable:
         )
         if overridden or preempted:
             changes.extend(self._resolve_conflicts())
-        return PutOutcome(Code.CREATED, self._put_body(m), m, tuple(changes))
+        return MitigationPutOutcome(Code.CREATED, self._put_body(m), m, tuple(changes))
 
     # -- GET --------------------------------------------------------------------------------
 
