@@ -36,7 +36,7 @@ from dotsd.mitigate.registry import PluginLoadError, UnknownMitigatorError
 from dotsd.signal.mitigation import (
     MEMBER,
     Counters,
-    Event,
+    MitigationEvent,
     MitigationPutOutcome,
     MitigationTable,
     Status,
@@ -146,7 +146,7 @@ def test_action_for(was: bool, now: bool, expired: bool, expected: Action | None
 def test_feedback_status_matches_signal_layer(fs: FeedbackStatus) -> None:
     status = Status.from_label(fs.value)  # RFC 9132 §4.4.2 Table 3 labels
     assert 1 <= status <= 4  # only what a mitigator may report
-    event = Event(fs.signal_event)
+    event = MitigationEvent(fs.signal_event)
     # The event leads to this status (RFC 9132 §4.4.2 Table 3 via the lifecycle table).
     start = (
         Status.ATTACK_STOPPED
@@ -423,7 +423,7 @@ async def test_feedback_drives_the_mitigation_table() -> None:
 
     def to_table(fb: Feedback) -> None:
         assert fb.status is not None
-        table.mitigator_report(fb.cuid, fb.mid, Event(fb.status.signal_event), T0 + 1)
+        table.mitigator_report(fb.cuid, fb.mid, MitigationEvent(fb.status.signal_event), T0 + 1)
 
     m = LogMitigator({"feedback_delay": 0}, to_table)
     assert await execute(m, o)

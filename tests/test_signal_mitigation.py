@@ -31,10 +31,10 @@ from dotsd.signal.mitigation import (
     ConflictPolicy,
     ConflictStatus,
     Counters,
-    Event,
     Ignored,
     InvalidTransition,
     Mitigation,
+    MitigationEvent,
     MitigationPutOutcome,
     MitigationTable,
     PortRange,
@@ -177,11 +177,11 @@ def test_fig14_get_all() -> None:
     table.mitigator_report(
         CUID,
         12332,
-        Event.MITIGATING,
+        MitigationEvent.MITIGATING,
         T0,
         counters=Counters(134334555, 43344, 333334444, 432432),
     )
-    table.mitigator_report(CUID, 12333, Event.ATTACK_STOPPED, T0, counters=Counters())
+    table.mitigator_report(CUID, 12333, MitigationEvent.ATTACK_STOPPED, T0, counters=Counters())
     now = 1507818434.0 + 3600 - 1756
     body = ok(table.get(CUID, None, now).body)
     got = body[MEMBER]["scope"]
@@ -497,13 +497,13 @@ def test_preconfigured_attack_stopped_goes_back_to_8() -> None:
     table = MitigationTable()
     put(table, 1, trigger_mitigation=False)
     table.on_session_lost(CUID, T0)
-    table.mitigator_report(CUID, 1, Event.ATTACK_STOPPED, T0 + 1)
+    table.mitigator_report(CUID, 1, MitigationEvent.ATTACK_STOPPED, T0 + 1)
     changes = [table.on_notified(CUID, 1, T0 + 2 + i) for i in range(4)]
     assert changes[:3] == [[], [], []]
     assert changes[3][0].mitigation.status is Status.ATTACK_MITIGATION_SIGNAL_LOSS
     # An immediate request in status 3 keeps it "till the mitigation is withdrawn".
     put(table, 2, target_prefix=["192.0.2.1/32"])
-    table.mitigator_report(CUID, 2, Event.ATTACK_STOPPED, T0)
+    table.mitigator_report(CUID, 2, MitigationEvent.ATTACK_STOPPED, T0)
     for i in range(10):
         assert table.on_notified(CUID, 2, T0 + i) == []
     assert table.lookup(CUID, 2).status is Status.ATTACK_STOPPED  # type: ignore[union-attr]
@@ -614,19 +614,20 @@ def test_get_content_filter() -> None:
 def test_mitigator_reports() -> None:
     table = MitigationTable()
     put(table, 1)
-    (c,) = table.mitigator_report(CUID, 1, Event.MITIGATING, T0)
+    (c,) = table.mitigator_report(CUID, 1, MitigationEvent.MITIGATING, T0)
     assert c.before is Status.ATTACK_MITIGATION_IN_PROGRESS
     assert c.mitigation.status is Status.ATTACK_SUCCESSFULLY_MITIGATED
-    (c,) = table.mitigator_report(CUID, 1, Event.EXCEEDED, T0)
+    (c,) = table.mitigator_report(CUID, 1, MitigationEvent.EXCEEDED, T0)
     assert c.mitigation.status is Status.ATTACK_EXCEEDED_CAPABILITY
     # stale: MITIGATING again is fine (4 → 2); ATTACK_RESUMED from 2 is not a transition
-    table.mitigator_report(CUID, 1, Event.MITIGATING, T0)
-    assert table.mitigator_report(CUID, 1, Event.ATTACK_RESUMED, T0) == []
-    (c,) = table.mitigator_report(CUID, 1, Event.ATTACK_RESUMED, T0, counters=Counters(1, 2, 3, 4))
+    table.mitigator_report(CUID, 1, MitigationEvent.MITIGATING, T0)
+    assert table.mitigator_report(CUID, 1, MitigationEvent.ATTACK_RESUMED, T0) == []
+    (c,) = table.mitigator_report(CUID, 1, MitigationEvent.ATTACK_RESUMED, T0,
+                                  counters=Counters(1, 2, 3, 4))
     assert c.mitigation.counters == Counters(1, 2, 3, 4)
-    assert table.mitigator_report(CUID, 99, Event.MITIGATING, T0) == []
+    assert table.mitigator_report(CUID, 99, MitigationEvent.MITIGATING, T0) == []
     with pytest.raises(ValueError):
-        table.mitigator_report(CUID, 1, Event.SIGNAL_LOSS, T0)
+        table.mitigator_report(CUID, 1, MitigationEvent.SIGNAL_LOSS, T0)
 
 
 def test_report_conflict_with_acceptlist() -> None:
@@ -667,22 +668,23 @@ def test_transition_table_shape() -> None:
     assert TRANSITIONS[Status.ATTACK_MITIGATION_TERMINATED] == {}
     for status, moves in TRANSITIONS.items():
         if status is not Status.ATTACK_MITIGATION_TERMINATED:
-            assert moves[Event.LIFETIME_EXPIRED] is Status.ATTACK_MITIGATION_TERMINATED
+            assert moves[MitigationEvent.LIFETIME_EXPIRED] is Status.ATTACK_MITIGATION_TERMINATED
     # Signal loss triggers only preconfigured requests; rearm only from 3 and 7 (Table 3).
-    assert [s for s in Status if Event.SIGNAL_LOSS in TRANSITIONS[s]] == [
+    assert [s for s in Status if MitigationEvent.SIGNAL_LOSS in TRANSITIONS[s]] == [
         Status.ATTACK_MITIGATION_SIGNAL_LOSS
     ]
-    assert {s for s in Status if Event.REARM in TRANSITIONS[s]} == {
+    assert {s for s in Status if MitigationEvent.REARM in TRANSITIONS[s]} == {
         Status.ATTACK_STOPPED,
         Status.ATTACK_MITIGATION_WITHDRAWN,
     }
     # A client withdrawal of an active mitigation is always active-but-terminating (§4.4.4).
     for s in ACTIVE:
-        assert transition(s, Event.CLIENT_WITHDRAW) is Status.DOTS_CLIENT_WITHDRAWN_MITIGATION
+        assert (transition(s, MitigationEvent.CLIENT_WITHDRAW)
+                is Status.DOTS_CLIENT_WITHDRAWN_MITIGATION)
     with pytest.raises(InvalidTransition):
-        transition(Status.DOTS_CLIENT_WITHDRAWN_MITIGATION, Event.MITIGATING)
+        transition(Status.DOTS_CLIENT_WITHDRAWN_MITIGATION, MitigationEvent.MITIGATING)
     with pytest.raises(InvalidTransition):
-        transition(Status.ATTACK_MITIGATION_TERMINATED, Event.CLIENT_WITHDRAW)
+        transition(Status.ATTACK_MITIGATION_TERMINATED, MitigationEvent.CLIENT_WITHDRAW)
 
 
 def test_labels_match_registry() -> None:
@@ -705,7 +707,7 @@ def test_serialization_roundtrip() -> None:
     put(table, 1, cuid=OTHER, target_port_range=[{"lower-port": 1024, "upper-port": 2048}])
     put(table, 2, trigger_mitigation=False, target_prefix=["192.0.2.0/24"])
     put(table, 3)
-    table.mitigator_report(CUID, 3, Event.MITIGATING, T0, counters=Counters(5, 6, 7, 8))
+    table.mitigator_report(CUID, 3, MitigationEvent.MITIGATING, T0, counters=Counters(5, 6, 7, 8))
     table.put(
         CUID,
         3,

@@ -24,7 +24,7 @@ from dotsd.pki import PkiPaths, init_pki, issue_client, load_certificate
 from dotsd.signal.config import config_path
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
 from dotsd.signal.identity import client_identity
-from dotsd.signal.mitigation import MEMBER, Change, Event
+from dotsd.signal.mitigation import MEMBER, Change, MitigationEvent
 from dotsd.signal.policy import ClientMatch, ClientPolicy, Policy, PolicySet
 from dotsd.signal.uri import mitigate_path
 from dotsd.store import SqliteStore
@@ -196,7 +196,7 @@ async def test_observe_efficacy_withdraw(pki: PkiPaths) -> None:
     await every.next(TIMEOUT)
 
     # Mitigator feedback: a status change is notified to both observations (§4.4.2.1).
-    env.server.report(env.cuid, 123, Event.MITIGATING)
+    env.server.report(env.cuid, 123, MitigationEvent.MITIGATING)
     for obs in (one, every):
         note = await obs.next(TIMEOUT)
         assert entry(note)["status"] == "attack-successfully-mitigated"
@@ -425,7 +425,7 @@ async def test_heartbeat_and_signal_loss(pki: PkiPaths, tmp_path: Path) -> None:
     # (RFC 9132 §4.4.2 Table 3), ready for the next signal loss.
     obs = env.observe(10)
     assert entry(await obs.next(TIMEOUT))["status"] == "attack-mitigation-in-progress"
-    env.server.report(env.cuid, 10, Event.ATTACK_STOPPED)
+    env.server.report(env.cuid, 10, MitigationEvent.ATTACK_STOPPED)
     seen = [entry(await obs.next(TIMEOUT))["status"] for _ in range(5)]
     assert seen == ["attack-stopped"] * 4 + ["attack-mitigation-signal-loss"]
     stored = env.server.store.get_mitigation(env.cuid, 10)
@@ -521,7 +521,7 @@ async def test_over_dtls(pki: PkiPaths, tmp_path: Path) -> None:
         assert resp.code == Code.CREATED, resp.payload
         obs = client.observe(link, request(Code.GET, mitigate_path(cuid, 123)), timeout=10)
         assert entry(await obs.next(10))["status"] == "attack-mitigation-in-progress"
-        server.report(cuid, 123, Event.EXCEEDED)
+        server.report(cuid, 123, MitigationEvent.EXCEEDED)
         assert entry(await obs.next(10))["status"] == "attack-exceeded-capability"
         obs.cancel()
         wrong = await client.request(link, request(Code.GET, mitigate_path("x" * 22)),

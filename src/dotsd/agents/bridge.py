@@ -29,7 +29,7 @@ from dotsd.mitigate.base import (
     action_for,
     execute,
 )
-from dotsd.signal.mitigation import Change, Counters, Event, Mitigation, Reason, Status
+from dotsd.signal.mitigation import Change, Counters, Mitigation, MitigationEvent, Reason, Status
 
 if TYPE_CHECKING:
     from dotsd.agents.server import SignalServer
@@ -136,7 +136,7 @@ class MitigatorBridge:
                     else Counters(**dataclasses.asdict(feedback.counters)))
         if feedback.status is None and counters is None:
             return
-        event = (Event(feedback.status.signal_event) if feedback.status is not None
+        event = (MitigationEvent(feedback.status.signal_event) if feedback.status is not None
                  else None)
         try:
             if event is None:
@@ -156,10 +156,10 @@ class MitigatorBridge:
                      feedback.mid, feedback.detail)
 
 
-def _event_of(status: Status) -> Event | None:
+def _event_of(status: Status) -> MitigationEvent | None:
     return {
-        Status.ATTACK_MITIGATION_IN_PROGRESS: Event.ATTACK_RESUMED,
-        Status.ATTACK_SUCCESSFULLY_MITIGATED: Event.MITIGATING,
-        Status.ATTACK_STOPPED: Event.ATTACK_STOPPED,
-        Status.ATTACK_EXCEEDED_CAPABILITY: Event.EXCEEDED,
+        Status.ATTACK_MITIGATION_IN_PROGRESS: MitigationEvent.ATTACK_RESUMED,
+        Status.ATTACK_SUCCESSFULLY_MITIGATED: MitigationEvent.MITIGATING,
+        Status.ATTACK_STOPPED: MitigationEvent.ATTACK_STOPPED,
+        Status.ATTACK_EXCEEDED_CAPABILITY: MitigationEvent.EXCEEDED,
     }.get(status)

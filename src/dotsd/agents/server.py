@@ -95,9 +95,9 @@ from dotsd.signal.mitigation import (
     ConflictInfo,
     ConflictPolicy,
     Counters,
-    Event,
     Ignored,
     Mitigation,
+    MitigationEvent,
     MitigationTable,
     Reason,
     Status,
@@ -584,7 +584,7 @@ class SignalServer:
 
     # -- mitigator API ----------------------------------------------------------------------
 
-    def report(self, cuid: str, mid: int, event: Event, *,
+    def report(self, cuid: str, mid: int, event: MitigationEvent, *,
                counters: Counters | None = None) -> list[Change]:
         """Mitigator feedback (RFC 9132 §4.4.1.1); persisted and notified (§4.4.2.1)."""
         now = self.clock()

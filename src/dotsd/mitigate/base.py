@@ -10,7 +10,7 @@ not depend on the signal layer's records (a plugin imports only this module):
   a failing plugin cannot crash the server (see :class:`MitigatorError`);
 * the plugin reports :class:`Feedback` (a status and/or counters, RFC 9132 §4.4.2) through the
   ``report`` callback it was given at construction; the server applies it with
-  ``MitigationTable.mitigator_report(cuid, mid, Event(feedback.status.signal_event), now,
+  ``MitigationTable.mitigator_report(cuid, mid, MitigationEvent(feedback.status.signal_event), now,
   counters=...)`` and notifies the client's observers (RFC 9132 §4.4.2.1).
 
 Failure path (the documented contract, implemented by :func:`execute`):
@@ -233,8 +233,8 @@ class FeedbackStatus(Enum):
 
     @property
     def signal_event(self) -> str:
-        """The value of the ``dotsd.signal.mitigation.Event`` that moves a mitigation to this
-        status (its lifecycle table, RFC 9132 §4.4.2 Table 3)."""
+        """The value of the ``dotsd.signal.mitigation.MitigationEvent`` that moves a mitigation
+        to this status (its lifecycle table, RFC 9132 §4.4.2 Table 3)."""
         return _SIGNAL_EVENTS[self]
 
 

@@ -77,11 +77,11 @@ __all__ = [
     "ConflictStatus",
     "Counters",
     "DeleteOutcome",
-    "Event",
     "GetOutcome",
     "Ignored",
     "InvalidTransition",
     "Mitigation",
+    "MitigationEvent",
     "MitigationPutOutcome",
     "MitigationRequest",
     "MitigationTable",
@@ -171,7 +171,7 @@ _RUNNING: Final = ACTIVE | {Status.DOTS_CLIENT_WITHDRAWN_MITIGATION}
 # Lifecycle table
 
 
-class Event(Enum):
+class MitigationEvent(Enum):
     """What moves a mitigation's status."""
 
     MITIGATING = "mitigating"  # mitigator: attack traffic is being dropped
@@ -187,74 +187,74 @@ class Event(Enum):
     SIGNAL_LOSS = "signal-loss"  # session lost: preconfigured request triggered (§4.4.1.3)
 
 
-S = Status
-TRANSITIONS: Final[Mapping[Status, Mapping[Event, Status]]] = {
+S, E = Status, MitigationEvent
+TRANSITIONS: Final[Mapping[Status, Mapping[MitigationEvent, Status]]] = {
     S.ATTACK_MITIGATION_IN_PROGRESS: {
-        Event.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
-        Event.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
-        Event.ATTACK_STOPPED: S.ATTACK_STOPPED,
-        Event.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-        Event.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
+        E.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
+        E.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
+        E.ATTACK_STOPPED: S.ATTACK_STOPPED,
+        E.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
+        E.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
     },
     S.ATTACK_SUCCESSFULLY_MITIGATED: {
-        Event.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
-        Event.ATTACK_STOPPED: S.ATTACK_STOPPED,
-        Event.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-        Event.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
+        E.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
+        E.ATTACK_STOPPED: S.ATTACK_STOPPED,
+        E.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
+        E.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
     },
     S.ATTACK_STOPPED: {
-        Event.ATTACK_RESUMED: S.ATTACK_MITIGATION_IN_PROGRESS,
-        Event.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
-        Event.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
-        Event.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-        Event.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
-        Event.REARM: S.ATTACK_MITIGATION_SIGNAL_LOSS,  # preconfigured only
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
+        E.ATTACK_RESUMED: S.ATTACK_MITIGATION_IN_PROGRESS,
+        E.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
+        E.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
+        E.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
+        E.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
+        E.REARM: S.ATTACK_MITIGATION_SIGNAL_LOSS,  # preconfigured only
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
     },
     S.ATTACK_EXCEEDED_CAPABILITY: {
-        Event.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
-        Event.ATTACK_STOPPED: S.ATTACK_STOPPED,
-        Event.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-        Event.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
+        E.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
+        E.ATTACK_STOPPED: S.ATTACK_STOPPED,
+        E.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
+        E.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
     },
     S.DOTS_CLIENT_WITHDRAWN_MITIGATION: {
-        Event.TERMINATING_ELAPSED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.TERMINATING_ELAPSED: S.ATTACK_MITIGATION_TERMINATED,
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
     },
     S.ATTACK_MITIGATION_TERMINATED: {},
     S.ATTACK_MITIGATION_WITHDRAWN: {
-        Event.CLIENT_WITHDRAW: S.ATTACK_MITIGATION_TERMINATED,  # nothing left to terminate
-        Event.REARM: S.ATTACK_MITIGATION_SIGNAL_LOSS,  # preconfigured only
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
+        E.CLIENT_WITHDRAW: S.ATTACK_MITIGATION_TERMINATED,  # nothing left to terminate
+        E.REARM: S.ATTACK_MITIGATION_SIGNAL_LOSS,  # preconfigured only
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
     },
     S.ATTACK_MITIGATION_SIGNAL_LOSS: {
-        Event.SIGNAL_LOSS: S.ATTACK_MITIGATION_IN_PROGRESS,
-        Event.CLIENT_WITHDRAW: S.ATTACK_MITIGATION_TERMINATED,  # never active: no ABT period
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
+        E.SIGNAL_LOSS: S.ATTACK_MITIGATION_IN_PROGRESS,
+        E.CLIENT_WITHDRAW: S.ATTACK_MITIGATION_TERMINATED,  # never active: no ABT period
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
     },
 }
-del S
+del S, E
 
 
 class InvalidTransition(LocalError):
     """An event not allowed in the current status (a caller's mistake, not a peer's)."""
 
-    def __init__(self, status: Status, event: Event) -> None:
+    def __init__(self, status: Status, event: MitigationEvent) -> None:
         self.status = status
         self.event = event
         super().__init__(f"event {event.value!r} not allowed in status {status.label!r}")
 
 
-def transition(status: Status, event: Event) -> Status:
+def transition(status: Status, event: MitigationEvent) -> Status:
     """The status after ``event`` per :data:`TRANSITIONS`; raise :class:`InvalidTransition`."""
     try:
         return TRANSITIONS[status][event]
@@ -1024,7 +1024,7 @@ class MitigationTable:
         return None if lifetime == INDEFINITE else now + lifetime
 
     def _move(
-        self, m: Mitigation, event: Event, now: float, reason: Reason, **changes: Any
+        self, m: Mitigation, event: MitigationEvent, now: float, reason: Reason, **changes: Any
     ) -> Change:
         after_status = transition(m.status, event)
         if after_status is Status.ATTACK_MITIGATION_TERMINATED:
@@ -1256,9 +1256,10 @@ class MitigationTable:
         for other in overridden:
             # "the overlapped lower numeric 'mid' MUST be automatically deleted and no longer
             # available at the DOTS server" (§4.4.1.3).
-            changes.append(self._move(other, Event.OVERRIDDEN, now, Reason.OVERRIDDEN))
+            changes.append(self._move(other, MitigationEvent.OVERRIDDEN, now, Reason.OVERRIDDEN))
         for other in preempted:
-            changes.append(self._move(other, Event.SERVER_WITHDRAW, now, Reason.PREEMPTED))
+            changes.append(self._move(other, MitigationEvent.SERVER_WITHDRAW, now,
+                                      Reason.PREEMPTED))
 
         lifetime = policy.grant_lifetime(request.lifetime)
         immediate = scope.trigger_mitigation
@@ -1334,13 +1335,13 @@ class MitigationTable:
         if m.status in ACTIVE:
             change = self._move(
                 m,
-                Event.CLIENT_WITHDRAW,
+                MitigationEvent.CLIENT_WITHDRAW,
                 now,
                 Reason.WITHDRAWN_BY_CLIENT,
                 terminating_until=now + m.abt_period,
             )
         else:
-            change = self._move(m, Event.CLIENT_WITHDRAW, now, Reason.TERMINATED)
+            change = self._move(m, MitigationEvent.CLIENT_WITHDRAW, now, Reason.TERMINATED)
         return DeleteOutcome(Code.DELETED, (change, *self._resolve_conflicts()))
 
     # -- time -------------------------------------------------------------------------------
@@ -1360,9 +1361,10 @@ class MitigationTable:
         for key in sorted(due):
             m = self._records[key]
             if m.terminating_until is not None and m.terminating_until <= now:
-                changes.append(self._move(m, Event.TERMINATING_ELAPSED, now, Reason.TERMINATED))
+                changes.append(self._move(m, MitigationEvent.TERMINATING_ELAPSED, now,
+                                          Reason.TERMINATED))
             elif m.expires_at is not None and m.expires_at <= now:
-                changes.append(self._move(m, Event.LIFETIME_EXPIRED, now, Reason.EXPIRED))
+                changes.append(self._move(m, MitigationEvent.LIFETIME_EXPIRED, now, Reason.EXPIRED))
             after = self._records.get(key)  # still there: its deadline stays in the heap
             if after is not None and (later := after.deadline()) is not None:
                 heapq.heappush(self._deadlines, (later, key))
@@ -1384,14 +1386,15 @@ class MitigationTable:
         triggered: list[Mitigation] = []
         for m in self.of_client(cuid):
             if m.preconfigured and m.status is Status.ATTACK_MITIGATION_SIGNAL_LOSS:
-                change = self._move(m, Event.SIGNAL_LOSS, now, Reason.TRIGGERED)
+                change = self._move(m, MitigationEvent.SIGNAL_LOSS, now, Reason.TRIGGERED)
                 triggered.append(change.mitigation)
                 changes.append(change)
         for m in self.of_client(cuid):
             if m.preconfigured or m.status not in ACTIVE:
                 continue
             if any(self._overlap(m.scope, t.scope) is not None for t in triggered):
-                changes.append(self._move(m, Event.SERVER_WITHDRAW, now, Reason.PREEMPTED))
+                changes.append(self._move(m, MitigationEvent.SERVER_WITHDRAW, now,
+                                          Reason.PREEMPTED))
         if changes:
             changes.extend(self._resolve_conflicts())
         return changes
@@ -1408,7 +1411,7 @@ class MitigationTable:
         if m.repeats + 1 < PRECONFIGURED_REPEATS:
             self._store(replace(m, repeats=m.repeats + 1))
             return []
-        return [self._move(m, Event.REARM, now, Reason.REARMED, conflict=None)]
+        return [self._move(m, MitigationEvent.REARM, now, Reason.REARMED, conflict=None)]
 
     # -- mitigator --------------------------------------------------------------------------
 
@@ -1416,7 +1419,7 @@ class MitigationTable:
         self,
         cuid: str,
         mid: int,
-        event: Event,
+        event: MitigationEvent,
         now: float,
         *,
         counters: Counters | None = None,
@@ -1427,10 +1430,10 @@ class MitigationTable:
         the event does not apply to are stale (the mitigator runs asynchronously): ignored,
         apart from the counters of a running mitigation."""
         if event not in (
-            Event.MITIGATING,
-            Event.EXCEEDED,
-            Event.ATTACK_STOPPED,
-            Event.ATTACK_RESUMED,
+            MitigationEvent.MITIGATING,
+            MitigationEvent.EXCEEDED,
+            MitigationEvent.ATTACK_STOPPED,
+            MitigationEvent.ATTACK_RESUMED,
         ):
             raise ValueError(f"{event} is not a mitigator event")
         m = self._records.get((cuid, mid))
@@ -1458,7 +1461,8 @@ class MitigationTable:
             ConflictStatus.ALL_REQUESTS_INACTIVE,
         )
         if inactive and m.status in ACTIVE:
-            return [self._move(m, Event.SERVER_WITHDRAW, now, Reason.CONFLICT, conflict=info)]
+            return [self._move(m, MitigationEvent.SERVER_WITHDRAW, now, Reason.CONFLICT,
+                               conflict=info)]
         after = replace(m, conflict=info)
         self._store(after)
         return [Change(Reason.CONFLICT, after, before=m.status)]
