@@ -21,10 +21,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from dotsd.mitigate.base import (
-    Action,
     Feedback,
     MitigationOrder,
     Mitigator,
+    MitigatorAction,
     Targets,
     action_for,
     execute,
@@ -47,7 +47,7 @@ _ACTIVE_BEFORE = frozenset({
 })
 
 
-def _order(action: Action, m: Mitigation) -> MitigationOrder:
+def _order(action: MitigatorAction, m: Mitigation) -> MitigationOrder:
     return MitigationOrder(action, m.cuid, m.mid, Targets.from_json(m.scope.to_json()),
                            lifetime=m.lifetime, expires_at=m.expires_at, cdid=m.cdid)
 
@@ -115,7 +115,7 @@ class MitigatorBridge:
         count = 0
         for m in mitigations:
             if m.is_active:
-                self.submit(_order(Action.APPLY, m))
+                self.submit(_order(MitigatorAction.APPLY, m))
                 count += 1
         return count
 

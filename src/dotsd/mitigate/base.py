@@ -46,7 +46,6 @@ from dotsd.errors import LocalError
 __all__ = [
     "DEFAULT_TIMEOUT",
     "INDEFINITE",
-    "Action",
     "DropCounters",
     "Feedback",
     "FeedbackSink",
@@ -54,6 +53,7 @@ __all__ = [
     "IPNetwork",
     "MitigationOrder",
     "Mitigator",
+    "MitigatorAction",
     "MitigatorConfigError",
     "MitigatorError",
     "Targets",
@@ -89,7 +89,7 @@ class MitigatorConfigError(MitigatorError, ValueError):
 # Orders (server → mitigator)
 
 
-class Action(Enum):
+class MitigatorAction(Enum):
     """What an order asks of the mitigator."""
 
     APPLY = "apply"  # start (or update: idempotent per (cuid, mid)) mitigating
@@ -98,10 +98,11 @@ class Action(Enum):
 
     @property
     def stops(self) -> bool:
-        return self is not Action.APPLY
+        return self is not MitigatorAction.APPLY
 
 
-def action_for(*, was_active: bool, is_active: bool, expired: bool = False) -> Action | None:
+def action_for(*, was_active: bool, is_active: bool,
+               expired: bool = False) -> MitigatorAction | None:
     """The order a change of one mitigation calls for, or None.
 
     ``was_active`` / ``is_active`` are ``Mitigation.is_active`` before and after the change
@@ -112,9 +113,9 @@ def action_for(*, was_active: bool, is_active: bool, expired: bool = False) -> A
     pass a new expiry, which a plugin treats as an update.
     """
     if is_active and not was_active:
-        return Action.APPLY
+        return MitigatorAction.APPLY
     if was_active and not is_active:
-        return Action.EXPIRE if expired else Action.WITHDRAW
+        return MitigatorAction.EXPIRE if expired else MitigatorAction.WITHDRAW
     return None
 
 
@@ -194,7 +195,7 @@ class MitigationOrder:
     mitigation it ends, so that a plugin can undo it without state (e.g. after a restart).
     """
 
-    action: Action
+    action: MitigatorAction
     cuid: str
     mid: int
     targets: Targets
@@ -348,7 +349,7 @@ async def execute(
     deadline = asyncio.timeout(timeout)
     try:
         async with deadline:
-            if order.action is Action.APPLY:
+            if order.action is MitigatorAction.APPLY:
                 await mitigator.apply(order)
             else:
                 await mitigator.withdraw(order)
@@ -375,7 +376,7 @@ async def execute(
             )
     else:
         return True
-    if order.action is Action.APPLY:
+    if order.action is MitigatorAction.APPLY:
         feedback = Feedback(
             order.cuid, order.mid, FeedbackStatus.EXCEEDED_CAPABILITY, detail=detail
         )
