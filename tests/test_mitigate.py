@@ -34,7 +34,7 @@ from dotsd.mitigate.base import (
 from dotsd.mitigate.log import LogMitigator, format_fields
 from dotsd.mitigate.registry import PluginLoadError, UnknownMitigatorError
 from dotsd.signal.mitigation import (
-    MEMBER,
+    MITIGATION_MEMBER,
     Counters,
     MitigationEvent,
     MitigationPutOutcome,
@@ -409,7 +409,7 @@ async def test_execute_success() -> None:
 async def test_feedback_drives_the_mitigation_table() -> None:
     """The wiring the server does: a Change → an order → feedback → mitigator_report."""
     table = MitigationTable()
-    body = {MEMBER: {"scope": [{**SCOPE_JSON, "lifetime": 3600}]}}
+    body = {MITIGATION_MEMBER: {"scope": [{**SCOPE_JSON, "lifetime": 3600}]}}
     outcome = table.put(CUID, 9, None, body, T0)
     assert isinstance(outcome, MitigationPutOutcome)
     (change,) = outcome.changes

@@ -23,7 +23,7 @@ from dotsd.model.codec import from_cbor, to_cbor
 from dotsd.signal.errors import BadRequest, Conflict, NotFound, SignalError
 from dotsd.signal.mitigation import (
     ACTIVE,
-    MEMBER,
+    MITIGATION_MEMBER,
     TRANSITIONS,
     AttackStatus,
     ConflictCause,
@@ -80,7 +80,7 @@ def ok(body: dict[str, Any]) -> dict[str, Any]:
 
 def scope_body(**entry: Any) -> dict[str, Any]:
     entry.setdefault("lifetime", 3600)
-    return {MEMBER: {"scope": [{k.replace("_", "-"): v for k, v in entry.items()}]}}
+    return {MITIGATION_MEMBER: {"scope": [{k.replace("_", "-"): v for k, v in entry.items()}]}}
 
 
 def put(
@@ -94,7 +94,7 @@ def put(
 
 
 def the_entry(body: dict[str, Any]) -> dict[str, Any]:
-    (entry,) = body[MEMBER]["scope"]
+    (entry,) = body[MITIGATION_MEMBER]["scope"]
     assert isinstance(entry, dict)
     return entry
 
@@ -167,12 +167,13 @@ def test_fig14_get_all() -> None:
     """Two mitigations with the same prefixes but distinct protocols coexist (Figure 14)."""
     table = MitigationTable()
     fig14 = figure_json("rfc9132-fig14.txt")
-    for entry in fig14[MEMBER]["scope"]:
+    for entry in fig14[MITIGATION_MEMBER]["scope"]:
         request = {k: entry[k] for k in ("target-prefix", "target-protocol") if k in entry} | {
             "lifetime": 3600
         }
         start = float(entry["mitigation-start"])
-        outcome = table.put(CUID, entry["mid"], None, {MEMBER: {"scope": [request]}}, start)
+        outcome = table.put(CUID, entry["mid"], None, {MITIGATION_MEMBER: {"scope": [request]}},
+                            start)
         assert isinstance(outcome, MitigationPutOutcome) and outcome.code == Code.CREATED
     table.mitigator_report(
         CUID,
@@ -184,12 +185,13 @@ def test_fig14_get_all() -> None:
     table.mitigator_report(CUID, 12333, MitigationEvent.ATTACK_STOPPED, T0, counters=Counters())
     now = 1507818434.0 + 3600 - 1756
     body = ok(table.get(CUID, None, now).body)
-    got = body[MEMBER]["scope"]
+    got = body[MITIGATION_MEMBER]["scope"]
     assert [e["mid"] for e in got] == [12332, 12333]
-    assert got[0] == fig14[MEMBER]["scope"][0]
-    want = dict(fig14[MEMBER]["scope"][1], lifetime=got[1]["lifetime"])
+    assert got[0] == fig14[MITIGATION_MEMBER]["scope"][0]
+    want = dict(fig14[MITIGATION_MEMBER]["scope"][1], lifetime=got[1]["lifetime"])
     assert got[1] == want
-    assert list(got[0]) == list(fig14[MEMBER]["scope"][0])  # same member order as Figure 14
+    # the same member order as Figure 14
+    assert list(got[0]) == list(fig14[MITIGATION_MEMBER]["scope"][0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,9 +202,10 @@ def test_fig14_get_all() -> None:
     "body",
     [
         scope_body(target_prefix=["2001:db8::1/128"], lifetime=0),  # lifetime 0 → 4.00
-        {MEMBER: {"scope": []}},
-        {MEMBER: {}},
-        {MEMBER: {"scope": [{"target-prefix": ["2001:db8::1/128"], "lifetime": 60}] * 2}},
+        {MITIGATION_MEMBER: {"scope": []}},
+        {MITIGATION_MEMBER: {}},
+        {MITIGATION_MEMBER: {"scope": [{"target-prefix": ["2001:db8::1/128"],
+                                        "lifetime": 60}] * 2}},
         scope_body(target_protocol=[6]),  # no target at all
         scope_body(target_prefix=["2001:db8::1/128"], status="attack-stopped"),
         scope_body(target_prefix=["2001:db8::1/128"], mid=123),  # 'mid' is in the URI
@@ -229,7 +232,7 @@ def test_bad_requests(body: dict[str, Any]) -> None:
 
 
 def test_lifetime_is_mandatory_in_a_new_request() -> None:
-    body = {MEMBER: {"scope": [{"target-prefix": ["2001:db8::1/128"]}]}}
+    body = {MITIGATION_MEMBER: {"scope": [{"target-prefix": ["2001:db8::1/128"]}]}}
     parse_request(body)  # a valid body (a refresh may omit it) ...
     with pytest.raises(BadRequest, match="lifetime"):
         MitigationTable().put(CUID, 1, None, body, T0)  # ... but not a new request

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from dotsd.signal.errors import SignalError
 from dotsd.signal.mitigation import (
-    MEMBER,
+    MITIGATION_MEMBER,
     ConflictPolicy,
     MitigationEvent,
     MitigationTable,
@@ -53,7 +53,7 @@ operations = st.lists(st.one_of(
 
 
 def request(entry: dict[str, Any]) -> dict[str, Any]:
-    return {MEMBER: {"scope": [{k: v for k, v in entry.items() if v != []}]}}
+    return {MITIGATION_MEMBER: {"scope": [{k: v for k, v in entry.items() if v != []}]}}
 
 
 def assert_indexes_agree(table: MitigationTable, probe: Scope) -> None:

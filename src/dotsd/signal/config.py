@@ -36,8 +36,8 @@ from dotsd.errors import PeerError
 from dotsd.model.errors import ModelError
 
 __all__ = [
+    "CONFIG_MEMBER",
     "CONFIG_PATH",
-    "MEMBER",
     "Advertised",
     "Attribute",
     "ConfigBounds",
@@ -62,7 +62,7 @@ __all__ = [
     "refresh_delay",
 ]
 
-MEMBER: Final = "ietf-dots-signal-channel:signal-config"  # RFC 9132 §4.5.1, Table 5 key 30
+CONFIG_MEMBER: Final = "ietf-dots-signal-channel:signal-config"  # RFC 9132 §4.5.1, Table 5 key 30
 CONFIG_PATH: Final = (".well-known", "dots", "config")  # RFC 9132 §4.2 Table 1
 MAX_SID: Final = 2**32 - 1  # 'sid' is a uint32 (RFC 9132 §5.3)
 UINT16_MAX: Final = 0xFFFF
@@ -327,20 +327,20 @@ def _parse_value(attr: Attribute, raw: object, where: str) -> Value:
 
 
 def _member_content(body: Mapping[str, Any]) -> Mapping[str, Any]:
-    if not isinstance(body, Mapping) or set(body) != {MEMBER}:
-        raise ConfigError(f"the body must have the single member {MEMBER!r}", path="/")
-    content = body[MEMBER]
+    if not isinstance(body, Mapping) or set(body) != {CONFIG_MEMBER}:
+        raise ConfigError(f"the body must have the single member {CONFIG_MEMBER!r}", path="/")
+    content = body[CONFIG_MEMBER]
     if not isinstance(content, Mapping):
-        raise ConfigError("expected an object", path=f"/{MEMBER}")
+        raise ConfigError("expected an object", path=f"/{CONFIG_MEMBER}")
     unknown = set(content) - {k.value for k in ConfigSetKind}
     if unknown:
-        raise ConfigError(f"unknown member(s) {sorted(unknown)}", path=f"/{MEMBER}")
+        raise ConfigError(f"unknown member(s) {sorted(unknown)}", path=f"/{CONFIG_MEMBER}")
     return content
 
 
 def _attr_containers(content: Mapping[str, Any], kind: ConfigSetKind
                      ) -> Mapping[str, Any] | None:
-    where = f"/{MEMBER}/{kind.value}"
+    where = f"/{CONFIG_MEMBER}/{kind.value}"
     container = content.get(kind.value)
     if container is None:
         return None
@@ -374,7 +374,7 @@ def parse_put_body(body: Mapping[str, Any]) -> dict[ConfigSetKind, dict[Attribut
             leaves = container.get(attr.value)
             if leaves is None:
                 continue
-            where = f"/{MEMBER}/{kind.value}/{attr.value}"
+            where = f"/{CONFIG_MEMBER}/{kind.value}/{attr.value}"
             leaf = attr.leaf("current")
             extra = set(leaves) - {leaf}
             if extra:
@@ -388,7 +388,7 @@ def parse_put_body(body: Mapping[str, Any]) -> dict[ConfigSetKind, dict[Attribut
     if not any(result.values()):
         # RFC 9132 §4.5.2: "At least one of the attributes ... MUST be present".
         raise ConfigError("at least one configuration attribute must be present",
-                          path=f"/{MEMBER}")
+                          path=f"/{CONFIG_MEMBER}")
     return result
 
 
@@ -418,7 +418,7 @@ def build_put_body(
             content[kind.value] = container
     if not content:
         raise ValueError("RFC 9132 §4.5.2: at least one attribute must be present in a PUT")
-    return {MEMBER: content}
+    return {CONFIG_MEMBER: content}
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,7 +461,7 @@ def parse_config_response(body: Mapping[str, Any]) -> ServerConfig:
             leaves = container.get(attr.value)
             if leaves is None:
                 continue
-            where = f"/{MEMBER}/{kind.value}/{attr.value}"
+            where = f"/{CONFIG_MEMBER}/{kind.value}/{attr.value}"
             names = {w: attr.leaf(w) for w in ("min", "max", "current")}
             extra = set(leaves) - set(names.values())
             if extra:
@@ -588,7 +588,7 @@ class SessionConfig:
                 for attr in Attribute
                 if not (self.reliable and attr.transmission_related)
             }
-        return {MEMBER: content}
+        return {CONFIG_MEMBER: content}
 
     def get(self, sid: int | None = None) -> dict[str, Any]:
         """Answer a GET (2.05). With a 'sid' the client retrieves its negotiated configuration

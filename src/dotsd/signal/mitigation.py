@@ -67,7 +67,7 @@ __all__ = [
     "ACTIVE",
     "DEFAULT_ABT_MAX",
     "DEFAULT_ACTIVE_BUT_TERMINATING",
-    "MEMBER",
+    "MITIGATION_MEMBER",
     "TRANSITIONS",
     "AttackStatus",
     "Change",
@@ -95,7 +95,7 @@ __all__ = [
     "transition",
 ]
 
-MEMBER: Final = "ietf-dots-signal-channel:mitigation-scope"  # RFC 9132 §6 Table 5 key 1
+MITIGATION_MEMBER: Final = "ietf-dots-signal-channel:mitigation-scope"  # RFC 9132 §6 Table 5 key 1
 
 DEFAULT_ACTIVE_BUT_TERMINATING: Final = 120.0  # RFC 9132 §4.4.4 "SHOULD be ... 120 seconds"
 DEFAULT_ABT_MAX: Final = 300.0  # RFC 9132 §4.4.4 "up to a maximum of 300 seconds"
@@ -413,10 +413,11 @@ def parse_request(body: Mapping[str, Any]) -> MitigationRequest:
         kind = yang.validate_request(body)
     except ModelError as exc:
         raise from_model_error(exc) from None
-    if kind is None or kind.member != MEMBER:
-        raise BadRequest(f"the body of a mitigation request is {MEMBER}", rule="RFC 9132 §4.4.1")
-    content = body[MEMBER]
-    _check_not_empty(content, f"/{MEMBER}")
+    if kind is None or kind.member != MITIGATION_MEMBER:
+        raise BadRequest(f"the body of a mitigation request is {MITIGATION_MEMBER}",
+                         rule="RFC 9132 §4.4.1")
+    content = body[MITIGATION_MEMBER]
+    _check_not_empty(content, f"/{MITIGATION_MEMBER}")
     scopes = content.get("scope")
     if not isinstance(scopes, list) or len(scopes) != 1:
         raise BadRequest(
@@ -872,7 +873,7 @@ class ConflictPolicy(Enum):
 
 
 def _body(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    return {MEMBER: {"scope": [dict(e) for e in entries]}}
+    return {MITIGATION_MEMBER: {"scope": [dict(e) for e in entries]}}
 
 
 def conflict_body(info: ConflictInfo) -> dict[str, Any]:
