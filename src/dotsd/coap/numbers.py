@@ -88,6 +88,12 @@ def is_signaling(code: int) -> bool:
     return code >> 5 == 7
 
 
+def is_success(code: int) -> bool:
+    """A 2.xx Success response (RFC 7252 §5.9.1): the only class that registers or keeps an
+    Observe relationship (RFC 7641 §3.2, §4.1)."""
+    return 64 <= code < 96
+
+
 def code_dotted(code: int) -> str:
     """A code as RFC 7252 writes it: "4.04"."""
     return f"{code >> 5}.{code & 0x1F:02d}"

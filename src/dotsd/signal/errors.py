@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from dotsd.coap.numbers import Code
+from dotsd.coap.numbers import Code, code_dotted
 from dotsd.errors import PeerError
 from dotsd.model.errors import ModelError
 
@@ -60,7 +60,7 @@ class SignalError(PeerError):
     @property
     def code_text(self) -> str:
         """``"4.09"`` style text of :attr:`code`."""
-        return f"{int(self.code) >> 5}.{int(self.code) & 0x1F:02d}"
+        return code_dotted(self.code)
 
 
 class BadRequest(SignalError):
