@@ -10,8 +10,9 @@ not depend on the signal layer's records (a plugin imports only this module):
   a failing plugin cannot crash the server (see :class:`MitigatorError`);
 * the plugin reports :class:`Feedback` (a status and/or counters, RFC 9132 §4.4.2) through the
   ``report`` callback it was given at construction; the server applies it with
-  ``MitigationTable.mitigator_report(cuid, mid, MitigationEvent(feedback.status.signal_event), now,
-  counters=...)`` and notifies the client's observers (RFC 9132 §4.4.2.1).
+  ``MitigationTable.mitigator_report(cuid, mid,
+  MitigationEvent(feedback.status.signal_event), now, counters=...)`` and notifies the
+  client's observers (RFC 9132 §4.4.2.1).
 
 Failure path (the documented contract, implemented by :func:`execute`):
 
@@ -42,6 +43,7 @@ from enum import Enum
 from typing import Any, ClassVar, Final
 
 from dotsd.errors import LocalError
+from dotsd.signal.policy import INDEFINITE  # an order's lifetime -1 (RFC 9132 §4.4.1.1)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -63,7 +65,6 @@ __all__ = [
 
 _log = logging.getLogger("dotsd.mitigate")
 
-INDEFINITE: Final = -1  # RFC 9132 §4.4.1.1 lifetime: "negative one (-1) indicates indefinite"
 DEFAULT_TIMEOUT: Final = 30.0  # seconds an apply / withdraw may take before it counts as failed
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

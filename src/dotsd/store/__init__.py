@@ -11,8 +11,8 @@ second implementation of ``Store`` over the same schema; it is not written yet.
     store.put_mitigation(MitigationRecord(...))
 """
 
+from dotsd.signal.policy import INDEFINITE  # RFC 9132 §4.4.1.1 'lifetime' -1, for the records
 from dotsd.store.base import (
-    INDEFINITE,
     CuidBinding,
     JsonObject,
     MitigationRecord,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeAlias
 
 from dotsd.errors import LocalError
+from dotsd.signal.policy import INDEFINITE
 
 # A JSON-shaped object (what json.loads returns for an object); the store never interprets it.
 JsonObject: TypeAlias = dict[str, Any]
@@ -27,8 +28,6 @@ JsonObject: TypeAlias = dict[str, Any]
 # RFC 9132 §4.4.2, Table 9: mitigation status codes 1..8 are assigned.
 STATUS_MIN: Final = 1
 STATUS_MAX: Final = 8
-# RFC 9132 §4.4.1: 'lifetime' -1 means indefinite.
-INDEFINITE: Final = -1
 # 'mid' and 'sid' are uint32 (ietf-dots-signal-channel YANG).
 UINT32_MAX: Final = 2**32 - 1
 
