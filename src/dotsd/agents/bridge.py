@@ -29,7 +29,15 @@ from dotsd.mitigate.base import (
     action_for,
     execute,
 )
-from dotsd.signal.mitigation import Change, Counters, Mitigation, MitigationEvent, Reason, Status
+from dotsd.signal.mitigation import (
+    RUNNING,
+    Change,
+    Counters,
+    Mitigation,
+    MitigationEvent,
+    Reason,
+    Status,
+)
 
 if TYPE_CHECKING:
     from dotsd.agents.server import SignalServer
@@ -37,14 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["MitigatorBridge", "order_for"]
 
 log = logging.getLogger("dotsd.mitigate.bridge")
-
-_ACTIVE_BEFORE = frozenset({
-    Status.ATTACK_MITIGATION_IN_PROGRESS,
-    Status.ATTACK_SUCCESSFULLY_MITIGATED,
-    Status.ATTACK_STOPPED,
-    Status.ATTACK_EXCEEDED_CAPABILITY,
-    Status.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-})
 
 
 def _order(action: MitigatorAction, m: Mitigation) -> MitigationOrder:
@@ -56,7 +56,7 @@ def order_for(change: Change) -> MitigationOrder | None:
     """The order ``change`` calls for, or None (RFC 9132 §4.4.2: active = statuses 1-5)."""
     m = change.mitigation
     action = action_for(
-        was_active=change.before in _ACTIVE_BEFORE,
+        was_active=change.before in RUNNING,
         is_active=m.is_active and not change.removed,
         expired=change.reason is Reason.EXPIRED,
     )

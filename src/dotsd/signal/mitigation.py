@@ -68,6 +68,7 @@ __all__ = [
     "DEFAULT_ABT_MAX",
     "DEFAULT_ACTIVE_BUT_TERMINATING",
     "MITIGATION_MEMBER",
+    "RUNNING",
     "TRANSITIONS",
     "AttackStatus",
     "Change",
@@ -164,7 +165,9 @@ ACTIVE: Final = frozenset(
 )
 """A mitigation running on behalf of a request the client maintains (status 1-4)."""
 
-_RUNNING: Final = ACTIVE | {Status.DOTS_CLIENT_WITHDRAWN_MITIGATION}
+RUNNING: Final = ACTIVE | {Status.DOTS_CLIENT_WITHDRAWN_MITIGATION}
+"""The mitigator should be mitigating (status 1-5): :data:`ACTIVE` and the active-but-
+terminating period after a withdrawal (RFC 9132 §4.4.4)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -693,7 +696,7 @@ class Mitigation:
     @property
     def is_active(self) -> bool:
         """The mitigator should be mitigating for it (status 1-5)."""
-        return self.status in _RUNNING
+        return self.status in RUNNING
 
     @property
     def preconfigured(self) -> bool:
