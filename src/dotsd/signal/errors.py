@@ -26,7 +26,6 @@ __all__ = [
     "ServiceUnavailable",
     "SignalError",
     "Unauthorized",
-    "UnprocessableEntity",
     "from_model_error",
 ]
 
@@ -99,15 +98,6 @@ class Conflict(SignalError):
         self, diagnostic: str, *, body: Mapping[str, Any], rule: str | None = None
     ) -> None:
         super().__init__(None, diagnostic, body=body, rule=rule)
-
-
-class UnprocessableEntity(SignalError):
-    """4.22: values understood but not acceptable (RFC 9132 §9, §4.5.2)."""
-
-    default_code = Code.UNPROCESSABLE_ENTITY
-
-    def __init__(self, diagnostic: str, *, rule: str | None = None) -> None:
-        super().__init__(None, diagnostic, rule=rule)
 
 
 class ServiceUnavailable(SignalError):
