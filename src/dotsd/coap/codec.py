@@ -293,30 +293,3 @@ def decode_tcp(data: bytes) -> Message:
         raise
     return msg
 
-
-class TcpFramer:
-    """Splits a TCP byte stream into RFC 8323 frames (sans-IO)."""
-
-    def __init__(self, max_size: int = 1152) -> None:
-        self._buf = bytearray()
-        self.max_size = max_size
-
-    def feed(self, data: bytes) -> list[Message]:
-        """Append data and return every complete message; raises MessageFormatError."""
-        self._buf += data
-        out: list[Message] = []
-        while self._buf:
-            try:
-                total = tcp_frame_length(self._buf, self.max_size)
-            except Incomplete:
-                break
-            if len(self._buf) < total:
-                break
-            frame = bytes(self._buf[:total])
-            del self._buf[:total]
-            out.append(decode_tcp(frame))
-        return out
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
