@@ -6,8 +6,9 @@ diagnostic payload") and, for the errors whose body RFC 9132 defines, a JSON-sha
 encoded as ``application/dots+cbor``: 4.09 (Conflict) carries ``conflict-information``
 (RFC 9132 §4.4.1.3, §9), 5.03 (Service Unavailable) may carry a redirection (RFC 9132 §4.6).
 
-The layer is a DOTS *server's*: these are a peer's mistakes (or the server's refusals), never
-programming errors, which stay ordinary Python exceptions.
+The layer is a DOTS *server's*: these are a peer's mistakes (or the server's refusals of its
+requests), hence :class:`~dotsd.errors.PeerError`; never programming errors, which are
+:class:`~dotsd.errors.LocalError` (e.g. :class:`~dotsd.signal.mitigation.InvalidTransition`).
 """
 
 from __future__ import annotations
