@@ -38,7 +38,7 @@ from dotsd.coap.numbers import Code, ContentFormat, MessageType, OptionNumber
 from dotsd.link import cuid_from_psk_identity, make_peer_info
 from dotsd.model.codec import to_cbor
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
-from dotsd.signal.mitigation import MEMBER, PutOutcome
+from dotsd.signal.mitigation import MITIGATION_MEMBER, MitigationPutOutcome
 from dotsd.signal.policy import Policy
 from dotsd.signal.uri import mitigate_path
 from dotsd.store import SqliteStore
@@ -71,7 +71,7 @@ def _prefix(i: int) -> str:
 
 
 def _mitigation_body(i: int) -> dict[str, Any]:
-    return {MEMBER: {"scope": [{"target-prefix": [_prefix(i)], "target-protocol": [17],
+    return {MITIGATION_MEMBER: {"scope": [{"target-prefix": [_prefix(i)], "target-protocol": [17],
                                 "lifetime": 3600}]}}
 
 
@@ -111,7 +111,7 @@ def _populate(state: Path, mitigations: int) -> None:
             if i % 4 == 0:
                 store.bind_cuid(cuid, f"psk:{psk.hex()}", T0)
             outcome = table_server.table.put(cuid, i % 4 + 1, None, _mitigation_body(i), T0)
-            assert isinstance(outcome, PutOutcome)
+            assert isinstance(outcome, MitigationPutOutcome)
             store.put_mitigation(mitigation_record(outcome.mitigation, T0))
     store.close()
 

@@ -3,7 +3,7 @@ dotsd clients dialling it with any certificate of the test PKI.
 
     async with signal_listeners(pki, tmp_path / "state") as net:
         link = await net.dial_dtls(node, "other")        # client certificate other.pem
-        net.server.report(cuid, mid, Event.MITIGATING)
+        net.server.report(cuid, mid, MitigationEvent.MITIGATING)
 
 Every wait is bounded; the listeners, nodes and the store are closed on exit.
 """

@@ -40,19 +40,6 @@ def test_tcp_round_trip(msg: Message) -> None:
     assert codec.decode_tcp(codec.encode_tcp(msg)) == msg
 
 
-@given(st.lists(messages, min_size=1, max_size=5), st.integers(min_value=1, max_value=64))
-def test_tcp_framer_any_chunking(msgs: list[Message], chunk: int) -> None:
-    for m in msgs:
-        m.mtype, m.mid = 0, 0
-    stream = b"".join(codec.encode_tcp(m) for m in msgs)
-    framer = codec.TcpFramer(max_size=1 << 20)
-    got: list[Message] = []
-    for i in range(0, len(stream), chunk):
-        got += framer.feed(stream[i:i + chunk])
-    assert got == msgs
-    assert framer.buffered == 0
-
-
 def test_known_vector_rfc7252_figure() -> None:
     # CON GET mid 0x7d34, token 0x71, Uri-Path "temperature" (RFC 7252 Appendix A style).
     msg = Message(MessageType.CON, Code.GET, 0x7D34, b"\x71").add(OptionNumber.URI_PATH,
@@ -104,13 +91,6 @@ def test_uint(value: int) -> None:
 def test_block_round_trip(num: int, more: bool, szx: int) -> None:
     blk = Block(num, more, szx)
     assert Block.decode(blk.encode()) == blk
-
-
-def test_tcp_oversized_frame_rejected() -> None:
-    framer = codec.TcpFramer(max_size=100)
-    msg = Message(0, Code.PUT, 0, b"t", payload=b"x" * 200)
-    with pytest.raises(MessageFormatError, match="exceeds"):
-        framer.feed(codec.encode_tcp(msg))
 
 
 @settings(max_examples=300)

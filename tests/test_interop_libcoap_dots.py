@@ -21,7 +21,7 @@ from peers import COAPS, COAPS_TCP, Completed, bounded, libcoap_client, needs_li
 from signalnet import HOST, Clock, SignalNet, cuid_of, signal_listeners
 
 from dotsd.pki import PkiPaths, init_pki
-from dotsd.signal.mitigation import Event
+from dotsd.signal.mitigation import MitigationEvent
 
 pytestmark = [pytest.mark.interop, pytest.mark.network, pytest.mark.timeout(60),
               needs_libcoap_client]
@@ -129,9 +129,9 @@ async def test_libcoap_mitigation_lifecycle(scheme: str, pki: PkiPaths, tmp_path
         while server.node.endpoint.observer_count(key) == 0:
             assert loop.time() < deadline and not task.done(), "libcoap never registered"
             await asyncio.sleep(0.02)
-        server.report(cuid, mid, Event.MITIGATING)
+        server.report(cuid, mid, MitigationEvent.MITIGATING)
         await asyncio.sleep(0.3)
-        server.report(cuid, mid, Event.EXCEEDED)
+        server.report(cuid, mid, MitigationEvent.EXCEEDED)
         run = await bounded(task, 15)
         observed = [d for d in run.responses if d.opt("Observe") is not None]
         assert len(observed) >= 3, run

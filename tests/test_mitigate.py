@@ -18,13 +18,13 @@ import pytest
 from dotsd.mitigate import registry
 from dotsd.mitigate.base import (
     INDEFINITE,
-    Action,
     DropCounters,
     Feedback,
     FeedbackSink,
     FeedbackStatus,
     MitigationOrder,
     Mitigator,
+    MitigatorAction,
     MitigatorConfigError,
     MitigatorError,
     Targets,
@@ -34,11 +34,11 @@ from dotsd.mitigate.base import (
 from dotsd.mitigate.log import LogMitigator, format_fields
 from dotsd.mitigate.registry import PluginLoadError, UnknownMitigatorError
 from dotsd.signal.mitigation import (
-    MEMBER,
+    MITIGATION_MEMBER,
     Counters,
-    Event,
+    MitigationEvent,
+    MitigationPutOutcome,
     MitigationTable,
-    PutOutcome,
     Status,
     transition,
 )
@@ -56,7 +56,7 @@ SCOPE_JSON: dict[str, Any] = {
 
 
 def order(
-    action: Action = Action.APPLY, mid: int = 1, cuid: str = CUID, **targets: Any
+    action: MitigatorAction = MitigatorAction.APPLY, mid: int = 1, cuid: str = CUID, **targets: Any
 ) -> MitigationOrder:
     t = Targets.from_json(targets or {"target-prefix": ["2001:db8:6401::1/128"]})
     return MitigationOrder(action, cuid, mid, t, lifetime=3600, expires_at=T0 + 3600)
@@ -124,21 +124,21 @@ def test_order_fields_in_order() -> None:
         "expires_at",
     ]
     assert o.fields()["ports"] == "443,8000-8080"
-    indefinite = MitigationOrder(Action.APPLY, CUID, 2, Targets())
+    indefinite = MitigationOrder(MitigatorAction.APPLY, CUID, 2, Targets())
     assert indefinite.lifetime == INDEFINITE and "expires_at" not in indefinite.fields()
 
 
 @pytest.mark.parametrize(
     ("was", "now", "expired", "expected"),
     [
-        (False, True, False, Action.APPLY),  # created / triggered on signal loss
+        (False, True, False, MitigatorAction.APPLY),  # created / triggered on signal loss
         (True, True, False, None),  # refresh, mitigator feedback, DELETE (1-4 → 5)
-        (True, False, False, Action.WITHDRAW),  # 5 → 6, overridden, preempted (7)
-        (True, False, True, Action.EXPIRE),  # lifetime over (RFC 9132 §4.4.1.1)
+        (True, False, False, MitigatorAction.WITHDRAW),  # 5 → 6, overridden, preempted (7)
+        (True, False, True, MitigatorAction.EXPIRE),  # lifetime over (RFC 9132 §4.4.1.1)
         (False, False, False, None),  # preconfigured (8) removed
     ],
 )
-def test_action_for(was: bool, now: bool, expired: bool, expected: Action | None) -> None:
+def test_action_for(was: bool, now: bool, expired: bool, expected: MitigatorAction | None) -> None:
     assert action_for(was_active=was, is_active=now, expired=expired) is expected
 
 
@@ -146,7 +146,7 @@ def test_action_for(was: bool, now: bool, expired: bool, expected: Action | None
 def test_feedback_status_matches_signal_layer(fs: FeedbackStatus) -> None:
     status = Status.from_label(fs.value)  # RFC 9132 §4.4.2 Table 3 labels
     assert 1 <= status <= 4  # only what a mitigator may report
-    event = Event(fs.signal_event)
+    event = MitigationEvent(fs.signal_event)
     # The event leads to this status (RFC 9132 §4.4.2 Table 3 via the lifecycle table).
     start = (
         Status.ATTACK_STOPPED
@@ -170,13 +170,13 @@ async def test_log_plugin_logs_every_order(caplog: pytest.LogCaptureFixture) -> 
     m = LogMitigator({"feedback_delay": None})
     await m.start()
     orders = [
-        order(Action.APPLY, 1, **SCOPE_JSON),
-        order(Action.APPLY, 2),
-        order(Action.WITHDRAW, 1),
-        order(Action.EXPIRE, 2),
+        order(MitigatorAction.APPLY, 1, **SCOPE_JSON),
+        order(MitigatorAction.APPLY, 2),
+        order(MitigatorAction.WITHDRAW, 1),
+        order(MitigatorAction.EXPIRE, 2),
     ]
     for o in orders:
-        await m.apply(o) if o.action is Action.APPLY else await m.withdraw(o)
+        await m.apply(o) if o.action is MitigatorAction.APPLY else await m.withdraw(o)
     await m.stop()
     records = [r for r in caplog.records if r.name == "dotsd.mitigate.log"]
     assert len(records) == len(orders)
@@ -215,10 +215,10 @@ async def test_log_plugin_tracks_active_set() -> None:
     refreshed = dataclasses.replace(a1, lifetime=60, expires_at=T0 + 60)
     await m.apply(refreshed)  # idempotent per (cuid, mid): an update
     assert m.active[(CUID, 1)] is refreshed and len(m.active) == 2
-    await m.withdraw(order(Action.WITHDRAW, 1))
+    await m.withdraw(order(MitigatorAction.WITHDRAW, 1))
     assert list(m.active) == [(CUID, 2)]
-    await m.withdraw(order(Action.WITHDRAW, 1))  # unknown: no error
-    await m.withdraw(order(Action.EXPIRE, 2))
+    await m.withdraw(order(MitigatorAction.WITHDRAW, 1))  # unknown: no error
+    await m.withdraw(order(MitigatorAction.EXPIRE, 2))
     assert not m.active
     with pytest.raises(TypeError):
         m.active[(CUID, 3)] = a1  # type: ignore[index]
@@ -251,7 +251,7 @@ async def test_log_plugin_no_feedback_after_withdraw_or_stop() -> None:
     sink = Sink()
     m = LogMitigator({"feedback_delay": 0}, sink)
     await m.apply(order(mid=1))
-    await m.withdraw(order(Action.WITHDRAW, 1))
+    await m.withdraw(order(MitigatorAction.WITHDRAW, 1))
     await m.apply(order(mid=2))
     await m.stop()
     await settle()
@@ -375,7 +375,7 @@ async def test_hanging_apply_times_out() -> None:
 async def test_failing_withdraw_is_logged_not_reported(caplog: pytest.LogCaptureFixture) -> None:
     sink = Sink()
     m = FailingMitigator(report=sink)
-    for action in (Action.WITHDRAW, Action.EXPIRE):
+    for action in (MitigatorAction.WITHDRAW, MitigatorAction.EXPIRE):
         assert await execute(m, order(action)) is False
     assert sink.got == []  # the mitigation is leaving: no status for the client
     assert [r.levelno for r in caplog.records] == [logging.ERROR, logging.ERROR]
@@ -402,28 +402,28 @@ async def test_execute_success() -> None:
     sink = Sink()
     m = LogMitigator({"feedback_delay": None}, sink)
     assert await execute(m, order()) is True
-    assert await execute(m, order(Action.WITHDRAW)) is True
+    assert await execute(m, order(MitigatorAction.WITHDRAW)) is True
     assert sink.got == [] and not m.active
 
 
 async def test_feedback_drives_the_mitigation_table() -> None:
     """The wiring the server does: a Change → an order → feedback → mitigator_report."""
     table = MitigationTable()
-    body = {MEMBER: {"scope": [{**SCOPE_JSON, "lifetime": 3600}]}}
+    body = {MITIGATION_MEMBER: {"scope": [{**SCOPE_JSON, "lifetime": 3600}]}}
     outcome = table.put(CUID, 9, None, body, T0)
-    assert isinstance(outcome, PutOutcome)
+    assert isinstance(outcome, MitigationPutOutcome)
     (change,) = outcome.changes
     mit = change.mitigation
     was = change.before is not None and change.before in (1, 2, 3, 4, 5)
     action = action_for(was_active=was, is_active=mit.is_active)
-    assert action is Action.APPLY
+    assert action is MitigatorAction.APPLY
     o = MitigationOrder(
         action, mit.cuid, mit.mid, Targets.from_json(mit.scope.to_json()), mit.lifetime
     )
 
     def to_table(fb: Feedback) -> None:
         assert fb.status is not None
-        table.mitigator_report(fb.cuid, fb.mid, Event(fb.status.signal_event), T0 + 1)
+        table.mitigator_report(fb.cuid, fb.mid, MitigationEvent(fb.status.signal_event), T0 + 1)
 
     m = LogMitigator({"feedback_delay": 0}, to_table)
     assert await execute(m, o)

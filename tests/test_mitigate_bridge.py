@@ -13,13 +13,13 @@ from test_signal_server import TIMEOUT, Env, entry, make_env, pki  # noqa: F401
 from dotsd.agents.bridge import MitigatorBridge
 from dotsd.coap.numbers import Code
 from dotsd.mitigate.base import (
-    Action,
     DropCounters,
     Feedback,
     FeedbackSink,
     FeedbackStatus,
     MitigationOrder,
     Mitigator,
+    MitigatorAction,
     MitigatorError,
 )
 from dotsd.pki import PkiPaths
@@ -54,7 +54,7 @@ async def test_apply_feedback_withdraw(pki: PkiPaths) -> None:  # noqa: F811
     plugin, bridge = wire(env)
     assert (await env.put(7)).code == Code.CREATED
     await bridge.drain(TIMEOUT)
-    assert [o.action for o in plugin.orders] == [Action.APPLY]
+    assert [o.action for o in plugin.orders] == [MitigatorAction.APPLY]
     order = plugin.orders[0]
     assert order.key == (env.cuid, 7) and order.targets.prefixes
     obs = env.observe(7)
@@ -77,7 +77,7 @@ async def test_apply_feedback_withdraw(pki: PkiPaths) -> None:  # noqa: F811
     env.clock.now += 3600
     env.server.tick()
     await bridge.drain(TIMEOUT)
-    assert [o.action for o in plugin.orders] == [Action.APPLY, Action.WITHDRAW]
+    assert [o.action for o in plugin.orders] == [MitigatorAction.APPLY, MitigatorAction.WITHDRAW]
 
 
 async def test_failing_plugin_reports_exceeded_capability(pki: PkiPaths) -> None:  # noqa: F811
@@ -105,7 +105,7 @@ async def test_resume_after_restart(pki: PkiPaths, tmp_path: Path) -> None:  # n
     plugin, bridge = wire(again)
     assert bridge.resume(again.server.table) == 1
     await bridge.drain(TIMEOUT)
-    assert [(o.action, o.mid) for o in plugin.orders] == [(Action.APPLY, 10)]
+    assert [(o.action, o.mid) for o in plugin.orders] == [(MitigatorAction.APPLY, 10)]
 
 
 def _delete(env: Env, mid: int) -> Any:

@@ -36,7 +36,7 @@ from dotsd.coap.numbers import Code, ContentFormat, MessageType, OptionNumber
 from dotsd.link import Link
 from dotsd.node import CoapNode
 from dotsd.pki import PkiPaths, init_pki, issue_client
-from dotsd.signal.mitigation import Event
+from dotsd.signal.mitigation import MitigationEvent
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
@@ -457,7 +457,7 @@ async def test_observe_of_another_clients_mitigations(pki: PkiPaths, tmp_path: P
         assert endpoint.observer_count() == registered  # nothing registered for B
         # A status change is notified to A, and to nobody else.
         got = tap(two.b)
-        two.net.server.report(two.a_cuid, A_MID, Event.MITIGATING)
+        two.net.server.report(two.a_cuid, A_MID, MitigationEvent.MITIGATING)
         note = await own.next(STEP)
         assert cbor2.loads(note.payload)[K_SCOPE_ROOT][K_SCOPE][0][K_STATUS] == 2
         await asyncio.sleep(0.2)

@@ -24,7 +24,7 @@ from dotsd.pki import PkiPaths, init_pki, load_certificate
 from dotsd.signal.client_session import ClientSession
 from dotsd.signal.config import Attribute
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
-from dotsd.signal.mitigation import Event
+from dotsd.signal.mitigation import MitigationEvent
 from dotsd.signal.pacing import RttEstimator
 
 TIMEOUT = 5.0
@@ -148,7 +148,7 @@ async def test_mitigate_status_watch_efficacy_withdraw(pki: PkiPaths) -> None:
         async with contextlib.aclosing(c.watch(123)) as notes:
             first = await next_note(notes)
             assert first.status == "attack-mitigation-in-progress"
-            env.server.report(c.cuid, 123, Event.MITIGATING)
+            env.server.report(c.cuid, 123, MitigationEvent.MITIGATING)
             assert (await next_note(notes)).status == "attack-successfully-mitigated"
 
             eff = await c.efficacy(123, "under-attack")  # RFC 9132 §4.4.3

@@ -12,7 +12,7 @@ from dotsd.coap.numbers import Code
 from dotsd.model.codec import from_cbor, to_cbor
 from dotsd.model.yang import validate_request, validate_response
 from dotsd.signal.config import (
-    MEMBER,
+    CONFIG_MEMBER,
     Advertised,
     Attribute,
     ConfigBounds,
@@ -38,7 +38,7 @@ IDLE = ConfigSetKind.IDLE
 
 # RFC 9132 Figure 23 (PUT body), copied from the RFC.
 FIG23: dict[str, Any] = {
-    MEMBER: {
+    CONFIG_MEMBER: {
         "mitigating-config": {
             "heartbeat-interval": {"current-value": 30},
             "missing-hb-allowed": {"current-value": 15},
@@ -67,7 +67,8 @@ _FIG20_SET: dict[str, Any] = {
                           "current-value-decimal": "1.50"},
 }
 # RFC 9132 Figure 20 (GET response body).
-FIG20: dict[str, Any] = {MEMBER: {"mitigating-config": _FIG20_SET, "idle-config": _FIG20_SET}}
+FIG20: dict[str, Any] = {CONFIG_MEMBER: {"mitigating-config": _FIG20_SET,
+                                         "idle-config": _FIG20_SET}}
 
 
 def fig20_policy() -> ConfigPolicy:
@@ -87,7 +88,7 @@ def test_default_discovery_body_is_valid_and_has_rfc_defaults() -> None:
     body = SessionConfig().discovery_body()
     validate_response(body)
     for kind in ("mitigating-config", "idle-config"):
-        s = body[MEMBER][kind]
+        s = body[CONFIG_MEMBER][kind]
         assert s["heartbeat-interval"] == {"max-value": 240, "min-value": 15,
                                            "current-value": 30}
         assert s["missing-hb-allowed"]["current-value"] == 15
@@ -106,7 +107,7 @@ def test_discovery_body_matches_figure_20() -> None:
 def test_discovery_over_reliable_transport_omits_transmission_attributes() -> None:
     body = SessionConfig(reliable=True).discovery_body()
     validate_response(body)
-    assert set(body[MEMBER]["idle-config"]) == {"heartbeat-interval", "probing-rate"}
+    assert set(body[CONFIG_MEMBER]["idle-config"]) == {"heartbeat-interval", "probing-rate"}
 
 
 def test_get_with_sid() -> None:
@@ -117,7 +118,7 @@ def test_get_with_sid() -> None:
     cfg.put(7, FIG23)
     body = cfg.get(7)
     validate_response(body)
-    assert body[MEMBER]["idle-config"]["heartbeat-interval"]["current-value"] == 0
+    assert body[CONFIG_MEMBER]["idle-config"]["heartbeat-interval"]["current-value"] == 0
 
 
 # -------------------------------------------------------------------------------- PUT
@@ -175,7 +176,7 @@ def test_put_out_of_range_is_4_22_and_changes_nothing(attr: str, value: Any) -> 
     cfg.put(1, FIG23)
     before = (cfg.values(MIT), cfg.values(IDLE))
     leaf = "current-value-decimal" if isinstance(value, str) else "current-value"
-    body = {MEMBER: {"idle-config": {attr: {leaf: value}}}}
+    body = {CONFIG_MEMBER: {"idle-config": {attr: {leaf: value}}}}
     validate_request(body)
     with pytest.raises(UnacceptableConfigError) as exc:
         cfg.put(2, body)
@@ -196,18 +197,18 @@ def test_heartbeat_disable_can_be_refused_by_policy() -> None:
     "body",
     [
         {},
-        {MEMBER: {}},
-        {MEMBER: {"idle-config": {}}},
-        {MEMBER: {"idle-config": {"heartbeat-interval": {}}}},
-        {MEMBER: {"busy-config": {"heartbeat-interval": {"current-value": 30}}}},
-        {MEMBER: {"idle-config": {"heartbeat-rate": {"current-value": 30}}}},
-        {MEMBER: {"idle-config": {"heartbeat-interval": {"max-value": 30}}}},
-        {MEMBER: {"idle-config": {"heartbeat-interval": {"current-value": "30"}}}},
-        {MEMBER: {"idle-config": {"heartbeat-interval": {"current-value": 70000}}}},
-        {MEMBER: {"idle-config": {"heartbeat-interval": {"current-value": True}}}},
-        {MEMBER: {"idle-config": {"ack-timeout": {"current-value-decimal": "2.001"}}}},
-        {MEMBER: {"idle-config": {"ack-timeout": {"current-value-decimal": "two"}}}},
-        {MEMBER: {"idle-config": {"ack-timeout": {"current-value": 2}}}},
+        {CONFIG_MEMBER: {}},
+        {CONFIG_MEMBER: {"idle-config": {}}},
+        {CONFIG_MEMBER: {"idle-config": {"heartbeat-interval": {}}}},
+        {CONFIG_MEMBER: {"busy-config": {"heartbeat-interval": {"current-value": 30}}}},
+        {CONFIG_MEMBER: {"idle-config": {"heartbeat-rate": {"current-value": 30}}}},
+        {CONFIG_MEMBER: {"idle-config": {"heartbeat-interval": {"max-value": 30}}}},
+        {CONFIG_MEMBER: {"idle-config": {"heartbeat-interval": {"current-value": "30"}}}},
+        {CONFIG_MEMBER: {"idle-config": {"heartbeat-interval": {"current-value": 70000}}}},
+        {CONFIG_MEMBER: {"idle-config": {"heartbeat-interval": {"current-value": True}}}},
+        {CONFIG_MEMBER: {"idle-config": {"ack-timeout": {"current-value-decimal": "2.001"}}}},
+        {CONFIG_MEMBER: {"idle-config": {"ack-timeout": {"current-value-decimal": "two"}}}},
+        {CONFIG_MEMBER: {"idle-config": {"ack-timeout": {"current-value": 2}}}},
         {"ietf-dots-signal-channel:heartbeat": {"peer-hb-status": True}},
     ],
 )
@@ -291,12 +292,12 @@ def test_parse_figure_20_response() -> None:
 
 
 def test_parse_response_tolerates_missing_attributes() -> None:
-    body = {MEMBER: {"idle-config": {"heartbeat-interval": {"current-value": 60}}}}
+    body = {CONFIG_MEMBER: {"idle-config": {"heartbeat-interval": {"current-value": 60}}}}
     server = parse_config_response(body)
     assert server.current(IDLE).heartbeat_interval == 60
     assert server.current(MIT) == ConfigSet()
     with pytest.raises(ConfigError):
-        parse_config_response({MEMBER: {"idle-config": {"heartbeat-interval": {"x": 1}}}})
+        parse_config_response({CONFIG_MEMBER: {"idle-config": {"heartbeat-interval": {"x": 1}}}})
 
 
 def test_choose_values_clamps_into_advertised_range() -> None:
@@ -328,7 +329,7 @@ def test_client_put_body_figure_23_shape_and_accepted_by_server() -> None:
 def test_client_put_body_reliable_and_empty() -> None:
     body = build_put_body(ConfigSet(), reliable=True)
     validate_request(body)
-    assert set(body[MEMBER]["mitigating-config"]) == {"heartbeat-interval", "probing-rate"}
+    assert set(body[CONFIG_MEMBER]["mitigating-config"]) == {"heartbeat-interval", "probing-rate"}
     with pytest.raises(ValueError):
         build_put_body()
 
@@ -359,5 +360,6 @@ def test_operator_policy_change_drops_unacceptable_values() -> None:
     assert cfg.set_policy(ConfigPolicy(idle=narrower)) is True
     assert cfg.values(IDLE).heartbeat_interval == 30
     assert cfg.values(IDLE).max_retransmit == 4
-    assert cfg.discovery_body()[MEMBER]["idle-config"]["heartbeat-interval"]["max-value"] == 120
+    idle = cfg.discovery_body()[CONFIG_MEMBER]["idle-config"]
+    assert idle["heartbeat-interval"]["max-value"] == 120
     assert cfg.set_policy(ConfigPolicy(idle=narrower)) is False

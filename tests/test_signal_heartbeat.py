@@ -12,7 +12,7 @@ from dotsd.model.yang import validate_request, validate_response
 from dotsd.signal.heartbeat import (
     HEARTBEAT_MEMBER,
     HEARTBEAT_PATH,
-    Action,
+    HeartbeatAction,
     HeartbeatError,
     HeartbeatMonitor,
     PeerReachable,
@@ -27,11 +27,11 @@ from dotsd.signal.heartbeat import (
 
 
 def run(mon: HeartbeatMonitor, until: float, *, answered: Callable[[float], bool],
-        peer: Callable[[float], bool] | None = None) -> list[tuple[float, Action]]:
+        peer: Callable[[float], bool] | None = None) -> list[tuple[float, HeartbeatAction]]:
     """Drive the monitor like an event loop: fire its timer, perform SendHeartbeat (and, if
     ``answered(t)``, deliver the 2.04 0.1 s later); ``peer(t)`` adds peer heartbeats at every
     whole 10 s."""
-    log: list[tuple[float, Action]] = []
+    log: list[tuple[float, HeartbeatAction]] = []
     t = 0.0
     inbox: list[float] = []
     while t <= until:
@@ -61,7 +61,7 @@ def run(mon: HeartbeatMonitor, until: float, *, answered: Callable[[float], bool
     return log
 
 
-def sends(log: list[tuple[float, Action]]) -> list[float]:
+def sends(log: list[tuple[float, HeartbeatAction]]) -> list[float]:
     return [t for t, a in log if isinstance(a, SendHeartbeat)]
 
 

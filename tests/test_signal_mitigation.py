@@ -23,7 +23,7 @@ from dotsd.model.codec import from_cbor, to_cbor
 from dotsd.signal.errors import BadRequest, Conflict, NotFound, SignalError
 from dotsd.signal.mitigation import (
     ACTIVE,
-    MEMBER,
+    MITIGATION_MEMBER,
     TRANSITIONS,
     AttackStatus,
     ConflictCause,
@@ -31,13 +31,13 @@ from dotsd.signal.mitigation import (
     ConflictPolicy,
     ConflictStatus,
     Counters,
-    Event,
     Ignored,
     InvalidTransition,
     Mitigation,
+    MitigationEvent,
+    MitigationPutOutcome,
     MitigationTable,
     PortRange,
-    PutOutcome,
     Reason,
     Scope,
     Status,
@@ -80,21 +80,21 @@ def ok(body: dict[str, Any]) -> dict[str, Any]:
 
 def scope_body(**entry: Any) -> dict[str, Any]:
     entry.setdefault("lifetime", 3600)
-    return {MEMBER: {"scope": [{k.replace("_", "-"): v for k, v in entry.items()}]}}
+    return {MITIGATION_MEMBER: {"scope": [{k.replace("_", "-"): v for k, v in entry.items()}]}}
 
 
 def put(
     table: MitigationTable, mid: int, cuid: str = CUID, now: float = T0, **entry: Any
-) -> PutOutcome:
+) -> MitigationPutOutcome:
     entry.setdefault("target_prefix", ["2001:db8:6401::1/128"])
     outcome = table.put(cuid, mid, None, scope_body(**entry), now)
-    assert isinstance(outcome, PutOutcome)
+    assert isinstance(outcome, MitigationPutOutcome)
     ok(outcome.body)
     return outcome
 
 
 def the_entry(body: dict[str, Any]) -> dict[str, Any]:
-    (entry,) = body[MEMBER]["scope"]
+    (entry,) = body[MITIGATION_MEMBER]["scope"]
     assert isinstance(entry, dict)
     return entry
 
@@ -108,7 +108,7 @@ def test_fig7_put_answers_fig10() -> None:
     table = MitigationTable()
     body = figure_json("rfc9132-fig7.txt")
     outcome = table.put(CUID, 123, CDID, from_cbor(to_cbor(body)), T0)
-    assert isinstance(outcome, PutOutcome)
+    assert isinstance(outcome, MitigationPutOutcome)
     assert outcome.code == Code.CREATED
     assert ok(outcome.body) == figure_json("rfc9132-fig10.txt")  # §4.4.1.3 Figure 10
     (change,) = outcome.changes
@@ -124,7 +124,7 @@ def test_fig16_efficacy_update() -> None:
     table.put(CUID, 123, None, figure_json("rfc9132-fig7.txt"), T0)
     # Figure 16: no 'lifetime', 'attack-status', If-Match → refresh (2.04, §4.4.3).
     outcome = table.put(CUID, 123, None, figure_json("rfc9132-fig16.txt"), T0 + 1000, if_match=True)
-    assert isinstance(outcome, PutOutcome)
+    assert isinstance(outcome, MitigationPutOutcome)
     assert outcome.code == Code.CHANGED
     assert ok(outcome.body) == figure_json("rfc9132-fig10.txt")
     assert outcome.changes[0].reason is Reason.EFFICACY_UPDATE
@@ -159,7 +159,7 @@ def test_fig11_cuid_collision() -> None:
     # (3): with a new 'cuid' the request goes through (the overlap with another client's
     # request is maintained with conflict information, default policy).
     outcome = table.put(OTHER, 12, None, figure_json("rfc9132-fig7.txt"), T0, identity="client-b")
-    assert isinstance(outcome, PutOutcome) and outcome.code == Code.CREATED
+    assert isinstance(outcome, MitigationPutOutcome) and outcome.code == Code.CREATED
 
 
 @needs_examples
@@ -167,29 +167,31 @@ def test_fig14_get_all() -> None:
     """Two mitigations with the same prefixes but distinct protocols coexist (Figure 14)."""
     table = MitigationTable()
     fig14 = figure_json("rfc9132-fig14.txt")
-    for entry in fig14[MEMBER]["scope"]:
+    for entry in fig14[MITIGATION_MEMBER]["scope"]:
         request = {k: entry[k] for k in ("target-prefix", "target-protocol") if k in entry} | {
             "lifetime": 3600
         }
         start = float(entry["mitigation-start"])
-        outcome = table.put(CUID, entry["mid"], None, {MEMBER: {"scope": [request]}}, start)
-        assert isinstance(outcome, PutOutcome) and outcome.code == Code.CREATED
+        outcome = table.put(CUID, entry["mid"], None, {MITIGATION_MEMBER: {"scope": [request]}},
+                            start)
+        assert isinstance(outcome, MitigationPutOutcome) and outcome.code == Code.CREATED
     table.mitigator_report(
         CUID,
         12332,
-        Event.MITIGATING,
+        MitigationEvent.MITIGATING,
         T0,
         counters=Counters(134334555, 43344, 333334444, 432432),
     )
-    table.mitigator_report(CUID, 12333, Event.ATTACK_STOPPED, T0, counters=Counters())
+    table.mitigator_report(CUID, 12333, MitigationEvent.ATTACK_STOPPED, T0, counters=Counters())
     now = 1507818434.0 + 3600 - 1756
     body = ok(table.get(CUID, None, now).body)
-    got = body[MEMBER]["scope"]
+    got = body[MITIGATION_MEMBER]["scope"]
     assert [e["mid"] for e in got] == [12332, 12333]
-    assert got[0] == fig14[MEMBER]["scope"][0]
-    want = dict(fig14[MEMBER]["scope"][1], lifetime=got[1]["lifetime"])
+    assert got[0] == fig14[MITIGATION_MEMBER]["scope"][0]
+    want = dict(fig14[MITIGATION_MEMBER]["scope"][1], lifetime=got[1]["lifetime"])
     assert got[1] == want
-    assert list(got[0]) == list(fig14[MEMBER]["scope"][0])  # same member order as Figure 14
+    # the same member order as Figure 14
+    assert list(got[0]) == list(fig14[MITIGATION_MEMBER]["scope"][0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,9 +202,10 @@ def test_fig14_get_all() -> None:
     "body",
     [
         scope_body(target_prefix=["2001:db8::1/128"], lifetime=0),  # lifetime 0 → 4.00
-        {MEMBER: {"scope": []}},
-        {MEMBER: {}},
-        {MEMBER: {"scope": [{"target-prefix": ["2001:db8::1/128"], "lifetime": 60}] * 2}},
+        {MITIGATION_MEMBER: {"scope": []}},
+        {MITIGATION_MEMBER: {}},
+        {MITIGATION_MEMBER: {"scope": [{"target-prefix": ["2001:db8::1/128"],
+                                        "lifetime": 60}] * 2}},
         scope_body(target_protocol=[6]),  # no target at all
         scope_body(target_prefix=["2001:db8::1/128"], status="attack-stopped"),
         scope_body(target_prefix=["2001:db8::1/128"], mid=123),  # 'mid' is in the URI
@@ -229,7 +232,7 @@ def test_bad_requests(body: dict[str, Any]) -> None:
 
 
 def test_lifetime_is_mandatory_in_a_new_request() -> None:
-    body = {MEMBER: {"scope": [{"target-prefix": ["2001:db8::1/128"]}]}}
+    body = {MITIGATION_MEMBER: {"scope": [{"target-prefix": ["2001:db8::1/128"]}]}}
     parse_request(body)  # a valid body (a refresh may omit it) ...
     with pytest.raises(BadRequest, match="lifetime"):
         MitigationTable().put(CUID, 1, None, body, T0)  # ... but not a new request
@@ -292,7 +295,8 @@ def test_lab_targets_accepted(entry: dict[str, Any]) -> None:
 def test_alias_check() -> None:
     # RFC 9132 §4.4.1.3: aliases not created by the client → 4.00.
     table = MitigationTable(alias_check=lambda cuid, cdid, name: name == "mine")
-    assert isinstance(table.put(CUID, 1, None, scope_body(alias_name=["mine"]), T0), PutOutcome)
+    assert isinstance(table.put(CUID, 1, None, scope_body(alias_name=["mine"]), T0),
+                      MitigationPutOutcome)
     with pytest.raises(BadRequest, match="alias"):
         table.put(CUID, 2, None, scope_body(alias_name=["theirs"]), T0)
 
@@ -496,13 +500,13 @@ def test_preconfigured_attack_stopped_goes_back_to_8() -> None:
     table = MitigationTable()
     put(table, 1, trigger_mitigation=False)
     table.on_session_lost(CUID, T0)
-    table.mitigator_report(CUID, 1, Event.ATTACK_STOPPED, T0 + 1)
+    table.mitigator_report(CUID, 1, MitigationEvent.ATTACK_STOPPED, T0 + 1)
     changes = [table.on_notified(CUID, 1, T0 + 2 + i) for i in range(4)]
     assert changes[:3] == [[], [], []]
     assert changes[3][0].mitigation.status is Status.ATTACK_MITIGATION_SIGNAL_LOSS
     # An immediate request in status 3 keeps it "till the mitigation is withdrawn".
     put(table, 2, target_prefix=["192.0.2.1/32"])
-    table.mitigator_report(CUID, 2, Event.ATTACK_STOPPED, T0)
+    table.mitigator_report(CUID, 2, MitigationEvent.ATTACK_STOPPED, T0)
     for i in range(10):
         assert table.on_notified(CUID, 2, T0 + i) == []
     assert table.lookup(CUID, 2).status is Status.ATTACK_STOPPED  # type: ignore[union-attr]
@@ -613,19 +617,20 @@ def test_get_content_filter() -> None:
 def test_mitigator_reports() -> None:
     table = MitigationTable()
     put(table, 1)
-    (c,) = table.mitigator_report(CUID, 1, Event.MITIGATING, T0)
+    (c,) = table.mitigator_report(CUID, 1, MitigationEvent.MITIGATING, T0)
     assert c.before is Status.ATTACK_MITIGATION_IN_PROGRESS
     assert c.mitigation.status is Status.ATTACK_SUCCESSFULLY_MITIGATED
-    (c,) = table.mitigator_report(CUID, 1, Event.EXCEEDED, T0)
+    (c,) = table.mitigator_report(CUID, 1, MitigationEvent.EXCEEDED, T0)
     assert c.mitigation.status is Status.ATTACK_EXCEEDED_CAPABILITY
     # stale: MITIGATING again is fine (4 → 2); ATTACK_RESUMED from 2 is not a transition
-    table.mitigator_report(CUID, 1, Event.MITIGATING, T0)
-    assert table.mitigator_report(CUID, 1, Event.ATTACK_RESUMED, T0) == []
-    (c,) = table.mitigator_report(CUID, 1, Event.ATTACK_RESUMED, T0, counters=Counters(1, 2, 3, 4))
+    table.mitigator_report(CUID, 1, MitigationEvent.MITIGATING, T0)
+    assert table.mitigator_report(CUID, 1, MitigationEvent.ATTACK_RESUMED, T0) == []
+    (c,) = table.mitigator_report(CUID, 1, MitigationEvent.ATTACK_RESUMED, T0,
+                                  counters=Counters(1, 2, 3, 4))
     assert c.mitigation.counters == Counters(1, 2, 3, 4)
-    assert table.mitigator_report(CUID, 99, Event.MITIGATING, T0) == []
+    assert table.mitigator_report(CUID, 99, MitigationEvent.MITIGATING, T0) == []
     with pytest.raises(ValueError):
-        table.mitigator_report(CUID, 1, Event.SIGNAL_LOSS, T0)
+        table.mitigator_report(CUID, 1, MitigationEvent.SIGNAL_LOSS, T0)
 
 
 def test_report_conflict_with_acceptlist() -> None:
@@ -666,22 +671,23 @@ def test_transition_table_shape() -> None:
     assert TRANSITIONS[Status.ATTACK_MITIGATION_TERMINATED] == {}
     for status, moves in TRANSITIONS.items():
         if status is not Status.ATTACK_MITIGATION_TERMINATED:
-            assert moves[Event.LIFETIME_EXPIRED] is Status.ATTACK_MITIGATION_TERMINATED
+            assert moves[MitigationEvent.LIFETIME_EXPIRED] is Status.ATTACK_MITIGATION_TERMINATED
     # Signal loss triggers only preconfigured requests; rearm only from 3 and 7 (Table 3).
-    assert [s for s in Status if Event.SIGNAL_LOSS in TRANSITIONS[s]] == [
+    assert [s for s in Status if MitigationEvent.SIGNAL_LOSS in TRANSITIONS[s]] == [
         Status.ATTACK_MITIGATION_SIGNAL_LOSS
     ]
-    assert {s for s in Status if Event.REARM in TRANSITIONS[s]} == {
+    assert {s for s in Status if MitigationEvent.REARM in TRANSITIONS[s]} == {
         Status.ATTACK_STOPPED,
         Status.ATTACK_MITIGATION_WITHDRAWN,
     }
     # A client withdrawal of an active mitigation is always active-but-terminating (§4.4.4).
     for s in ACTIVE:
-        assert transition(s, Event.CLIENT_WITHDRAW) is Status.DOTS_CLIENT_WITHDRAWN_MITIGATION
+        assert (transition(s, MitigationEvent.CLIENT_WITHDRAW)
+                is Status.DOTS_CLIENT_WITHDRAWN_MITIGATION)
     with pytest.raises(InvalidTransition):
-        transition(Status.DOTS_CLIENT_WITHDRAWN_MITIGATION, Event.MITIGATING)
+        transition(Status.DOTS_CLIENT_WITHDRAWN_MITIGATION, MitigationEvent.MITIGATING)
     with pytest.raises(InvalidTransition):
-        transition(Status.ATTACK_MITIGATION_TERMINATED, Event.CLIENT_WITHDRAW)
+        transition(Status.ATTACK_MITIGATION_TERMINATED, MitigationEvent.CLIENT_WITHDRAW)
 
 
 def test_labels_match_registry() -> None:
@@ -704,7 +710,7 @@ def test_serialization_roundtrip() -> None:
     put(table, 1, cuid=OTHER, target_port_range=[{"lower-port": 1024, "upper-port": 2048}])
     put(table, 2, trigger_mitigation=False, target_prefix=["192.0.2.0/24"])
     put(table, 3)
-    table.mitigator_report(CUID, 3, Event.MITIGATING, T0, counters=Counters(5, 6, 7, 8))
+    table.mitigator_report(CUID, 3, MitigationEvent.MITIGATING, T0, counters=Counters(5, 6, 7, 8))
     table.put(
         CUID,
         3,

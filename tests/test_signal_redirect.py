@@ -29,7 +29,7 @@ from dotsd.model import yang
 from dotsd.model.codec import from_cbor, to_cbor
 from dotsd.pki import PkiPaths, init_pki
 from dotsd.signal.client_session import ProbeDtls
-from dotsd.signal.mitigation import Event
+from dotsd.signal.mitigation import MitigationEvent
 from dotsd.signal.redirect import (
     INFINITE_TTL,
     LOOP_WINDOW,
@@ -194,7 +194,7 @@ async def test_client_follows_redirections(pki: PkiPaths, tmp_path: Path) -> Non
                     assert again.status == "attack-mitigation-in-progress"
                     assert client.link is not None and client.link.info.address[0] == "::1"
                     assert dialer.server_name == "localhost" and client.redirects == 1
-                    b.server.report(client.cuid, mid, Event.MITIGATING)
+                    b.server.report(client.cuid, mid, MitigationEvent.MITIGATING)
                     assert (await anext(notes)).status == "attack-successfully-mitigated"
                     # A request now goes to B directly.
                     assert (await client.status(mid)).code == Code.CONTENT

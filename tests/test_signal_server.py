@@ -24,7 +24,7 @@ from dotsd.pki import PkiPaths, init_pki, issue_client, load_certificate
 from dotsd.signal.config import config_path
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
 from dotsd.signal.identity import client_identity
-from dotsd.signal.mitigation import MEMBER, Change, Event
+from dotsd.signal.mitigation import MITIGATION_MEMBER, Change, MitigationEvent
 from dotsd.signal.policy import ClientMatch, ClientPolicy, Policy, PolicySet
 from dotsd.signal.uri import mitigate_path
 from dotsd.store import SqliteStore
@@ -33,7 +33,7 @@ T0 = 1_700_000_000.0
 TIMEOUT = 5.0
 
 FIG7: dict[str, Any] = {  # RFC 9132 Figure 7
-    MEMBER: {
+    MITIGATION_MEMBER: {
         "scope": [
             {
                 "target-prefix": ["2001:db8:6401::1/128", "2001:db8:6401::2/128"],
@@ -96,7 +96,7 @@ def request(code: Code, path: tuple[str, ...], body: dict[str, Any] | None = Non
 
 def entry(msg: Message) -> dict[str, Any]:
     assert msg.content_format == ContentFormat.DOTS_CBOR
-    scopes = from_cbor(msg.payload)[MEMBER]["scope"]
+    scopes = from_cbor(msg.payload)[MITIGATION_MEMBER]["scope"]
     assert len(scopes) == 1
     result: dict[str, Any] = scopes[0]
     return result
@@ -196,7 +196,7 @@ async def test_observe_efficacy_withdraw(pki: PkiPaths) -> None:
     await every.next(TIMEOUT)
 
     # Mitigator feedback: a status change is notified to both observations (§4.4.2.1).
-    env.server.report(env.cuid, 123, Event.MITIGATING)
+    env.server.report(env.cuid, 123, MitigationEvent.MITIGATING)
     for obs in (one, every):
         note = await obs.next(TIMEOUT)
         assert entry(note)["status"] == "attack-successfully-mitigated"
@@ -204,8 +204,9 @@ async def test_observe_efficacy_withdraw(pki: PkiPaths) -> None:
     # Efficacy update (RFC 9132 §4.4.3, Figure 16): If-Match empty, no lifetime.
     env.clock.now += 60
     update = request(Code.PUT, mitigate_path(env.cuid, 123), {
-        MEMBER: {"scope": [{**{k: v for k, v in FIG7[MEMBER]["scope"][0].items()
-                               if k != "lifetime"}, "attack-status": "under-attack"}]}})
+        MITIGATION_MEMBER: {"scope": [{
+            **{k: v for k, v in FIG7[MITIGATION_MEMBER]["scope"][0].items() if k != "lifetime"},
+            "attack-status": "under-attack"}]}})
     update.add(OptionNumber.IF_MATCH, b"")
     resp = await env.ask(update)
     assert resp.code == Code.CHANGED, resp.payload
@@ -246,7 +247,7 @@ async def test_other_client_cannot_touch(pki: PkiPaths, tmp_path: Path) -> None:
     assert (await env.get(123)).code == Code.CONTENT  # untouched
     # Its own derived cuid works.
     own = mitigate_path(cuid_of(other_cert), 1)
-    body = {MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 60}]}}
+    body = {MITIGATION_MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 60}]}}
     assert (await env.ask(request(Code.PUT, own, body), lo, other)).code == Code.CREATED
 
 
@@ -285,7 +286,7 @@ async def test_request_errors(pki: PkiPaths) -> None:
     assert wrong.code == Code.UNSUPPORTED_CONTENT_FORMAT and wrong.payload
     none = await env.put(1, content_format=None)
     assert none.code == Code.UNSUPPORTED_CONTENT_FORMAT
-    outside = {MEMBER: {"scope": [{"target-prefix": ["8.8.8.0/24"], "lifetime": 60}]}}
+    outside = {MITIGATION_MEMBER: {"scope": [{"target-prefix": ["8.8.8.0/24"], "lifetime": 60}]}}
     rejected = await env.put(2, outside)
     assert rejected.code == Code.BAD_REQUEST and b"outside" in rejected.payload
     no_mid = await env.ask(request(Code.PUT, mitigate_path(env.cuid), FIG7))
@@ -328,7 +329,7 @@ async def test_restart_keeps_lifetime_counting(pki: PkiPaths, tmp_path: Path) ->
 async def test_expiry_task(pki: PkiPaths) -> None:
     env = make_env(pki)
     env.server.clock = time.time
-    body = {MEMBER: {"scope": [{"target-prefix": ["192.0.2.1/32"], "lifetime": 1}]}}
+    body = {MITIGATION_MEMBER: {"scope": [{"target-prefix": ["192.0.2.1/32"], "lifetime": 1}]}}
     assert (await env.put(7, body)).code == Code.CREATED
     obs = env.observe(7)
     await obs.next(TIMEOUT)
@@ -404,7 +405,7 @@ async def test_heartbeat_and_signal_loss(pki: PkiPaths, tmp_path: Path) -> None:
     assert (await env.ask(bad)).code == Code.BAD_REQUEST
 
     # A preconfigured mitigation waits for a signal loss (status 8).
-    pre = {MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 86400,
+    pre = {MITIGATION_MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 86400,
                                "trigger-mitigation": False}]}}
     assert (await env.put(10, pre)).code == Code.CREATED
     assert (await env.get(10)).code == Code.CONTENT
@@ -425,7 +426,7 @@ async def test_heartbeat_and_signal_loss(pki: PkiPaths, tmp_path: Path) -> None:
     # (RFC 9132 §4.4.2 Table 3), ready for the next signal loss.
     obs = env.observe(10)
     assert entry(await obs.next(TIMEOUT))["status"] == "attack-mitigation-in-progress"
-    env.server.report(env.cuid, 10, Event.ATTACK_STOPPED)
+    env.server.report(env.cuid, 10, MitigationEvent.ATTACK_STOPPED)
     seen = [entry(await obs.next(TIMEOUT))["status"] for _ in range(5)]
     assert seen == ["attack-stopped"] * 4 + ["attack-mitigation-signal-loss"]
     stored = env.server.store.get_mitigation(env.cuid, 10)
@@ -441,7 +442,7 @@ async def test_heartbeat_loss_follows_the_monotonic_clock(pki: PkiPaths,
     server = SignalServer(store=SqliteStore.open(tmp_path / "state"), clock=wall,
                           monotonic=mono)
     env = Env(pki, server, wall)
-    pre = {MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 86400,
+    pre = {MITIGATION_MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 86400,
                                "trigger-mitigation": False}]}}
     assert (await env.put(10, pre)).code == Code.CREATED
     assert len(server.sessions) == 1
@@ -464,7 +465,7 @@ async def test_client_not_back_after_restart_loses_its_session(pki: PkiPaths,
     does not come back within missing-hb-allowed x heartbeat-interval has lost its session
     (RFC 9132 §4.7), its preconfigured mitigation is triggered (§4.4.1.3); one that comes
     back in time keeps it waiting."""
-    pre = {MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 86400,
+    pre = {MITIGATION_MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 86400,
                                "trigger-mitigation": False}]}}
     for returns in (False, True):
         state = tmp_path / f"returns-{returns}"
@@ -521,7 +522,7 @@ async def test_over_dtls(pki: PkiPaths, tmp_path: Path) -> None:
         assert resp.code == Code.CREATED, resp.payload
         obs = client.observe(link, request(Code.GET, mitigate_path(cuid, 123)), timeout=10)
         assert entry(await obs.next(10))["status"] == "attack-mitigation-in-progress"
-        server.report(cuid, 123, Event.EXCEEDED)
+        server.report(cuid, 123, MitigationEvent.EXCEEDED)
         assert entry(await obs.next(10))["status"] == "attack-exceeded-capability"
         obs.cancel()
         wrong = await client.request(link, request(Code.GET, mitigate_path("x" * 22)),
@@ -563,7 +564,7 @@ async def test_conflict_body_and_store_failure(pki: PkiPaths, tmp_path: Path,
         raise StoreError("disk full")
 
     monkeypatch.setattr(env.server.store, "put_mitigation", refuse)
-    body = {MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 60}]}}
+    body = {MITIGATION_MEMBER: {"scope": [{"target-prefix": ["192.0.2.0/24"], "lifetime": 60}]}}
     resp = await env.put(200, body)
     assert resp.code == Code.INTERNAL_SERVER_ERROR
     assert env.server.table.lookup(env.cuid, 200) is None
@@ -592,7 +593,7 @@ async def test_each_client_in_its_own_domain(pki: PkiPaths) -> None:
     other_cuid = cuid_of(other_cert)
 
     def body(prefix: str, lifetime: int = 3600) -> dict[str, Any]:
-        return {MEMBER: {"scope": [{"target-prefix": [prefix], "lifetime": lifetime}]}}
+        return {MITIGATION_MEMBER: {"scope": [{"target-prefix": [prefix], "lifetime": lifetime}]}}
 
     async def put_other(mid: int, prefix: str) -> Message:
         return await env.ask(request(Code.PUT, mitigate_path(other_cuid, mid), body(prefix)),

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from dotsd.signal.errors import SignalError
 from dotsd.signal.mitigation import (
-    MEMBER,
+    MITIGATION_MEMBER,
     ConflictPolicy,
-    Event,
+    MitigationEvent,
     MitigationTable,
     Scope,
     _other_client_conflict,
@@ -46,14 +46,14 @@ operations = st.lists(st.one_of(
     st.tuples(st.just("put"), st.sampled_from("abc"), st.integers(1, 6), scopes),
     st.tuples(st.just("delete"), st.sampled_from("abc"), st.integers(1, 6)),
     st.tuples(st.just("report"), st.sampled_from("abc"), st.integers(1, 6),
-              st.sampled_from([Event.MITIGATING, Event.ATTACK_STOPPED])),
+              st.sampled_from([MitigationEvent.MITIGATING, MitigationEvent.ATTACK_STOPPED])),
     st.tuples(st.just("time"), st.sampled_from([1.0, 10.0, 200.0])),
     st.tuples(st.just("lost"), st.sampled_from("abc")),
 ), max_size=40)
 
 
 def request(entry: dict[str, Any]) -> dict[str, Any]:
-    return {MEMBER: {"scope": [{k: v for k, v in entry.items() if v != []}]}}
+    return {MITIGATION_MEMBER: {"scope": [{k: v for k, v in entry.items() if v != []}]}}
 
 
 def assert_indexes_agree(table: MitigationTable, probe: Scope) -> None:

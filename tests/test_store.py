@@ -23,8 +23,8 @@ from dotsd.store import (
     INDEFINITE,
     SCHEMA_VERSION,
     CuidBinding,
-    Mitigation,
-    SessionConfig,
+    MitigationRecord,
+    SessionConfigRecord,
     SqliteStore,
     StoreClosedError,
     StoreCorruptError,
@@ -43,7 +43,7 @@ SCOPE: dict[str, Any] = {
 }
 
 
-def mitigation(mid: int = 123, cuid: str = CUID, **changes: Any) -> Mitigation:
+def mitigation(mid: int = 123, cuid: str = CUID, **changes: Any) -> MitigationRecord:
     values: dict[str, Any] = {
         "cuid": cuid,
         "mid": mid,
@@ -55,7 +55,7 @@ def mitigation(mid: int = 123, cuid: str = CUID, **changes: Any) -> Mitigation:
         "updated": 1_799_996_400.25,
     }
     values.update(changes)
-    return Mitigation(**values)
+    return MitigationRecord(**values)
 
 
 @pytest.fixture
@@ -193,7 +193,7 @@ def test_unbind_cuid_removes_what_belongs_to_it(store: SqliteStore) -> None:
     store.bind_cuid("other", "id-2")
     store.put_mitigation(mitigation(1))
     store.put_mitigation(mitigation(2, cuid="other"))
-    store.put_session_config(SessionConfig(cuid=CUID, sid=1, config={}, updated=1.0))
+    store.put_session_config(SessionConfigRecord(cuid=CUID, sid=1, config={}, updated=1.0))
     assert store.unbind_cuid(CUID)
     assert not store.unbind_cuid(CUID)
     assert store.get_binding(CUID) is None
@@ -340,19 +340,19 @@ def test_session_config(store: SqliteStore) -> None:
         "idle-config": {"heartbeat-interval": {"current-value": 30}},
     }
     assert store.get_session_config(CUID) is None
-    first = SessionConfig(cuid=CUID, sid=123, config=config, updated=10.0)
+    first = SessionConfigRecord(cuid=CUID, sid=123, config=config, updated=10.0)
     store.put_session_config(first)
     assert store.get_session_config(CUID) == first
-    second = SessionConfig(cuid=CUID, sid=124, config={}, updated=20.0)
+    second = SessionConfigRecord(cuid=CUID, sid=124, config={}, updated=20.0)
     store.put_session_config(second)  # one per cuid: replaced
     assert store.get_session_config(CUID) == second
     assert store.delete_session_config(CUID)
     assert not store.delete_session_config(CUID)
     assert store.get_session_config(CUID) is None
     with pytest.raises(StoreIntegrityError):
-        store.put_session_config(SessionConfig(cuid="nobody", sid=1, config={}, updated=1.0))
+        store.put_session_config(SessionConfigRecord(cuid="nobody", sid=1, config={}, updated=1.0))
     with pytest.raises(ValueError):
-        SessionConfig(cuid=CUID, sid=2**32, config={}, updated=1.0)
+        SessionConfigRecord(cuid=CUID, sid=2**32, config={}, updated=1.0)
 
 
 # -- transactions ------------------------------------------------------------------------------
@@ -361,7 +361,7 @@ def test_session_config(store: SqliteStore) -> None:
 def test_transaction_commits_together(store: SqliteStore) -> None:
     with store.transaction():
         store.put_mitigation(mitigation(1))
-        store.put_session_config(SessionConfig(cuid=CUID, sid=1, config={}, updated=1.0))
+        store.put_session_config(SessionConfigRecord(cuid=CUID, sid=1, config={}, updated=1.0))
     assert store.get_mitigation(CUID, 1) is not None
     assert store.get_session_config(CUID) is not None
 
@@ -412,7 +412,7 @@ def test_uncommitted_writes_are_invisible_to_another_connection(store: SqliteSto
 
 def test_everything_comes_back_after_reopen(state_dir: Path) -> None:
     expires = time.time() + 3600.123456
-    config = SessionConfig(cuid=CUID, sid=7, config={"idle-config": {}}, updated=5.0)
+    config = SessionConfigRecord(cuid=CUID, sid=7, config={"idle-config": {}}, updated=5.0)
     with SqliteStore.open(state_dir) as s:
         s.bind_cuid(CUID, IDENTITY, now=1.5)
         s.put_mitigation(mitigation(1, expires_at=expires))
@@ -433,7 +433,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from dotsd.store import Mitigation, SessionConfig, SqliteStore
+    from dotsd.store import MitigationRecord, SessionConfigRecord, SqliteStore
 
     store = SqliteStore.open(Path(sys.argv[1]))
     store.bind_cuid("victim", "client-identity", now=1.0)
@@ -442,13 +442,13 @@ CHILD = textwrap.dedent(
     while True:
         n += 1
         with store.transaction():
-            store.put_mitigation(Mitigation(
+            store.put_mitigation(MitigationRecord(
                 cuid="victim", mid=n, scope={"target-prefix": [f"192.0.2.{n % 256}/32"]},
                 status=1, lifetime=3600, expires_at=1_800_000_000.0 + n,
                 created=float(n), updated=float(n),
             ))
             store.put_session_config(
-                SessionConfig(cuid="victim", sid=n, config={"n": n}, updated=float(n))
+                SessionConfigRecord(cuid="victim", sid=n, config={"n": n}, updated=float(n))
             )
         print(f"acked {n}", flush=True)
     """

@@ -22,16 +22,23 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from dotsd.mitigate.base import (
-    Action,
     Feedback,
     FeedbackSink,
     MitigationOrder,
     Mitigator,
+    MitigatorAction,
     Targets,
     action_for,
     execute,
 )
-from dotsd.signal.mitigation import Change, Counters, Event, Mitigation, Reason, Status
+from dotsd.signal.mitigation import (
+    RUNNING,
+    Change,
+    Counters,
+    Mitigation,
+    MitigationEvent,
+    Reason,
+)
 
 if TYPE_CHECKING:
     from dotsd.agents.server import SignalServer
@@ -40,16 +47,8 @@ __all__ = ["MitigatorBridge", "order_for"]
 
 log = logging.getLogger("dotsd.mitigate.bridge")
 
-_ACTIVE_BEFORE = frozenset({
-    Status.ATTACK_MITIGATION_IN_PROGRESS,
-    Status.ATTACK_SUCCESSFULLY_MITIGATED,
-    Status.ATTACK_STOPPED,
-    Status.ATTACK_EXCEEDED_CAPABILITY,
-    Status.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-})
 
-
-def _order(action: Action, m: Mitigation) -> MitigationOrder:
+def _order(action: MitigatorAction, m: Mitigation) -> MitigationOrder:
     return MitigationOrder(action, m.cuid, m.mid, Targets.from_json(m.scope.to_json()),
                            lifetime=m.lifetime, expires_at=m.expires_at, cdid=m.cdid)
 
@@ -58,7 +57,7 @@ def order_for(change: Change) -> MitigationOrder | None:
     """The order ``change`` calls for, or None (RFC 9132 §4.4.2: active = statuses 1-5)."""
     m = change.mitigation
     action = action_for(
-        was_active=change.before in _ACTIVE_BEFORE,
+        was_active=change.before in RUNNING,
         is_active=m.is_active and not change.removed,
         expired=change.reason is Reason.EXPIRED,
     )
@@ -123,7 +122,7 @@ class MitigatorBridge:
         count = 0
         for m in mitigations:
             if m.is_active:
-                self.submit(_order(Action.APPLY, m))
+                self.submit(_order(MitigatorAction.APPLY, m))
                 count += 1
         return count
 
@@ -147,7 +146,7 @@ class MitigatorBridge:
             # A late report about a mitigation that is gone or has moved on is ignored by
             # the table (the mitigator runs asynchronously).
             self.server.report(feedback.cuid, feedback.mid,
-                               Event(feedback.status.signal_event), counters=counters)
+                               MitigationEvent(feedback.status.signal_event), counters=counters)
         elif counters is not None:
             self.server.report_counters(feedback.cuid, feedback.mid, counters)
         if feedback.detail:

@@ -58,6 +58,7 @@ from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber, code_str
 from dotsd.coap.params import dots_defaults
 from dotsd.coap.site import IncomingRequest, Resource, Site
+from dotsd.errors import PeerError
 from dotsd.link import Link, cuid_from_psk_identity, cuid_from_spki_sha256, spki_sha256
 from dotsd.model import codec
 from dotsd.model.errors import ModelError
@@ -90,7 +91,7 @@ from dotsd.signal.heartbeat import (
     check_heartbeat_path,
     parse_heartbeat_body,
 )
-from dotsd.signal.mitigation import MEMBER
+from dotsd.signal.mitigation import MITIGATION_MEMBER
 from dotsd.signal.pacing import MitigationRepeatPolicy, RttEstimator
 from dotsd.signal.redirect import Redirection, parse_redirect
 from dotsd.signal.session import SessionState, StateChanged
@@ -127,7 +128,7 @@ times over loopback and would multiply a busy server's load during an attack."""
 # Errors and replies
 
 
-class ClientError(Exception):
+class ClientError(PeerError):
     """A request that did not succeed.
 
     ``code``: the CoAP response code (None when no response came: timeout, link lost);
@@ -201,7 +202,7 @@ class Reply:
         """The mitigation scope entries of the body (RFC 9132 §4.4.1.1, §4.4.2)."""
         if not self.body:
             return []
-        content = self.body.get(MEMBER)
+        content = self.body.get(MITIGATION_MEMBER)
         if not isinstance(content, dict):
             return []
         scopes = content.get("scope")
@@ -742,7 +743,7 @@ class SignalClient:
             self.session.mid_used(mid)
         entry = {k: v for k, v in scope.items() if k != "mid"}  # 'mid' goes in the Uri-Path
         msg = self._message(Code.PUT, mitigate_path(self.cuid, mid),
-                            {MEMBER: {"scope": [entry]}})
+                            {MITIGATION_MEMBER: {"scope": [entry]}})
         reply = _reply(await self._request_non(msg), (Code.CREATED, Code.CHANGED), mid)
         self.session.mitigation_active(self._now(), mid, entry)  # §4.5: 'mitigating-config'
         self._pump()
@@ -760,7 +761,7 @@ class SignalClient:
         entry = {k: v for k, v in base.items() if k not in ("mid", "lifetime")}
         entry["attack-status"] = attack_status
         msg = self._message(Code.PUT, mitigate_path(self.cuid, mid),
-                            {MEMBER: {"scope": [entry]}})
+                            {MITIGATION_MEMBER: {"scope": [entry]}})
         msg.add(OptionNumber.IF_MATCH, b"")  # RFC 9132 §4.4.3
         return _reply(await self._request_non(msg), (Code.CHANGED,), mid)
 

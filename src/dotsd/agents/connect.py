@@ -21,13 +21,14 @@ from typing import Final
 from dotsd.agents.client import SignalClient
 from dotsd.agents.dial import ServerDialer
 from dotsd.agents.settings import DEFAULT_PORT, TRANSPORTS
+from dotsd.errors import LocalError
 
 __all__ = ["ClientSettings", "ConnectError", "connect", "new_client"]
 
 DEFAULT_TIMEOUT: Final = 10.0
 
 
-class ConnectError(Exception):
+class ConnectError(LocalError):
     """The client cannot be set up as configured (the message says why); ``usage`` marks a
     contradiction in the settings themselves (e.g. a PSK over TLS)."""
 

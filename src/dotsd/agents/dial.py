@@ -34,6 +34,7 @@ from typing import Any, Final, Literal
 from OpenSSL import SSL
 
 from dotsd.dtls.context import DtlsContext
+from dotsd.errors import PeerError
 from dotsd.link import Link, LinkHandler
 from dotsd.signal.redirect import Redirection, RedirectState
 
@@ -58,7 +59,7 @@ ATTACK_ATTEMPT_DELAY: Final = 0.1  # RFC 9132 §4.3: "during an attack ... 100 m
 CACHE_TIME: Final = 600.0  # RFC 9132 §4.3: "e.g., 10 min"
 
 
-class DialError(ConnectionError):
+class DialError(PeerError, ConnectionError):
     """No candidate could be reached; ``failures`` says what happened to each."""
 
     def __init__(self, server: str, failures: Sequence[tuple[Candidate, str]]) -> None:

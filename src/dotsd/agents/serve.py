@@ -30,6 +30,7 @@ from dotsd.agents.settings import ServerSettings
 from dotsd.agents.storewriter import StoreWriter
 from dotsd.coap.params import dots_defaults
 from dotsd.coap.site import Site
+from dotsd.errors import LocalError
 from dotsd.mitigate import registry
 from dotsd.mitigate.base import FeedbackSink, Mitigator, MitigatorError
 from dotsd.node import CoapNode
@@ -45,7 +46,7 @@ log = logging.getLogger("dotsd.agents.serve")
 RESTART_FIELDS = ("bind", "port", "transports", "pki", "state", "mitigator", "endpoint")
 
 
-class ServeError(Exception):
+class ServeError(LocalError):
     """The server cannot start as configured (the message says why, for the operator)."""
 
 

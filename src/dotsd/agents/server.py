@@ -57,6 +57,7 @@ from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
 from dotsd.coap.params import TransmissionParameters, dots_defaults
 from dotsd.coap.site import IncomingRequest, Resource, Site
+from dotsd.errors import PeerError
 from dotsd.link import Link
 from dotsd.model import codec, yang
 from dotsd.model.errors import ModelError
@@ -89,9 +90,9 @@ from dotsd.signal.mitigation import (
     ConflictInfo,
     ConflictPolicy,
     Counters,
-    Event,
     Ignored,
     Mitigation,
+    MitigationEvent,
     MitigationTable,
     Reason,
     Status,
@@ -138,9 +139,9 @@ def no_data_channel(cuid: str, cdid: str | None, alias: str) -> bool:
 # Store records
 
 
-def mitigation_record(m: Mitigation, now: float) -> store_base.Mitigation:
+def mitigation_record(m: Mitigation, now: float) -> store_base.MitigationRecord:
     """The store record of a signal-layer mitigation (the whole record kept in ``extra``)."""
-    return store_base.Mitigation(
+    return store_base.MitigationRecord(
         cuid=m.cuid,
         mid=m.mid,
         scope=m.scope.to_json(),
@@ -155,7 +156,7 @@ def mitigation_record(m: Mitigation, now: float) -> store_base.Mitigation:
     )
 
 
-def mitigation_from_record(record: store_base.Mitigation) -> Mitigation:
+def mitigation_from_record(record: store_base.MitigationRecord) -> Mitigation:
     """The signal-layer mitigation of a store record (also one written by other tools, with
     no ``extra``: then rebuilt from the plain columns)."""
     data = record.extra.get(_EXTRA_KEY)
@@ -646,7 +647,7 @@ class SignalServer:
 
     # -- mitigator API ----------------------------------------------------------------------
 
-    def report(self, cuid: str, mid: int, event: Event, *,
+    def report(self, cuid: str, mid: int, event: MitigationEvent, *,
                counters: Counters | None = None) -> list[Change]:
         """Mitigator feedback (RFC 9132 §4.4.1.1); persisted and notified (§4.4.2.1)."""
         now = self.clock()
@@ -762,7 +763,7 @@ class SignalServer:
             await asyncio.wait(set(self._writes), timeout=10.0)
 
 
-class _Collision(Exception):
+class _Collision(PeerError):
     """The store found the cuid bound to another identity inside the write transaction."""
 
     def __init__(self, cuid: str) -> None:
@@ -962,7 +963,7 @@ class ConfigResource(Resource):
         def work(store: Store) -> None:
             if store.bind_cuid(client.cuid, client.identity, now) is not None:
                 raise _collision(client.cuid)
-            store.put_session_config(store_base.SessionConfig(
+            store.put_session_config(store_base.SessionConfigRecord(
                 cuid=client.cuid, sid=outcome.sid, config=body, updated=now))
 
         return self._keep(session, work, Message(code=outcome.code))

@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TypeAlias
 
+from dotsd.errors import LocalError
+
 # A string alias: argparse._SubParsersAction is generic only for type checkers.
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
@@ -28,7 +30,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-class CommandError(Exception):
+class CommandError(LocalError):
     """An expected, operational failure: one line on stderr and ``exit_code`` (default 1; a
     command documents its other codes)."""
 

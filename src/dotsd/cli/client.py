@@ -51,6 +51,7 @@ from dotsd.agents.connect import ClientSettings, ConnectError, new_client
 from dotsd.agents.dial import DialError, ServerDialer
 from dotsd.agents.mids import MidFile
 from dotsd.cli import EXIT_USAGE, CommandError, Subparsers
+from dotsd.cli.settings import DEFAULT_PORT
 from dotsd.coap.numbers import Code, code_dotted, code_str
 from dotsd.model.errors import ModelError
 from dotsd.signal.client_session import ReturnToProvisioned
@@ -61,7 +62,6 @@ from dotsd.signal.session import SessionState, StateChanged
 if TYPE_CHECKING:
     pass
 
-DEFAULT_PORT: Final = 4646  # RFC 9132 §4.3 / registries.md
 EXIT_UNREACHABLE: Final = 3
 EXIT_REFUSED: Final = 4
 CONTROL_SOCKET: Final = "client.sock"

@@ -74,6 +74,7 @@ from dotsd.agents.settings import (
     ServerSettings,
 )
 from dotsd.coap.endpoint import EndpointConfig
+from dotsd.errors import LocalError
 from dotsd.mitigate import registry
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigPolicy, ConfigSetKind
 from dotsd.signal.policy import (
@@ -125,7 +126,7 @@ _MITIGATOR_KEYS: Final = ("name", "options")
 _LABEL: Final = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(LocalError, ValueError):
     """The configuration is not valid: ``source`` (the file), ``key`` (dotted path, or None
     for the whole file) and ``problem`` make one line."""
 

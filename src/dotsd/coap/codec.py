@@ -2,6 +2,11 @@
 
 Decoding never raises anything but :class:`MessageFormatError` (or :class:`Incomplete`
 for a partial TCP frame); encoding raises ``ValueError`` for a message that cannot be sent.
+
+The CoAP layer's two kinds of error live here: :class:`CoapDecodeError`, the peer's bytes are
+not CoAP (a :class:`~dotsd.errors.PeerError`), and :class:`LocalProtocolError`, a caller of
+the endpoint or of the RFC 8323 connection asked for something CoAP does not allow (a
+:class:`~dotsd.errors.LocalError`: our bug, not the peer's).
 """
 
 from __future__ import annotations
@@ -9,12 +14,19 @@ from __future__ import annotations
 import struct
 
 from dotsd.coap.message import Message
+from dotsd.errors import LocalError, PeerError
 
 _PAYLOAD_MARKER = 0xFF
 _MARKER = b"\xff"
 
 
-class CoapDecodeError(Exception):
+class LocalProtocolError(LocalError):
+    """A local misuse of the CoAP layer (h11 style: our mistake, not the peer's): answering a
+    request twice, a request without a request code, a token in use, a message RFC 8323 does
+    not let us send."""
+
+
+class CoapDecodeError(PeerError):
     """Base class of decoding failures."""
 
 
@@ -281,30 +293,3 @@ def decode_tcp(data: bytes) -> Message:
         raise
     return msg
 
-
-class TcpFramer:
-    """Splits a TCP byte stream into RFC 8323 frames (sans-IO)."""
-
-    def __init__(self, max_size: int = 1152) -> None:
-        self._buf = bytearray()
-        self.max_size = max_size
-
-    def feed(self, data: bytes) -> list[Message]:
-        """Append data and return every complete message; raises MessageFormatError."""
-        self._buf += data
-        out: list[Message] = []
-        while self._buf:
-            try:
-                total = tcp_frame_length(self._buf, self.max_size)
-            except Incomplete:
-                break
-            if len(self._buf) < total:
-                break
-            frame = bytes(self._buf[:total])
-            del self._buf[:total]
-            out.append(decode_tcp(frame))
-        return out
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)

@@ -40,8 +40,10 @@ from dotsd.coap.numbers import (
     Code,
     MessageType,
     OptionNumber,
+    code_dotted,
     is_request,
     is_response,
+    is_success,
 )
 from dotsd.coap.params import TransmissionParameters
 from dotsd.coap.timers import TimerEntry, TimerHeap
@@ -69,10 +71,6 @@ def probing_rate_policy(req: ClientRequest, attempts: int, rtt: float | None) ->
     size = len(codec.encode(req.message))
     floor = size / req.params.probing_rate
     return max(rtt if rtt is not None else 1.0, floor)
-
-
-class CoapError(Exception):
-    """A local misuse of the endpoint (our bug, not the peer's)."""
 
 
 @dataclass(slots=True)
@@ -764,7 +762,7 @@ class CoapEndpoint:
         peer has ``max_observers_per_peer`` already: then the response goes without Observe
         and ``exchange.observe_key`` stays None."""
         if exchange.responded:
-            raise CoapError("request already answered")
+            raise codec.LocalProtocolError("request already answered")
         exchange.responded = True
         req = exchange.request
         peer = exchange.peer
@@ -775,7 +773,7 @@ class CoapEndpoint:
         if exchange.block1 is not None:
             response.set(OptionNumber.BLOCK1, Block(exchange.block1.num, False,
                                                     exchange.block1.szx).encode())
-        if (observe_key is not None and exchange.wants_observe and 64 <= response.code < 96
+        if (observe_key is not None and exchange.wants_observe and is_success(response.code)
                 and self._may_observe(state, peer, req.token, now)):
             old = state.observers.get(req.token)
             obs = _Observer(peer, req.token, observe_key, req)
@@ -885,7 +883,7 @@ class CoapEndpoint:
         if state is None or obs is None:
             return
         msg.token = token
-        success = 64 <= msg.code < 96
+        success = is_success(msg.code)
         if success:
             obs.seq = (obs.seq + 1) % _OBSERVE_MAX
             msg.set(OptionNumber.OBSERVE, obs.seq)
@@ -905,8 +903,7 @@ class CoapEndpoint:
             self._out.append((peer, msg))
             self._note_non(state, msg.mid, obs)
         if not success:
-            self._remove_observer(obs, f"final notification {msg.code >> 5}.{msg.code & 31:02d}",
-                                  state)
+            self._remove_observer(obs, f"final notification {code_dotted(msg.code)}", state)
 
     def _remove_observer(self, obs: _Observer, reason: str, state: PeerState | None = None,
                          notify: bool = True) -> None:
@@ -1021,12 +1018,12 @@ class CoapEndpoint:
         Observe registration) or RequestFailed. ``timeout`` bounds the wait for the (first)
         response; ``repeat`` makes a NON request repeat until answered or timed out."""
         if not is_request(msg.code):
-            raise CoapError("not a request code")
+            raise codec.LocalProtocolError("not a request code")
         state = self.add_peer(peer)
         if not msg.token:
             msg.token = self.new_token(peer)
         elif (peer, msg.token) in self._requests:
-            raise CoapError("token already in use with this peer")
+            raise codec.LocalProtocolError("token already in use with this peer")
         req = ClientRequest(peer, msg, confirmable, state.params)
         req.repeat = repeat if not confirmable else None
         self._requests[(peer, msg.token)] = req
@@ -1156,7 +1153,7 @@ class CoapEndpoint:
             msg.remove(OptionNumber.BLOCK2)
             msg.token = req.token
         seq = msg.observe
-        if req.observing and seq is not None and 64 <= msg.code < 96:
+        if req.observing and seq is not None and is_success(msg.code):
             # RFC 7641 §3.4: drop notifications older than the newest one seen.
             last = req._last_seq
             if last is not None and not _is_fresher(seq, last, now - req._last_seq_time):

@@ -51,12 +51,6 @@ class Block(NamedTuple):
         return cls(value >> 4, bool(value & 0x08), value & 0x07)
 
 
-def szx_for_size(size: int) -> int:
-    """The SZX whose block size is the largest power of two not above ``size`` (16..1024)."""
-    szx = max(0, min(6, size.bit_length() - 5))
-    return szx
-
-
 @dataclass(slots=True, eq=True)
 class Message:
     mtype: int = MessageType.CON

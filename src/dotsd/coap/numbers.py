@@ -84,8 +84,10 @@ def is_response(code: int) -> bool:
     return 64 <= code < 192
 
 
-def is_signaling(code: int) -> bool:
-    return code >> 5 == 7
+def is_success(code: int) -> bool:
+    """A 2.xx Success response (RFC 7252 §5.9.1): the only class that registers or keeps an
+    Observe relationship (RFC 7641 §3.2, §4.1)."""
+    return 64 <= code < 96
 
 
 def code_dotted(code: int) -> str:

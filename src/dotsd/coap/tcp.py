@@ -32,6 +32,7 @@ from typing import Final
 
 from dotsd.coap.codec import (
     Incomplete,
+    LocalProtocolError,
     MessageFormatError,
     decode_tcp,
     encode_tcp,
@@ -50,11 +51,7 @@ _MAX_MESSAGE_SIZE_LEN: Final = 4
 _MAX_DIAGNOSTIC: Final = 128
 
 
-# --- errors ----------------------------------------------------------------------------------
-
-class LocalProtocolError(Exception):
-    """The caller asked for something RFC 8323 does not allow (h11 style: our mistake)."""
-
+# --- errors (LocalProtocolError, the root of ours, is shared with the endpoint: coap/codec.py) -
 
 class ConnectionClosedError(LocalProtocolError):
     """The connection was aborted or closed: nothing more can be sent (RFC 8323 §5.6)."""

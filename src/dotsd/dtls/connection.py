@@ -54,6 +54,7 @@ from dotsd.dtls.records import (
     record_protection,
     split_records,
 )
+from dotsd.errors import LocalError
 
 log = logging.getLogger("dotsd.dtls")
 
@@ -63,7 +64,7 @@ _CLOSE_NOTIFY: Final = bytes((ALERT_WARNING, ALERT_CLOSE_NOTIFY))
 MIN_INITIAL_TIMEOUT: Final = 0.1
 
 
-class DtlsStateError(Exception):
+class DtlsStateError(LocalError):
     """A local mistake: sending before the handshake is complete or after the close."""
 
 

@@ -28,6 +28,7 @@ from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
+from dotsd.errors import LocalError
 from dotsd.pki import PkiPaths
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ SESSION_ID_CONTEXT: Final = b"dotsd-dtls"
 _PSK_MAX_IDENTITY: Final = 128  # RFC 4279 §5.3
 
 
-class DtlsConfigError(ValueError):
+class DtlsConfigError(LocalError, ValueError):
     """A DTLS configuration that cannot work (missing key, no credentials...)."""
 
 

@@ -8,19 +8,19 @@
 
     mitigator = create("log", {"feedback_delay": 1.0}, report=on_feedback)
     await mitigator.start()
-    await execute(mitigator, MitigationOrder(Action.APPLY, cuid, mid, targets, lifetime))
+    await execute(mitigator, MitigationOrder(MitigatorAction.APPLY, cuid, mid, targets, lifetime))
 """
 
 from dotsd.mitigate.base import (
     DEFAULT_TIMEOUT,
     INDEFINITE,
-    Action,
     DropCounters,
     Feedback,
     FeedbackSink,
     FeedbackStatus,
     MitigationOrder,
     Mitigator,
+    MitigatorAction,
     MitigatorConfigError,
     MitigatorError,
     Targets,
@@ -41,13 +41,13 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "GROUP",
     "INDEFINITE",
-    "Action",
     "DropCounters",
     "Feedback",
     "FeedbackSink",
     "FeedbackStatus",
     "MitigationOrder",
     "Mitigator",
+    "MitigatorAction",
     "MitigatorConfigError",
     "MitigatorError",
     "PluginLoadError",

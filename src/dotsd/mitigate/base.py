@@ -10,8 +10,9 @@ not depend on the signal layer's records (a plugin imports only this module):
   a failing plugin cannot crash the server (see :class:`MitigatorError`);
 * the plugin reports :class:`Feedback` (a status and/or counters, RFC 9132 §4.4.2) through the
   ``report`` callback it was given at construction; the server applies it with
-  ``MitigationTable.mitigator_report(cuid, mid, Event(feedback.status.signal_event), now,
-  counters=...)`` and notifies the client's observers (RFC 9132 §4.4.2.1).
+  ``MitigationTable.mitigator_report(cuid, mid,
+  MitigationEvent(feedback.status.signal_event), now, counters=...)`` and notifies the
+  client's observers (RFC 9132 §4.4.2.1).
 
 Failure path (the documented contract, implemented by :func:`execute`):
 
@@ -41,10 +42,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, Final
 
+from dotsd.errors import LocalError
+from dotsd.signal.policy import INDEFINITE  # an order's lifetime -1 (RFC 9132 §4.4.1.1)
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "INDEFINITE",
-    "Action",
     "DropCounters",
     "Feedback",
     "FeedbackSink",
@@ -52,6 +55,7 @@ __all__ = [
     "IPNetwork",
     "MitigationOrder",
     "Mitigator",
+    "MitigatorAction",
     "MitigatorConfigError",
     "MitigatorError",
     "Targets",
@@ -61,7 +65,6 @@ __all__ = [
 
 _log = logging.getLogger("dotsd.mitigate")
 
-INDEFINITE: Final = -1  # RFC 9132 §4.4.1.1 lifetime: "negative one (-1) indicates indefinite"
 DEFAULT_TIMEOUT: Final = 30.0  # seconds an apply / withdraw may take before it counts as failed
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -71,7 +74,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Errors
 
 
-class MitigatorError(Exception):
+class MitigatorError(LocalError):
     """A mitigator could not carry out an order (router unreachable, rule rejected, …).
 
     Never fatal to the server: :func:`execute` logs it and, for an apply, reports
@@ -87,7 +90,7 @@ class MitigatorConfigError(MitigatorError, ValueError):
 # Orders (server → mitigator)
 
 
-class Action(Enum):
+class MitigatorAction(Enum):
     """What an order asks of the mitigator."""
 
     APPLY = "apply"  # start (or update: idempotent per (cuid, mid)) mitigating
@@ -96,10 +99,11 @@ class Action(Enum):
 
     @property
     def stops(self) -> bool:
-        return self is not Action.APPLY
+        return self is not MitigatorAction.APPLY
 
 
-def action_for(*, was_active: bool, is_active: bool, expired: bool = False) -> Action | None:
+def action_for(*, was_active: bool, is_active: bool,
+               expired: bool = False) -> MitigatorAction | None:
     """The order a change of one mitigation calls for, or None.
 
     ``was_active`` / ``is_active`` are ``Mitigation.is_active`` before and after the change
@@ -110,9 +114,9 @@ def action_for(*, was_active: bool, is_active: bool, expired: bool = False) -> A
     pass a new expiry, which a plugin treats as an update.
     """
     if is_active and not was_active:
-        return Action.APPLY
+        return MitigatorAction.APPLY
     if was_active and not is_active:
-        return Action.EXPIRE if expired else Action.WITHDRAW
+        return MitigatorAction.EXPIRE if expired else MitigatorAction.WITHDRAW
     return None
 
 
@@ -192,7 +196,7 @@ class MitigationOrder:
     mitigation it ends, so that a plugin can undo it without state (e.g. after a restart).
     """
 
-    action: Action
+    action: MitigatorAction
     cuid: str
     mid: int
     targets: Targets
@@ -231,8 +235,8 @@ class FeedbackStatus(Enum):
 
     @property
     def signal_event(self) -> str:
-        """The value of the ``dotsd.signal.mitigation.Event`` that moves a mitigation to this
-        status (its lifecycle table, RFC 9132 §4.4.2 Table 3)."""
+        """The value of the ``dotsd.signal.mitigation.MitigationEvent`` that moves a mitigation
+        to this status (its lifecycle table, RFC 9132 §4.4.2 Table 3)."""
         return _SIGNAL_EVENTS[self]
 
 
@@ -346,7 +350,7 @@ async def execute(
     deadline = asyncio.timeout(timeout)
     try:
         async with deadline:
-            if order.action is Action.APPLY:
+            if order.action is MitigatorAction.APPLY:
                 await mitigator.apply(order)
             else:
                 await mitigator.withdraw(order)
@@ -373,7 +377,7 @@ async def execute(
             )
     else:
         return True
-    if order.action is Action.APPLY:
+    if order.action is MitigatorAction.APPLY:
         feedback = Feedback(
             order.cuid, order.mid, FeedbackStatus.EXCEEDED_CAPABILITY, detail=detail
         )

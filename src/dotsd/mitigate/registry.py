@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Final
 
+from dotsd.errors import LocalError
 from dotsd.mitigate.base import FeedbackSink, Mitigator, MitigatorError
 
 __all__ = [
@@ -47,7 +48,7 @@ BUILTIN: Final[Mapping[str, str]] = {
 Factory = Callable[[Mapping[str, Any], FeedbackSink | None], Mitigator]
 
 
-class UnknownMitigatorError(LookupError):
+class UnknownMitigatorError(LocalError, LookupError):
     """No plugin has this name; the message lists the known ones."""
 
     def __init__(self, name: str, known: list[str]) -> None:

@@ -12,13 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dotsd.coap.numbers import Code
+from dotsd.errors import DotsdError, LocalError, PeerError
 
 
-class ModelError(Exception):
+class ModelError(DotsdError):
     """A DOTS message body could not be decoded, encoded or validated.
 
     ``coap_code`` is the response code a DOTS server sends for it; ``path`` locates the
     offending node (``/ietf-dots-signal-channel:mitigation-scope/scope/0/lifetime``) when known.
+    The subclasses say whose fault it is (:mod:`dotsd.errors`): a peer's body that does not
+    decode or validate is a :class:`PeerError`; our own data that cannot be encoded
+    (:class:`EncodeError`) a :class:`LocalError`.
     """
 
     coap_code: Code = Code.BAD_REQUEST
@@ -34,11 +38,11 @@ class ModelError(Exception):
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class MalformedError(ModelError):
+class MalformedError(PeerError, ModelError):
     """Not well-formed CBOR, too large or nested too deeply (4.00, RFC 9132 §9)."""
 
 
-class UnknownKeyError(ModelError):
+class UnknownKeyError(PeerError, ModelError):
     """The body holds comprehension-required CBOR keys this agent does not know.
 
     RFC 9132 §6: such a request cannot be processed; the 4.00 response SHOULD list the keys.
@@ -52,11 +56,11 @@ class UnknownKeyError(ModelError):
         super().__init__(f"unknown comprehension-required CBOR key(s) {listed}{where}")
 
 
-class TypeMismatchError(ModelError):
+class TypeMismatchError(PeerError, ModelError):
     """A value does not have the CBOR major type / JSON type of RFC 9132 §6 Table 5 (4.00)."""
 
 
-class EncodeError(ModelError):
+class EncodeError(LocalError, ModelError):
     """Our own JSON-shaped data cannot be mapped to CBOR (unknown name or wrong type).
 
     This is a local programming error rather than a peer's, hence 5.00 (RFC 7252 §5.9.3.1).
@@ -65,5 +69,5 @@ class EncodeError(ModelError):
     coap_code = Code.INTERNAL_SERVER_ERROR
 
 
-class ValidationError(ModelError):
+class ValidationError(PeerError, ModelError):
     """A JSON-shaped instance does not conform to the DOTS YANG modules (4.00, RFC 9132 §9)."""

@@ -31,7 +31,7 @@ from dotsd.coap.events import (
     ResponseReceived,
 )
 from dotsd.coap.message import Message
-from dotsd.coap.numbers import Code, code_str, is_request
+from dotsd.coap.numbers import Code, code_str, is_request, is_success
 from dotsd.coap.params import TransmissionParameters
 from dotsd.coap.site import IncomingRequest, Site
 from dotsd.coap.tcp import (
@@ -41,6 +41,7 @@ from dotsd.coap.tcp import (
     MessageReceived,
     ReleaseReceived,
 )
+from dotsd.errors import PeerError
 from dotsd.link import Link
 from dotsd.ratelog import RateLimitedLog
 from dotsd.transport.base import loop_clock
@@ -49,7 +50,7 @@ log = logging.getLogger("dotsd.coap")
 _REJECT_LOG_RATE = 10
 
 
-class RequestError(Exception):
+class RequestError(PeerError):
     """A request of ours got no response (timeout, reset, link lost, cancelled)."""
 
 
@@ -375,7 +376,7 @@ class CoapNode:
                 now: float) -> None:
         key = None
         if resource.observable and request.exchange.wants_observe and \
-                64 <= response.code < 96:  # only a 2.xx registers (RFC 7641 §4.1)
+                is_success(response.code):  # only a 2.xx registers (RFC 7641 §4.1)
             try:
                 key = resource.observe_key(request)
             except Exception:

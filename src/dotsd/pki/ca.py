@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from dotsd.errors import LocalError
 from dotsd.link import cuid_from_spki_sha256, spki_sha256
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ _ISSUER_KEY_TYPES: Final = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey,
                             ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 
 
-class PkiError(Exception):
+class PkiError(LocalError):
     """A PKI operation cannot be done as asked (missing CA, bad name, existing files...)."""
 
 

@@ -32,21 +32,22 @@ from typing import Any, Final
 
 from dotsd.coap.numbers import Code
 from dotsd.coap.params import TransmissionParameters, dots_defaults
+from dotsd.errors import PeerError
 from dotsd.model.errors import ModelError
 
 __all__ = [
+    "CONFIG_MEMBER",
     "CONFIG_PATH",
-    "MEMBER",
     "Advertised",
     "Attribute",
     "ConfigBounds",
     "ConfigError",
     "ConfigNotFoundError",
     "ConfigPolicy",
+    "ConfigPutOutcome",
     "ConfigSet",
     "ConfigSetKind",
     "EffectiveConfig",
-    "PutOutcome",
     "ServerConfig",
     "SessionConfig",
     "SidAllocator",
@@ -61,7 +62,7 @@ __all__ = [
     "refresh_delay",
 ]
 
-MEMBER: Final = "ietf-dots-signal-channel:signal-config"  # RFC 9132 §4.5.1, Table 5 key 30
+CONFIG_MEMBER: Final = "ietf-dots-signal-channel:signal-config"  # RFC 9132 §4.5.1, Table 5 key 30
 CONFIG_PATH: Final = (".well-known", "dots", "config")  # RFC 9132 §4.2 Table 1
 MAX_SID: Final = 2**32 - 1  # 'sid' is a uint32 (RFC 9132 §5.3)
 UINT16_MAX: Final = 0xFFFF
@@ -71,7 +72,7 @@ Value = int | Decimal
 """An attribute value: int for the uint16 attributes, Decimal for the decimal64 ones."""
 
 
-class ConfigError(ModelError):
+class ConfigError(PeerError, ModelError):
     """A session configuration request the server refuses; 4.00 unless a subclass says
     otherwise (RFC 9132 §4.5.2: "missing a mandatory attribute, does not include a 'sid'
     Uri-Path, or contains one or more invalid or unknown parameters")."""
@@ -258,7 +259,7 @@ class EffectiveConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class PutOutcome:
+class ConfigPutOutcome:
     code: Code  # 2.01 Created (new sid) or 2.04 Changed (same sid), RFC 9132 §4.5.2
     sid: int
 
@@ -326,20 +327,20 @@ def _parse_value(attr: Attribute, raw: object, where: str) -> Value:
 
 
 def _member_content(body: Mapping[str, Any]) -> Mapping[str, Any]:
-    if not isinstance(body, Mapping) or set(body) != {MEMBER}:
-        raise ConfigError(f"the body must have the single member {MEMBER!r}", path="/")
-    content = body[MEMBER]
+    if not isinstance(body, Mapping) or set(body) != {CONFIG_MEMBER}:
+        raise ConfigError(f"the body must have the single member {CONFIG_MEMBER!r}", path="/")
+    content = body[CONFIG_MEMBER]
     if not isinstance(content, Mapping):
-        raise ConfigError("expected an object", path=f"/{MEMBER}")
+        raise ConfigError("expected an object", path=f"/{CONFIG_MEMBER}")
     unknown = set(content) - {k.value for k in ConfigSetKind}
     if unknown:
-        raise ConfigError(f"unknown member(s) {sorted(unknown)}", path=f"/{MEMBER}")
+        raise ConfigError(f"unknown member(s) {sorted(unknown)}", path=f"/{CONFIG_MEMBER}")
     return content
 
 
 def _attr_containers(content: Mapping[str, Any], kind: ConfigSetKind
                      ) -> Mapping[str, Any] | None:
-    where = f"/{MEMBER}/{kind.value}"
+    where = f"/{CONFIG_MEMBER}/{kind.value}"
     container = content.get(kind.value)
     if container is None:
         return None
@@ -373,7 +374,7 @@ def parse_put_body(body: Mapping[str, Any]) -> dict[ConfigSetKind, dict[Attribut
             leaves = container.get(attr.value)
             if leaves is None:
                 continue
-            where = f"/{MEMBER}/{kind.value}/{attr.value}"
+            where = f"/{CONFIG_MEMBER}/{kind.value}/{attr.value}"
             leaf = attr.leaf("current")
             extra = set(leaves) - {leaf}
             if extra:
@@ -387,7 +388,7 @@ def parse_put_body(body: Mapping[str, Any]) -> dict[ConfigSetKind, dict[Attribut
     if not any(result.values()):
         # RFC 9132 §4.5.2: "At least one of the attributes ... MUST be present".
         raise ConfigError("at least one configuration attribute must be present",
-                          path=f"/{MEMBER}")
+                          path=f"/{CONFIG_MEMBER}")
     return result
 
 
@@ -417,7 +418,7 @@ def build_put_body(
             content[kind.value] = container
     if not content:
         raise ValueError("RFC 9132 §4.5.2: at least one attribute must be present in a PUT")
-    return {MEMBER: content}
+    return {CONFIG_MEMBER: content}
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,7 +461,7 @@ def parse_config_response(body: Mapping[str, Any]) -> ServerConfig:
             leaves = container.get(attr.value)
             if leaves is None:
                 continue
-            where = f"/{MEMBER}/{kind.value}/{attr.value}"
+            where = f"/{CONFIG_MEMBER}/{kind.value}/{attr.value}"
             names = {w: attr.leaf(w) for w in ("min", "max", "current")}
             extra = set(leaves) - set(names.values())
             if extra:
@@ -587,7 +588,7 @@ class SessionConfig:
                 for attr in Attribute
                 if not (self.reliable and attr.transmission_related)
             }
-        return {MEMBER: content}
+        return {CONFIG_MEMBER: content}
 
     def get(self, sid: int | None = None) -> dict[str, Any]:
         """Answer a GET (2.05). With a 'sid' the client retrieves its negotiated configuration
@@ -596,7 +597,7 @@ class SessionConfig:
             raise ConfigNotFoundError(f"no session configuration with sid={sid}")
         return self.discovery_body()
 
-    def put(self, sid: int | None, body: Mapping[str, Any]) -> PutOutcome:
+    def put(self, sid: int | None, body: Mapping[str, Any]) -> ConfigPutOutcome:
         """Apply a PUT (RFC 9132 §4.5.2).
 
         * no 'sid', malformed body, no attribute, unknown parameter → 4.00;
@@ -625,7 +626,7 @@ class SessionConfig:
         code = Code.CHANGED if sid == self.sid else Code.CREATED
         self.sid = sid
         self._installed = values
-        return PutOutcome(code, sid)
+        return ConfigPutOutcome(code, sid)
 
     def delete(self, sid: int | None = None) -> Code:
         """DELETE (RFC 9132 §4.5.4): reset to the default values, 2.02 (Deleted). Also

@@ -6,8 +6,9 @@ diagnostic payload") and, for the errors whose body RFC 9132 defines, a JSON-sha
 encoded as ``application/dots+cbor``: 4.09 (Conflict) carries ``conflict-information``
 (RFC 9132 §4.4.1.3, §9), 5.03 (Service Unavailable) may carry a redirection (RFC 9132 §4.6).
 
-The layer is a DOTS *server's*: these are a peer's mistakes (or the server's refusals), never
-programming errors, which stay ordinary Python exceptions.
+The layer is a DOTS *server's*: these are a peer's mistakes (or the server's refusals of its
+requests), hence :class:`~dotsd.errors.PeerError`; never programming errors, which are
+:class:`~dotsd.errors.LocalError` (e.g. :class:`~dotsd.signal.mitigation.InvalidTransition`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from dotsd.coap.numbers import Code
+from dotsd.coap.numbers import Code, code_dotted
+from dotsd.errors import PeerError
 from dotsd.model.errors import ModelError
 
 __all__ = [
@@ -25,12 +27,11 @@ __all__ = [
     "ServiceUnavailable",
     "SignalError",
     "Unauthorized",
-    "UnprocessableEntity",
     "from_model_error",
 ]
 
 
-class SignalError(Exception):
+class SignalError(PeerError):
     """A request the DOTS server answers with an error response.
 
     ``code`` is the CoAP response code; ``diagnostic`` the plain-text diagnostic payload;
@@ -59,7 +60,7 @@ class SignalError(Exception):
     @property
     def code_text(self) -> str:
         """``"4.09"`` style text of :attr:`code`."""
-        return f"{int(self.code) >> 5}.{int(self.code) & 0x1F:02d}"
+        return code_dotted(self.code)
 
 
 class BadRequest(SignalError):
@@ -98,15 +99,6 @@ class Conflict(SignalError):
         self, diagnostic: str, *, body: Mapping[str, Any], rule: str | None = None
     ) -> None:
         super().__init__(None, diagnostic, body=body, rule=rule)
-
-
-class UnprocessableEntity(SignalError):
-    """4.22: values understood but not acceptable (RFC 9132 §9, §4.5.2)."""
-
-    default_code = Code.UNPROCESSABLE_ENTITY
-
-    def __init__(self, diagnostic: str, *, rule: str | None = None) -> None:
-        super().__init__(None, diagnostic, rule=rule)
 
 
 class ServiceUnavailable(SignalError):

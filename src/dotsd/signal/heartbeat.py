@@ -40,12 +40,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
+from dotsd.errors import PeerError
 from dotsd.model.errors import ModelError
 
 __all__ = [
     "HEARTBEAT_MEMBER",
     "HEARTBEAT_PATH",
-    "Action",
+    "HeartbeatAction",
     "HeartbeatError",
     "HeartbeatMonitor",
     "PeerReachable",
@@ -62,7 +63,7 @@ HEARTBEAT_MEMBER: Final = "ietf-dots-signal-channel:heartbeat"  # RFC 9132 §4.7
 HEARTBEAT_PATH: Final = (".well-known", "dots", "hb")  # RFC 9132 §4.2 Table 1
 
 
-class HeartbeatError(ModelError):
+class HeartbeatError(PeerError, ModelError):
     """A malformed heartbeat request (4.00, RFC 9132 §9)."""
 
 
@@ -138,7 +139,7 @@ class SessionLost:
     reason: str
 
 
-Action = SendHeartbeat | ThresholdReached | PeerReachable | SessionLost
+HeartbeatAction = SendHeartbeat | ThresholdReached | PeerReachable | SessionLost
 
 
 class HeartbeatMonitor:
@@ -182,7 +183,7 @@ class HeartbeatMonitor:
         self._last_traffic = now
         self._degraded = False  # ThresholdReached reported, not yet cleared
         self._lost = False
-        self._pending: list[Action] = []
+        self._pending: list[HeartbeatAction] = []
         self._pending_at = now
         self._next_send: float | None = now + self._interval if self._sending else None
 
@@ -317,7 +318,7 @@ class HeartbeatMonitor:
             self._unanswered = 0
             self._queue(PeerReachable(), now)
 
-    def _queue(self, action: Action, now: float) -> None:
+    def _queue(self, action: HeartbeatAction, now: float) -> None:
         if not self._pending:
             self._pending_at = now
         self._pending.append(action)
@@ -339,7 +340,7 @@ class HeartbeatMonitor:
         """The time needed to exhaust the threshold (RFC 9132 §4.7)."""
         return self.threshold * self._interval
 
-    def handle_timer(self, now: float) -> list[Action]:
+    def handle_timer(self, now: float) -> list[HeartbeatAction]:
         actions, self._pending = self._pending, []
         if self._lost or not self.enabled:
             return actions
@@ -363,7 +364,7 @@ class HeartbeatMonitor:
         self._next_send = now + self._interval
         return actions
 
-    def _on_threshold(self, now: float, missed: int) -> Action | None:
+    def _on_threshold(self, now: float, missed: int) -> HeartbeatAction | None:
         if self.role is Role.SERVER:
             if now - self._last_traffic < self._span:
                 # RFC 9132 §4.7: traffic from the client but threshold reached: MUST NOT

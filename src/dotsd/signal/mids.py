@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+from dotsd.errors import LocalError
 from dotsd.signal.uri import MAX_MID
 
 __all__ = ["ROLLOVER_MID", "MidStateError", "next_mid"]
@@ -20,7 +21,7 @@ __all__ = ["ROLLOVER_MID", "MidStateError", "next_mid"]
 ROLLOVER_MID: Final = 3221225471  # RFC 9132 §4.4.1.1: 3/4 of (2^32 - 1), then 'mid' restarts
 
 
-class MidStateError(Exception):
+class MidStateError(LocalError):
     """The 'mid' space is exhausted, or the state file (:class:`dotsd.agents.mids.MidFile`)
     cannot be read or written; the message says which."""
 

@@ -48,6 +48,7 @@ from enum import Enum, IntEnum
 from typing import Any, Final, Self
 
 from dotsd.coap.numbers import Code
+from dotsd.errors import LocalError
 from dotsd.model import yang
 from dotsd.model.errors import ModelError
 from dotsd.signal.errors import (
@@ -66,7 +67,8 @@ __all__ = [
     "ACTIVE",
     "DEFAULT_ABT_MAX",
     "DEFAULT_ACTIVE_BUT_TERMINATING",
-    "MEMBER",
+    "MITIGATION_MEMBER",
+    "RUNNING",
     "TRANSITIONS",
     "AttackStatus",
     "Change",
@@ -76,15 +78,15 @@ __all__ = [
     "ConflictStatus",
     "Counters",
     "DeleteOutcome",
-    "Event",
     "GetOutcome",
     "Ignored",
     "InvalidTransition",
     "Mitigation",
+    "MitigationEvent",
+    "MitigationPutOutcome",
     "MitigationRequest",
     "MitigationTable",
     "PortRange",
-    "PutOutcome",
     "Reason",
     "Scope",
     "Status",
@@ -94,7 +96,7 @@ __all__ = [
     "transition",
 ]
 
-MEMBER: Final = "ietf-dots-signal-channel:mitigation-scope"  # RFC 9132 §6 Table 5 key 1
+MITIGATION_MEMBER: Final = "ietf-dots-signal-channel:mitigation-scope"  # RFC 9132 §6 Table 5 key 1
 
 DEFAULT_ACTIVE_BUT_TERMINATING: Final = 120.0  # RFC 9132 §4.4.4 "SHOULD be ... 120 seconds"
 DEFAULT_ABT_MAX: Final = 300.0  # RFC 9132 §4.4.4 "up to a maximum of 300 seconds"
@@ -163,14 +165,16 @@ ACTIVE: Final = frozenset(
 )
 """A mitigation running on behalf of a request the client maintains (status 1-4)."""
 
-_RUNNING: Final = ACTIVE | {Status.DOTS_CLIENT_WITHDRAWN_MITIGATION}
+RUNNING: Final = ACTIVE | {Status.DOTS_CLIENT_WITHDRAWN_MITIGATION}
+"""The mitigator should be mitigating (status 1-5): :data:`ACTIVE` and the active-but-
+terminating period after a withdrawal (RFC 9132 §4.4.4)."""
 
 
 # ---------------------------------------------------------------------------------------------
 # Lifecycle table
 
 
-class Event(Enum):
+class MitigationEvent(Enum):
     """What moves a mitigation's status."""
 
     MITIGATING = "mitigating"  # mitigator: attack traffic is being dropped
@@ -186,74 +190,74 @@ class Event(Enum):
     SIGNAL_LOSS = "signal-loss"  # session lost: preconfigured request triggered (§4.4.1.3)
 
 
-S = Status
-TRANSITIONS: Final[Mapping[Status, Mapping[Event, Status]]] = {
+S, E = Status, MitigationEvent
+TRANSITIONS: Final[Mapping[Status, Mapping[MitigationEvent, Status]]] = {
     S.ATTACK_MITIGATION_IN_PROGRESS: {
-        Event.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
-        Event.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
-        Event.ATTACK_STOPPED: S.ATTACK_STOPPED,
-        Event.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-        Event.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
+        E.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
+        E.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
+        E.ATTACK_STOPPED: S.ATTACK_STOPPED,
+        E.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
+        E.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
     },
     S.ATTACK_SUCCESSFULLY_MITIGATED: {
-        Event.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
-        Event.ATTACK_STOPPED: S.ATTACK_STOPPED,
-        Event.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-        Event.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
+        E.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
+        E.ATTACK_STOPPED: S.ATTACK_STOPPED,
+        E.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
+        E.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
     },
     S.ATTACK_STOPPED: {
-        Event.ATTACK_RESUMED: S.ATTACK_MITIGATION_IN_PROGRESS,
-        Event.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
-        Event.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
-        Event.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-        Event.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
-        Event.REARM: S.ATTACK_MITIGATION_SIGNAL_LOSS,  # preconfigured only
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
+        E.ATTACK_RESUMED: S.ATTACK_MITIGATION_IN_PROGRESS,
+        E.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
+        E.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
+        E.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
+        E.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
+        E.REARM: S.ATTACK_MITIGATION_SIGNAL_LOSS,  # preconfigured only
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
     },
     S.ATTACK_EXCEEDED_CAPABILITY: {
-        Event.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
-        Event.ATTACK_STOPPED: S.ATTACK_STOPPED,
-        Event.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-        Event.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
+        E.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
+        E.ATTACK_STOPPED: S.ATTACK_STOPPED,
+        E.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
+        E.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
     },
     S.DOTS_CLIENT_WITHDRAWN_MITIGATION: {
-        Event.TERMINATING_ELAPSED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.TERMINATING_ELAPSED: S.ATTACK_MITIGATION_TERMINATED,
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
     },
     S.ATTACK_MITIGATION_TERMINATED: {},
     S.ATTACK_MITIGATION_WITHDRAWN: {
-        Event.CLIENT_WITHDRAW: S.ATTACK_MITIGATION_TERMINATED,  # nothing left to terminate
-        Event.REARM: S.ATTACK_MITIGATION_SIGNAL_LOSS,  # preconfigured only
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
+        E.CLIENT_WITHDRAW: S.ATTACK_MITIGATION_TERMINATED,  # nothing left to terminate
+        E.REARM: S.ATTACK_MITIGATION_SIGNAL_LOSS,  # preconfigured only
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
     },
     S.ATTACK_MITIGATION_SIGNAL_LOSS: {
-        Event.SIGNAL_LOSS: S.ATTACK_MITIGATION_IN_PROGRESS,
-        Event.CLIENT_WITHDRAW: S.ATTACK_MITIGATION_TERMINATED,  # never active: no ABT period
-        Event.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        Event.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
+        E.SIGNAL_LOSS: S.ATTACK_MITIGATION_IN_PROGRESS,
+        E.CLIENT_WITHDRAW: S.ATTACK_MITIGATION_TERMINATED,  # never active: no ABT period
+        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
+        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
     },
 }
-del S
+del S, E
 
 
-class InvalidTransition(Exception):
+class InvalidTransition(LocalError):
     """An event not allowed in the current status (a caller's mistake, not a peer's)."""
 
-    def __init__(self, status: Status, event: Event) -> None:
+    def __init__(self, status: Status, event: MitigationEvent) -> None:
         self.status = status
         self.event = event
         super().__init__(f"event {event.value!r} not allowed in status {status.label!r}")
 
 
-def transition(status: Status, event: Event) -> Status:
+def transition(status: Status, event: MitigationEvent) -> Status:
     """The status after ``event`` per :data:`TRANSITIONS`; raise :class:`InvalidTransition`."""
     try:
         return TRANSITIONS[status][event]
@@ -412,10 +416,11 @@ def parse_request(body: Mapping[str, Any]) -> MitigationRequest:
         kind = yang.validate_request(body)
     except ModelError as exc:
         raise from_model_error(exc) from None
-    if kind is None or kind.member != MEMBER:
-        raise BadRequest(f"the body of a mitigation request is {MEMBER}", rule="RFC 9132 §4.4.1")
-    content = body[MEMBER]
-    _check_not_empty(content, f"/{MEMBER}")
+    if kind is None or kind.member != MITIGATION_MEMBER:
+        raise BadRequest(f"the body of a mitigation request is {MITIGATION_MEMBER}",
+                         rule="RFC 9132 §4.4.1")
+    content = body[MITIGATION_MEMBER]
+    _check_not_empty(content, f"/{MITIGATION_MEMBER}")
     scopes = content.get("scope")
     if not isinstance(scopes, list) or len(scopes) != 1:
         raise BadRequest(
@@ -691,7 +696,7 @@ class Mitigation:
     @property
     def is_active(self) -> bool:
         """The mitigator should be mitigating for it (status 1-5)."""
-        return self.status in _RUNNING
+        return self.status in RUNNING
 
     @property
     def preconfigured(self) -> bool:
@@ -835,7 +840,7 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
-class PutOutcome:
+class MitigationPutOutcome:
     code: Code  # 2.01 Created or 2.04 Changed (RFC 9132 §4.4.1.3)
     body: dict[str, Any]
     mitigation: Mitigation
@@ -871,7 +876,7 @@ class ConflictPolicy(Enum):
 
 
 def _body(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    return {MEMBER: {"scope": [dict(e) for e in entries]}}
+    return {MITIGATION_MEMBER: {"scope": [dict(e) for e in entries]}}
 
 
 def conflict_body(info: ConflictInfo) -> dict[str, Any]:
@@ -1023,7 +1028,7 @@ class MitigationTable:
         return None if lifetime == INDEFINITE else now + lifetime
 
     def _move(
-        self, m: Mitigation, event: Event, now: float, reason: Reason, **changes: Any
+        self, m: Mitigation, event: MitigationEvent, now: float, reason: Reason, **changes: Any
     ) -> Change:
         after_status = transition(m.status, event)
         if after_status is Status.ATTACK_MITIGATION_TERMINATED:
@@ -1069,7 +1074,7 @@ class MitigationTable:
         identity: str | None = None,
         if_match: bool = False,
         policy: Policy | None = None,
-    ) -> PutOutcome | Ignored:
+    ) -> MitigationPutOutcome | Ignored:
         """Handle a mitigation request / refresh / efficacy update (RFC 9132 §4.4.1, §4.4.3).
 
         ``identity`` is the authenticated client identity (e.g. its SPKI hash) used to detect
@@ -1097,7 +1102,7 @@ class MitigationTable:
                             policy or self.policy)
 
     def _refresh(self, m: Mitigation, request: MitigationRequest, now: float,
-                 policy: Policy) -> PutOutcome:
+                 policy: Policy) -> MitigationPutOutcome:
         # RFC 9132 §4.4.1.3: "MUST repeat all the other parameters as sent in the original
         # mitigation request apart from a possible change to the 'lifetime' parameter value
         # ... If this is not the case, the DOTS server MUST reject the request with a 4.00";
@@ -1122,7 +1127,7 @@ class MitigationTable:
         self._store(after)
         reason = Reason.EFFICACY_UPDATE if request.attack_status else Reason.REFRESHED
         change = Change(reason, after, before=m.status)
-        return PutOutcome(Code.CHANGED, self._put_body(after), after, (change,))
+        return MitigationPutOutcome(Code.CHANGED, self._put_body(after), after, (change,))
 
     def _put_body(self, m: Mitigation) -> dict[str, Any]:
         # RFC 9132 §4.4.1.3 Figure 10: 'mid' and the granted 'lifetime' (§4.4.1.1: "The DOTS
@@ -1144,7 +1149,7 @@ class MitigationTable:
         previous: Mitigation | None,
         now: float,
         policy: Policy,
-    ) -> PutOutcome:
+    ) -> MitigationPutOutcome:
         if request.lifetime is None:
             raise BadRequest(
                 "'lifetime' is mandatory in a mitigation request", rule="RFC 9132 §4.4.1.1"
@@ -1255,9 +1260,10 @@ class MitigationTable:
         for other in overridden:
             # "the overlapped lower numeric 'mid' MUST be automatically deleted and no longer
             # available at the DOTS server" (§4.4.1.3).
-            changes.append(self._move(other, Event.OVERRIDDEN, now, Reason.OVERRIDDEN))
+            changes.append(self._move(other, MitigationEvent.OVERRIDDEN, now, Reason.OVERRIDDEN))
         for other in preempted:
-            changes.append(self._move(other, Event.SERVER_WITHDRAW, now, Reason.PREEMPTED))
+            changes.append(self._move(other, MitigationEvent.SERVER_WITHDRAW, now,
+                                      Reason.PREEMPTED))
 
         lifetime = policy.grant_lifetime(request.lifetime)
         immediate = scope.trigger_mitigation
@@ -1286,7 +1292,7 @@ class MitigationTable:
         )
         if overridden or preempted:
             changes.extend(self._resolve_conflicts())
-        return PutOutcome(Code.CREATED, self._put_body(m), m, tuple(changes))
+        return MitigationPutOutcome(Code.CREATED, self._put_body(m), m, tuple(changes))
 
     # -- GET --------------------------------------------------------------------------------
 
@@ -1333,13 +1339,13 @@ class MitigationTable:
         if m.status in ACTIVE:
             change = self._move(
                 m,
-                Event.CLIENT_WITHDRAW,
+                MitigationEvent.CLIENT_WITHDRAW,
                 now,
                 Reason.WITHDRAWN_BY_CLIENT,
                 terminating_until=now + m.abt_period,
             )
         else:
-            change = self._move(m, Event.CLIENT_WITHDRAW, now, Reason.TERMINATED)
+            change = self._move(m, MitigationEvent.CLIENT_WITHDRAW, now, Reason.TERMINATED)
         return DeleteOutcome(Code.DELETED, (change, *self._resolve_conflicts()))
 
     # -- time -------------------------------------------------------------------------------
@@ -1359,9 +1365,10 @@ class MitigationTable:
         for key in sorted(due):
             m = self._records[key]
             if m.terminating_until is not None and m.terminating_until <= now:
-                changes.append(self._move(m, Event.TERMINATING_ELAPSED, now, Reason.TERMINATED))
+                changes.append(self._move(m, MitigationEvent.TERMINATING_ELAPSED, now,
+                                          Reason.TERMINATED))
             elif m.expires_at is not None and m.expires_at <= now:
-                changes.append(self._move(m, Event.LIFETIME_EXPIRED, now, Reason.EXPIRED))
+                changes.append(self._move(m, MitigationEvent.LIFETIME_EXPIRED, now, Reason.EXPIRED))
             after = self._records.get(key)  # still there: its deadline stays in the heap
             if after is not None and (later := after.deadline()) is not None:
                 heapq.heappush(self._deadlines, (later, key))
@@ -1383,14 +1390,15 @@ class MitigationTable:
         triggered: list[Mitigation] = []
         for m in self.of_client(cuid):
             if m.preconfigured and m.status is Status.ATTACK_MITIGATION_SIGNAL_LOSS:
-                change = self._move(m, Event.SIGNAL_LOSS, now, Reason.TRIGGERED)
+                change = self._move(m, MitigationEvent.SIGNAL_LOSS, now, Reason.TRIGGERED)
                 triggered.append(change.mitigation)
                 changes.append(change)
         for m in self.of_client(cuid):
             if m.preconfigured or m.status not in ACTIVE:
                 continue
             if any(self._overlap(m.scope, t.scope) is not None for t in triggered):
-                changes.append(self._move(m, Event.SERVER_WITHDRAW, now, Reason.PREEMPTED))
+                changes.append(self._move(m, MitigationEvent.SERVER_WITHDRAW, now,
+                                          Reason.PREEMPTED))
         if changes:
             changes.extend(self._resolve_conflicts())
         return changes
@@ -1407,7 +1415,7 @@ class MitigationTable:
         if m.repeats + 1 < PRECONFIGURED_REPEATS:
             self._store(replace(m, repeats=m.repeats + 1))
             return []
-        return [self._move(m, Event.REARM, now, Reason.REARMED, conflict=None)]
+        return [self._move(m, MitigationEvent.REARM, now, Reason.REARMED, conflict=None)]
 
     # -- mitigator --------------------------------------------------------------------------
 
@@ -1415,7 +1423,7 @@ class MitigationTable:
         self,
         cuid: str,
         mid: int,
-        event: Event,
+        event: MitigationEvent,
         now: float,
         *,
         counters: Counters | None = None,
@@ -1426,10 +1434,10 @@ class MitigationTable:
         the event does not apply to are stale (the mitigator runs asynchronously): ignored,
         apart from the counters of a running mitigation."""
         if event not in (
-            Event.MITIGATING,
-            Event.EXCEEDED,
-            Event.ATTACK_STOPPED,
-            Event.ATTACK_RESUMED,
+            MitigationEvent.MITIGATING,
+            MitigationEvent.EXCEEDED,
+            MitigationEvent.ATTACK_STOPPED,
+            MitigationEvent.ATTACK_RESUMED,
         ):
             raise ValueError(f"{event} is not a mitigator event")
         m = self._records.get((cuid, mid))
@@ -1463,7 +1471,8 @@ class MitigationTable:
             ConflictStatus.ALL_REQUESTS_INACTIVE,
         )
         if inactive and m.status in ACTIVE:
-            return [self._move(m, Event.SERVER_WITHDRAW, now, Reason.CONFLICT, conflict=info)]
+            return [self._move(m, MitigationEvent.SERVER_WITHDRAW, now, Reason.CONFLICT,
+                               conflict=info)]
         after = replace(m, conflict=info)
         self._store(after)
         return [Change(Reason.CONFLICT, after, before=m.status)]

@@ -26,14 +26,14 @@ from typing import Any, Final
 __all__ = [
     "INFINITE_TTL",
     "LOOP_WINDOW",
-    "MEMBER",
+    "REDIRECT_MEMBER",
     "RedirectState",
     "Redirection",
     "parse_redirect",
     "redirect_body",
 ]
 
-MEMBER: Final = "ietf-dots-signal-channel:redirected-signal"  # RFC 9132 §4.6, Figure 25
+REDIRECT_MEMBER: Final = "ietf-dots-signal-channel:redirected-signal"  # RFC 9132 §4.6, Figure 25
 INFINITE_TTL: Final = 2**32 - 1  # RFC 9132 §4.6: "equivalent to receiving an infinite TTL"
 LOOP_WINDOW: Final = 300.0  # RFC 9132 §4.6: "within the last five (5) minutes"
 
@@ -71,7 +71,7 @@ def redirect_body(redirection: Redirection) -> dict[str, Any]:
     content: dict[str, Any] = {"alt-server": redirection.alt_server}
     if redirection.records:
         content["alt-server-record"] = list(redirection.records)
-    return {MEMBER: content}
+    return {REDIRECT_MEMBER: content}
 
 
 def parse_redirect(body: Mapping[str, Any] | None, max_age: int | None) -> Redirection | None:
@@ -80,7 +80,7 @@ def parse_redirect(body: Mapping[str, Any] | None, max_age: int | None) -> Redir
     it cannot name."""
     if not isinstance(body, Mapping):
         return None
-    content = body.get(MEMBER)
+    content = body.get(REDIRECT_MEMBER)
     if not isinstance(content, Mapping):
         return None
     server = content.get("alt-server")

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
+from dotsd.errors import LocalError
+
 __all__ = [
     "SESSION_TRANSITIONS",
     "InvalidSessionTransition",
@@ -79,7 +81,7 @@ SESSION_TRANSITIONS: Final[Mapping[tuple[SessionState, SessionEvent], SessionSta
 }
 
 
-class InvalidSessionTransition(RuntimeError):
+class InvalidSessionTransition(LocalError, RuntimeError):
     """An event the session lifecycle does not allow in its current state (our bug)."""
 
     def __init__(self, state: SessionState, event: SessionEvent) -> None:

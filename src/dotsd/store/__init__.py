@@ -8,15 +8,15 @@ second implementation of ``Store`` over the same schema; it is not written yet.
     store = SqliteStore.open(state_dir)
     if (other := store.bind_cuid(cuid, identity)) is not None:
         ...  # RFC 9132 §4.4.1.3 cuid collision: the server answers 4.09
-    store.put_mitigation(Mitigation(...))
+    store.put_mitigation(MitigationRecord(...))
 """
 
+from dotsd.signal.policy import INDEFINITE  # RFC 9132 §4.4.1.1 'lifetime' -1, for the records
 from dotsd.store.base import (
-    INDEFINITE,
     CuidBinding,
     JsonObject,
-    Mitigation,
-    SessionConfig,
+    MitigationRecord,
+    SessionConfigRecord,
     Store,
     StoreClosedError,
     StoreCorruptError,
@@ -33,8 +33,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "CuidBinding",
     "JsonObject",
-    "Mitigation",
-    "SessionConfig",
+    "MitigationRecord",
+    "SessionConfigRecord",
     "SqliteStore",
     "Store",
     "StoreClosedError",

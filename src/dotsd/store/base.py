@@ -19,19 +19,20 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeAlias
 
+from dotsd.errors import LocalError
+from dotsd.signal.policy import INDEFINITE
+
 # A JSON-shaped object (what json.loads returns for an object); the store never interprets it.
 JsonObject: TypeAlias = dict[str, Any]
 
 # RFC 9132 §4.4.2, Table 9: mitigation status codes 1..8 are assigned.
 STATUS_MIN: Final = 1
 STATUS_MAX: Final = 8
-# RFC 9132 §4.4.1: 'lifetime' -1 means indefinite.
-INDEFINITE: Final = -1
 # 'mid' and 'sid' are uint32 (ietf-dots-signal-channel YANG).
 UINT32_MAX: Final = 2**32 - 1
 
 
-class StoreError(Exception):
+class StoreError(LocalError):
     """Anything that went wrong in the store: one clear message, no traceback needed."""
 
 
@@ -84,7 +85,7 @@ class CuidBinding:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Mitigation:
+class MitigationRecord:
     """One mitigation request as the server acknowledged it (RFC 9132 §4.4.1).
 
     ``scope`` is one entry of the request's 'scope' list, JSON-shaped; ``expires_at`` is the
@@ -120,7 +121,7 @@ class Mitigation:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SessionConfig:
+class SessionConfigRecord:
     """The session configuration a client set with PUT /config (RFC 9132 §4.5.2).
 
     ``config`` is JSON-shaped: the 'mitigating-config' and 'idle-config' values as accepted.
@@ -170,11 +171,11 @@ class Store(Protocol):
     def unbind_cuid(self, cuid: str) -> bool: ...
 
     # mitigations
-    def put_mitigation(self, mitigation: Mitigation) -> None: ...
+    def put_mitigation(self, mitigation: MitigationRecord) -> None: ...
 
-    def get_mitigation(self, cuid: str, mid: int) -> Mitigation | None: ...
+    def get_mitigation(self, cuid: str, mid: int) -> MitigationRecord | None: ...
 
-    def mitigations(self, cuid: str) -> list[Mitigation]: ...
+    def mitigations(self, cuid: str) -> list[MitigationRecord]: ...
 
     def delete_mitigation(self, cuid: str, mid: int) -> bool: ...
 
@@ -182,19 +183,19 @@ class Store(Protocol):
         self, cuid: str, mid: int, status: int, now: float | None = None
     ) -> bool: ...
 
-    def active_mitigations(self, now: float) -> list[Mitigation]:
+    def active_mitigations(self, now: float) -> list[MitigationRecord]:
         """Mitigations not expired at ``now`` (indefinite ones included), any status."""
         ...
 
-    def expired_mitigations(self, now: float) -> list[Mitigation]:
+    def expired_mitigations(self, now: float) -> list[MitigationRecord]:
         """Mitigations whose absolute expiry is at or before ``now``."""
         ...
 
-    def all_mitigations(self) -> list[Mitigation]: ...
+    def all_mitigations(self) -> list[MitigationRecord]: ...
 
     # session configuration
-    def put_session_config(self, config: SessionConfig) -> None: ...
+    def put_session_config(self, config: SessionConfigRecord) -> None: ...
 
-    def get_session_config(self, cuid: str) -> SessionConfig | None: ...
+    def get_session_config(self, cuid: str) -> SessionConfigRecord | None: ...
 
     def delete_session_config(self, cuid: str) -> bool: ...

@@ -43,8 +43,8 @@ from dotsd.store.base import (
     STATUS_MIN,
     CuidBinding,
     JsonObject,
-    Mitigation,
-    SessionConfig,
+    MitigationRecord,
+    SessionConfigRecord,
     StoreClosedError,
     StoreCorruptError,
     StoreError,
@@ -302,7 +302,7 @@ class SqliteStore:
 
     # -- mitigations ---------------------------------------------------------------------------
 
-    def put_mitigation(self, mitigation: Mitigation) -> None:
+    def put_mitigation(self, mitigation: MitigationRecord) -> None:
         """Insert or replace the mitigation (cuid, mid). The cuid must be bound."""
         m = mitigation
         params = (
@@ -325,9 +325,9 @@ class SqliteStore:
             raise StoreIntegrityError(f"mitigation {m.cuid}/{m.mid}: {exc}") from exc
 
     @staticmethod
-    def _mitigation(row: Sequence[Any]) -> Mitigation:
+    def _mitigation(row: Sequence[Any]) -> MitigationRecord:
         try:
-            return Mitigation(
+            return MitigationRecord(
                 cuid=row[0],
                 mid=int(row[1]),
                 cdid=row[2],
@@ -343,25 +343,25 @@ class SqliteStore:
         except (TypeError, ValueError) as exc:
             raise StoreCorruptError(f"stored mitigation {row[0]!r}/{row[1]!r}: {exc}") from exc
 
-    def _mitigations(self, statement: str, params: Sequence[Any] = ()) -> list[Mitigation]:
+    def _mitigations(self, statement: str, params: Sequence[Any] = ()) -> list[MitigationRecord]:
         return [self._mitigation(r) for r in self._execute(statement, params).fetchall()]
 
-    def get_mitigation(self, cuid: str, mid: int) -> Mitigation | None:
+    def get_mitigation(self, cuid: str, mid: int) -> MitigationRecord | None:
         row = self._execute(schema.SELECT_MITIGATION, (cuid, mid)).fetchone()
         return None if row is None else self._mitigation(row)
 
-    def mitigations(self, cuid: str) -> list[Mitigation]:
+    def mitigations(self, cuid: str) -> list[MitigationRecord]:
         """The cuid's mitigations, by mid."""
         return self._mitigations(schema.SELECT_MITIGATIONS_BY_CUID, (cuid,))
 
-    def all_mitigations(self) -> list[Mitigation]:
+    def all_mitigations(self) -> list[MitigationRecord]:
         return self._mitigations(schema.SELECT_ALL_MITIGATIONS)
 
-    def active_mitigations(self, now: float) -> list[Mitigation]:
+    def active_mitigations(self, now: float) -> list[MitigationRecord]:
         """Not expired at ``now``: indefinite ones and those with ``expires_at > now``."""
         return self._mitigations(schema.SELECT_ACTIVE_MITIGATIONS, (now,))
 
-    def expired_mitigations(self, now: float) -> list[Mitigation]:
+    def expired_mitigations(self, now: float) -> list[MitigationRecord]:
         """``expires_at <= now``, soonest first; the server decides what to do with them."""
         return self._mitigations(schema.SELECT_EXPIRED_MITIGATIONS, (now,))
 
@@ -381,7 +381,7 @@ class SqliteStore:
 
     # -- session configuration -----------------------------------------------------------------
 
-    def put_session_config(self, config: SessionConfig) -> None:
+    def put_session_config(self, config: SessionConfigRecord) -> None:
         """Insert or replace the cuid's configuration. The cuid must be bound."""
         params = (config.cuid, config.sid, _dumps(config.config, "config"), config.updated)
         try:
@@ -390,12 +390,12 @@ class SqliteStore:
         except StoreIntegrityError as exc:
             raise StoreIntegrityError(f"session configuration of {config.cuid}: {exc}") from exc
 
-    def get_session_config(self, cuid: str) -> SessionConfig | None:
+    def get_session_config(self, cuid: str) -> SessionConfigRecord | None:
         row = self._execute(schema.SELECT_SESSION_CONFIG, (cuid,)).fetchone()
         if row is None:
             return None
         try:
-            return SessionConfig(
+            return SessionConfigRecord(
                 cuid=row[0],
                 sid=int(row[1]),
                 config=_loads(row[2], "session configuration"),

@@ -33,6 +33,7 @@ from dotsd.dtls.context import DtlsContext
 from dotsd.dtls.cookie import CookieJar, Verdict
 from dotsd.dtls.events import ConnectionClosed, DataReceived, HandshakeCompleted
 from dotsd.dtls.records import CT_HANDSHAKE
+from dotsd.errors import PeerError
 from dotsd.link import Address, LinkHandler, PeerInfo, make_peer_info
 from dotsd.transport.base import LinkBase, Listener, wait_event
 from dotsd.transport.datagram import open_datagram
@@ -53,7 +54,7 @@ DEFAULT_MAX_SESSIONS: Final = 100_000
 DEFAULT_MAX_HALF_OPEN: Final = 1_000
 
 
-class DtlsHandshakeError(ConnectionError):
+class DtlsHandshakeError(PeerError, ConnectionError):
     """The DTLS handshake with the peer failed (refused certificate, alert, ...)."""
 
     def __init__(self, reason: str) -> None:
