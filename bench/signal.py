@@ -144,8 +144,8 @@ async def _measure(mitigations: int, sessions: int, requests: int) -> Row:
                 before = len(link.sent)
                 t = time.perf_counter()
                 node.data_received(link, data)
-                server.tick()
-                server.next_deadline()
+                server.handle_timer()
+                server.get_timer()
                 times.append(time.perf_counter() - t)
                 reply = decode(link.sent[-1])
                 if len(link.sent) == before or reply.code != expect:

@@ -60,7 +60,7 @@ class Net:
         for _ in range(max_steps):
             self.flush()
             deadlines = [t for t, _, _ in self.in_flight]
-            deadlines += [d for ep in self.eps.values() if (d := ep.next_timer()) is not None]
+            deadlines += [d for ep in self.eps.values() if (d := ep.get_timer()) is not None]
             nxt = min(deadlines, default=None)
             if nxt is None or nxt > until:
                 self.now = until

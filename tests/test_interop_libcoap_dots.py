@@ -148,7 +148,7 @@ async def test_libcoap_mitigation_lifecycle(scheme: str, pki: PkiPaths, tmp_path
         run = await coap(net, scheme, path, "-o", str(out))
         assert codes(run) == ["2.05"], run
         assert scope_entry(cbor2.loads(out.read_bytes()))[STATUS] == CLIENT_WITHDRAWN
-        removed = server.tick(clock.now + 121)
+        removed = server.handle_timer(wall=clock.now + 121)
         assert [c.removed for c in removed] == [True]
         run = await coap(net, scheme, path)
         assert codes(run) == ["4.04"], run

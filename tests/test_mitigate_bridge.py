@@ -75,7 +75,7 @@ async def test_apply_feedback_withdraw(pki: PkiPaths) -> None:  # noqa: F811
     # DELETE: active but terminating (status 5) keeps mitigating; expiry of that period stops.
     assert (await env.ask(_delete(env, 7))).code == Code.DELETED
     env.clock.now += 3600
-    env.server.tick()
+    env.server.handle_timer()
     await bridge.drain(TIMEOUT)
     assert [o.action for o in plugin.orders] == [MitigatorAction.APPLY, MitigatorAction.WITHDRAW]
 

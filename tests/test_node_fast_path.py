@@ -118,7 +118,7 @@ def state_of(endpoint: CoapEndpoint, peer: Hashable) -> tuple[object, ...]:
     assert state is not None
     dedup = [(mid, e.response and codec.encode(e.response)) for mid, e in state.dedup.items()]
     # The next timer relative to now: the two runs read different clocks.
-    timer = endpoint.next_timer()
+    timer = endpoint.get_timer()
     due = None if timer is None else round(timer - asyncio.get_running_loop().time())
     return (dedup, state.next_mid, sorted(state.observers), endpoint.observer_count(), due)
 
@@ -167,7 +167,7 @@ def test_fast_path_is_taken_for_a_plain_request() -> None:
     get = Message(MessageType.CON, Code.GET, 1, b"t").set_path("/echo")
     exchange = endpoint.receive_request("peer", codec.encode(get), 0.0)
     assert exchange is not None and exchange.path == ("echo",)
-    assert endpoint.next_event() is None and endpoint.next_timer() is None
+    assert endpoint.next_event() is None and endpoint.get_timer() is None
     # A duplicate, an Observe registration and an unknown peer take the general path.
     assert endpoint.receive_request("peer", codec.encode(get), 0.1) is None
     observe = Message(MessageType.CON, Code.GET, 2, b"u").set_path("/echo").add(
@@ -180,10 +180,10 @@ def test_fast_path_is_taken_for_a_plain_request() -> None:
     event = endpoint.next_event()
     assert isinstance(event, RequestReceived) and event.exchange.peer == "other"
     endpoint.respond(event.exchange, Message(code=Code.CONTENT), 0.1)
-    assert endpoint.next_timer() is None
+    assert endpoint.get_timer() is None
     # An exchange handed back unanswered gets its empty ACK in time (RFC 7252 §5.2.2).
     get.mid = 3
     later = endpoint.receive_request("peer", codec.encode(get), 1.0)
     assert later is not None
     endpoint.defer(later, 1.0)
-    assert endpoint.next_timer() == 1.0 + endpoint.config.separate_ack_delay
+    assert endpoint.get_timer() == 1.0 + endpoint.config.separate_ack_delay

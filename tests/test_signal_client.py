@@ -163,7 +163,7 @@ async def test_mitigate_status_watch_efficacy_withdraw(pki: PkiPaths) -> None:
         assert env.server.node.endpoint.observer_count() == 0  # deregistered
 
         # Efficacy update of a request the server no longer has: 4.12 (RFC 7252 §5.10.8.1).
-        env.server.tick(env.server.clock() + 121)
+        env.server.handle_timer(wall=env.server.clock() + 121)
         with pytest.raises(ClientError) as info:
             await c.efficacy(123, "under-attack", scope=SCOPE)
         assert info.value.code == Code.PRECONDITION_FAILED

@@ -26,6 +26,15 @@ from dotsd.signal.heartbeat import (
 )
 
 
+def fire(mon: HeartbeatMonitor, now: float) -> list[HeartbeatAction]:
+    """handle_timer, then every action next_event gives."""
+    mon.handle_timer(now)
+    actions = []
+    while (action := mon.next_event()) is not None:
+        actions.append(action)
+    return actions
+
+
 def run(mon: HeartbeatMonitor, until: float, *, answered: Callable[[float], bool],
         peer: Callable[[float], bool] | None = None) -> list[tuple[float, HeartbeatAction]]:
     """Drive the monitor like an event loop: fire its timer, perform SendHeartbeat (and, if
@@ -50,7 +59,7 @@ def run(mon: HeartbeatMonitor, until: float, *, answered: Callable[[float], bool
         if peer is not None and t % 10 == 0 and peer(t):
             mon.on_peer_heartbeat(t, True)
         if timer is not None and t >= timer:
-            for action in mon.handle_timer(t):
+            for action in fire(mon, t):
                 log.append((t, action))
                 if isinstance(action, SendHeartbeat):
                     mon.on_heartbeat_sent(t)
@@ -119,7 +128,7 @@ def test_client_loses_session_after_missing_hb_allowed() -> None:
     assert action.missed == 15
     assert len(sends(log)) == 15
     assert mon.lost and mon.get_timer() is None
-    assert mon.handle_timer(10_001) == []
+    assert fire(mon, 10_001) == []
 
 
 def test_one_response_resets_the_count() -> None:
@@ -133,21 +142,21 @@ def test_one_response_resets_the_count() -> None:
 def test_other_traffic_does_not_reset_client_count_in_normal_conditions() -> None:
     mon = HeartbeatMonitor(10, 2, 0.0)
     for t in (10.0, 20.0):
-        assert [type(a) for a in mon.handle_timer(t)] == [SendHeartbeat]
+        assert [type(a) for a in fire(mon, t)] == [SendHeartbeat]
         mon.on_heartbeat_sent(t)
         mon.on_traffic(t + 1)  # e.g. a mitigation response: not a heartbeat response
-    actions = mon.handle_timer(30.0)
+    actions = fire(mon, 30.0)
     assert len(actions) == 1 and isinstance(actions[0], SessionLost)
 
 
 def test_rtt_sample_from_response() -> None:
     mon = HeartbeatMonitor(30, 15, 0.0)
-    mon.handle_timer(30.0)
+    fire(mon, 30.0)
     mon.on_heartbeat_sent(30.0)
     assert mon.on_heartbeat_response(30.25) == pytest.approx(0.25)
-    mon.handle_timer(60.0)
+    fire(mon, 60.0)
     mon.on_heartbeat_sent(60.0)
-    mon.handle_timer(90.0)
+    fire(mon, 90.0)
     mon.on_heartbeat_sent(90.0)
     assert mon.on_heartbeat_response(90.5) is None  # two outstanding: ambiguous (Karn)
     assert mon.on_heartbeat_response(91.0, sent_at=90.0) == pytest.approx(1.0)
@@ -167,7 +176,7 @@ def test_client_under_attack_keeps_session_and_keeps_sending() -> None:
     # Traffic from the server gets through again: the client can stop the new session.
     mon.on_traffic(101.0)
     assert mon.get_timer() == 101.0
-    assert mon.handle_timer(101.0) == [PeerReachable()]
+    assert fire(mon, 101.0) == [PeerReachable()]
     assert not mon.degraded and mon.missed == 0
 
 
@@ -177,7 +186,7 @@ def test_client_attack_over_then_lost() -> None:
     log = run(mon, 30, answered=lambda t: False)
     assert any(isinstance(a, ThresholdReached) for _, a in log)
     mon.set_attack_ongoing(False)
-    actions = mon.handle_timer(40.0)
+    actions = fire(mon, 40.0)
     assert isinstance(actions[0], SessionLost)
 
 
@@ -194,7 +203,7 @@ def test_server_with_client_traffic_does_not_lose_session() -> None:
     assert not mon.lost
     # A heartbeat response makes the session whole again.
     mon.on_heartbeat_response(201.0)
-    assert mon.handle_timer(201.0) == [PeerReachable()]
+    assert fire(mon, 201.0) == [PeerReachable()]
 
 
 def test_server_traffic_does_not_clear_threshold_but_silence_loses() -> None:
@@ -215,8 +224,8 @@ def test_server_observer_without_own_heartbeats() -> None:
     assert mon.get_timer() == 450.0
     mon.on_peer_heartbeat(30.0, True)
     assert mon.get_timer() == 480.0
-    assert mon.handle_timer(479.0) == []
-    actions = mon.handle_timer(480.0)
+    assert fire(mon, 479.0) == []
+    actions = fire(mon, 480.0)
     assert len(actions) == 1 and isinstance(actions[0], SessionLost)
 
 
@@ -245,7 +254,7 @@ def test_peer_reporting_false_triggers_immediate_heartbeat() -> None:
     mon = HeartbeatMonitor(30, 15, 0.0, role=Role.SERVER)
     mon.on_peer_heartbeat(12.0, False)
     assert mon.get_timer() == 12.0
-    actions = mon.handle_timer(12.0)
+    actions = fire(mon, 12.0)
     assert actions == [SendHeartbeat(True)]
     mon.on_heartbeat_sent(12.0)
     assert mon.get_timer() == 42.0
@@ -254,12 +263,12 @@ def test_peer_reporting_false_triggers_immediate_heartbeat() -> None:
 
 def test_reply_to_peer_heartbeat_option_and_no_premature_miss() -> None:
     mon = HeartbeatMonitor(30, 1, 0.0, role=Role.CLIENT, reply_to_peer_heartbeat=True)
-    assert [type(a) for a in mon.handle_timer(30.0)] == [SendHeartbeat]
+    assert [type(a) for a in fire(mon, 30.0)] == [SendHeartbeat]
     mon.on_heartbeat_sent(30.0)
     mon.on_peer_heartbeat(31.0, True)
     assert mon.get_timer() == 31.0
     # The heartbeat of t=30 has had only 1 s: not yet missing.
-    assert [type(a) for a in mon.handle_timer(31.0)] == [SendHeartbeat]
+    assert [type(a) for a in fire(mon, 31.0)] == [SendHeartbeat]
 
 
 # ------------------------------------------------------------------------------- config
@@ -269,7 +278,7 @@ def test_disabled_when_interval_zero_and_reenabled() -> None:
     mon = HeartbeatMonitor(0, 15, 0.0)
     assert not mon.enabled
     assert mon.get_timer() is None
-    assert mon.handle_timer(1000.0) == []
+    assert fire(mon, 1000.0) == []
     # Mitigation starts: switch from idle-config (0) to mitigating-config (RFC 9132 §4.5).
     mon.set_interval(30, 15, 1000.0)
     assert mon.get_timer() == 1030.0
@@ -278,7 +287,7 @@ def test_disabled_when_interval_zero_and_reenabled() -> None:
 
 def test_interval_change_at_run_time() -> None:
     mon = HeartbeatMonitor(30, 15, 0.0)
-    mon.handle_timer(30.0)
+    fire(mon, 30.0)
     mon.on_heartbeat_sent(30.0)
     mon.set_interval(60, 5, 40.0)
     assert mon.get_timer() == 90.0

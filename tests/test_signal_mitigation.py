@@ -26,6 +26,7 @@ from dotsd.signal.mitigation import (
     MITIGATION_MEMBER,
     TRANSITIONS,
     AttackStatus,
+    Change,
     ConflictCause,
     ConflictInfo,
     ConflictPolicy,
@@ -57,6 +58,12 @@ CUID = "dz6pHjaADkaFTbjr0JGBpw"
 OTHER = "f30d281ce6b64fc5a0b91e"
 CDID = "7eeaf349529eb55ed50113"
 T0 = 1507818000.0
+
+
+def expire(table: MitigationTable, now: float) -> list[Change]:
+    """handle_timer, then every change next_event gives."""
+    table.handle_timer(now)
+    return list(iter(table.next_event, None))
 
 
 def figure_json(name: str, part: str | None = None) -> dict[str, Any]:
@@ -538,12 +545,12 @@ def test_delete_active_but_terminating() -> None:
     assert entry["status"] == "dots-client-withdrawn-mitigation"
     assert entry["lifetime"] == 110
     assert table.delete(CUID, 7, T0 + 30).changes == ()  # repeated DELETE: still 2.02
-    assert table.next_deadline() == T0 + 130
-    assert table.expire(T0 + 129) == []
-    (gone,) = table.expire(T0 + 130)
+    assert table.get_timer() == T0 + 130
+    assert expire(table, T0 + 129) == []
+    (gone,) = expire(table, T0 + 130)
     assert gone.removed and gone.reason is Reason.TERMINATED
     assert gone.mitigation.status is Status.ATTACK_MITIGATION_TERMINATED
-    assert len(table) == 0 and table.next_deadline() is None
+    assert len(table) == 0 and table.get_timer() is None
 
 
 def test_delete_unknown_is_still_deleted() -> None:
@@ -575,9 +582,9 @@ def test_lifetime_expiry() -> None:
     table = MitigationTable()
     put(table, 1, lifetime=60)
     put(table, 2, lifetime=120, target_prefix=["192.0.2.1/32"])
-    assert table.next_deadline() == T0 + 60
+    assert table.get_timer() == T0 + 60
     assert not table.lookup(CUID, 1).expired(T0 + 59)  # type: ignore[union-attr]
-    (change,) = table.expire(T0 + 60)
+    (change,) = expire(table, T0 + 60)
     assert change.key == (CUID, 1) and change.reason is Reason.EXPIRED and change.removed
     assert [m.mid for m in table] == [2]
 
@@ -733,7 +740,7 @@ def test_conflict_resolved_when_the_other_request_ends() -> None:
     put(table, 1, cuid=OTHER, lifetime=100)
     put(table, 1, lifetime=1000)
     assert table.lookup(CUID, 1).conflict is not None  # type: ignore[union-attr]
-    changes = table.expire(T0 + 100)
+    changes = expire(table, T0 + 100)
     reasons = {c.key: c.reason for c in changes}
     assert reasons == {(OTHER, 1): Reason.EXPIRED, (CUID, 1): Reason.CONFLICT_RESOLVED}
     m = table.lookup(CUID, 1)

@@ -119,7 +119,7 @@ def test_probing_rate_is_ignored() -> None:
         "/.well-known/dots/mitigate/cuid=abc/mid=1")
     ep.send_request("srv", msg, 0.0, confirmable=False, timeout=100.0, repeat=policy)
     ep.messages_to_send()
-    assert ep.next_timer() == 3.0  # not 400+ s as probing-rate 1 B/s would ask
+    assert ep.get_timer() == 3.0  # not 400+ s as probing-rate 1 B/s would ask
 
 
 def test_repeats_with_endpoint_in_fake_time() -> None:
@@ -136,7 +136,7 @@ def test_repeats_with_endpoint_in_fake_time() -> None:
         now = 0.0
         while True:
             times.extend(now for _ in ep.messages_to_send())
-            timer = ep.next_timer()
+            timer = ep.get_timer()
             if timer is None or timer > 29.9:
                 break
             now = timer

@@ -222,7 +222,7 @@ async def test_observe_efficacy_withdraw(pki: PkiPaths) -> None:
     assert entry(note)["status"] == "dots-client-withdrawn-mitigation"
     assert entry(await every.next(TIMEOUT))["status"] == "dots-client-withdrawn-mitigation"
     assert (await env.get(123)).code == Code.CONTENT
-    gone = env.server.tick(env.clock.now + 121)
+    gone = env.server.handle_timer(wall=env.clock.now + 121)
     assert [c.removed for c in gone] == [True]
     note = await one.next(TIMEOUT)
     assert entry(note)["status"] == "attack-mitigation-terminated"
@@ -318,8 +318,8 @@ async def test_restart_keeps_lifetime_counting(pki: PkiPaths, tmp_path: Path) ->
     assert resp.code == Code.CONTENT
     assert entry(resp)["lifetime"] == 2600
     assert entry(resp)["status"] == "attack-mitigation-in-progress"
-    assert server.table.next_deadline() == T0 + 3600
-    gone = server.tick(T0 + 3600)
+    assert server.table.get_timer() == T0 + 3600
+    gone = server.handle_timer(wall=T0 + 3600)
     assert [c.removed for c in gone] == [True] and changes == gone
     assert (await env2.get(123)).code == Code.NOT_FOUND
     assert server.store is not None and server.store.get_mitigation(env2.cuid, 123) is None
@@ -411,10 +411,10 @@ async def test_heartbeat_and_signal_loss(pki: PkiPaths, tmp_path: Path) -> None:
     assert (await env.get(10)).code == Code.CONTENT
     assert entry(await env.get(10))["status"] == "attack-mitigation-signal-loss"
     # Heartbeats keep the session: nothing happens within the allowance.
-    assert env.server.tick(T0 + 400, mono=T0 + 400) == []
+    assert env.server.handle_timer(T0 + 400, wall=T0 + 400) == []
     # 30 s x 15 missing heartbeats without any traffic: the session is lost (§4.7) and the
     # preconfigured request is triggered (§4.4.1.3).
-    lost = env.server.tick(T0 + 30 * 15 + 1, mono=T0 + 30 * 15 + 1)
+    lost = env.server.handle_timer(T0 + 30 * 15 + 1, wall=T0 + 30 * 15 + 1)
     assert [c.mitigation.status.label for c in lost] == ["attack-mitigation-in-progress"]
     assert not env.server.sessions
     assert env.server.store is not None
@@ -448,10 +448,10 @@ async def test_heartbeat_loss_follows_the_monotonic_clock(pki: PkiPaths,
     assert len(server.sessions) == 1
     span = 30 * 15  # the defaults: heartbeat-interval x missing-hb-allowed (RFC 9132 §4.5)
     wall.now += 3600  # the wall clock jumps an hour ahead
-    assert server.tick() == [] and len(server.sessions) == 1
+    assert server.handle_timer() == [] and len(server.sessions) == 1
     wall.now -= 3600 * 2  # and back, behind the start
     mono.now += span + 1  # while the client stays silent for the whole span
-    lost = server.tick()
+    lost = server.handle_timer()
     assert [c.mitigation.status.label for c in lost] == ["attack-mitigation-in-progress"]
     assert not server.sessions
     await env.client.close()
@@ -479,7 +479,7 @@ async def test_client_not_back_after_restart_loses_its_session(pki: PkiPaths,
         server = SignalServer(store=SqliteStore.open(state / "state"), clock=clock,
                               monotonic=clock)
         deadline = T0 + 50 + 30 * 15  # RFC 9132 §4.5.2 defaults: 30 s x 15
-        assert server.next_deadline() == deadline
+        assert server.get_timer() == deadline
         if returns:
             env2 = Env(pki, server, clock)
             clock.now = T0 + 300  # back before the deadline
@@ -487,11 +487,11 @@ async def test_client_not_back_after_restart_loses_its_session(pki: PkiPaths,
             assert (await env2.ask(hb)).code == Code.CHANGED
             clock.now = deadline
             # Its own session counts from T0 + 300.
-            assert server.tick(deadline, mono=deadline) == []
+            assert server.handle_timer(deadline, wall=deadline) == []
             await env2.client.close()
         else:
-            assert server.tick(deadline - 1, mono=deadline - 1) == []
-            lost = server.tick(deadline, mono=deadline)
+            assert server.handle_timer(deadline - 1, wall=deadline - 1) == []
+            lost = server.handle_timer(deadline, wall=deadline)
             assert [c.mitigation.status.label for c in lost] == ["attack-mitigation-in-progress"]
         assert server.store is not None
         stored = server.store.get_mitigation(cuid_of(pki.client_cert), 10)
@@ -654,13 +654,13 @@ async def test_many_sessions_each_lost_on_its_own_time(pki: PkiPaths) -> None:
         await heartbeat(0)
     assert len(server._timers) <= 2 * len(server.sessions) + 64
     # Clients 1..9 are past their allowance, 10..19 not yet.
-    server.tick(T0 + limit + 9.5, mono=T0 + limit + 9.5)
+    server.handle_timer(T0 + limit + 9.5, wall=T0 + limit + 9.5)
     alive = {s.client.identity for s in server.sessions.values()}
     assert alive == {"psk:" + (b"cpe-%d" % n).hex() for n in [0, *range(10, 20)]}
-    server.tick(T0 + limit + 25, mono=T0 + limit + 25)
+    server.handle_timer(T0 + limit + 25, wall=T0 + limit + 25)
     assert [s.client.identity for s in server.sessions.values()] == [
         "psk:" + b"cpe-0".hex()]
-    deadline = server.next_deadline()
+    deadline = server.get_timer()
     assert deadline is not None and deadline > T0 + limit + 25
 
 

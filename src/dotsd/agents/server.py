@@ -344,7 +344,7 @@ class SignalServer:
 
     def _load_table(self) -> MitigationTable:
         """RFC 9132 §4.4.1: acknowledged requests survive a restart; expiry is absolute, so
-        what expired while the server was down goes at the first :meth:`tick`."""
+        what expired while the server was down goes at the first :meth:`handle_timer`."""
         if self.store is None:
             return self._new_table()
         return self._new_table(mitigation_from_record(r) for r in self.store.all_mitigations())
@@ -672,14 +672,16 @@ class SignalServer:
 
     # -- time -------------------------------------------------------------------------------
 
-    def tick(self, now: float | None = None, *, mono: float | None = None) -> list[Change]:
-        """Do what is due: lifetime and active-but-terminating expiry at the wall-clock time
-        ``now`` (RFC 9132 §4.4.1.1, §4.4.4), heartbeat timers at the monotonic time ``mono``
-        (§4.7; a step of the wall clock loses no session). Changes are persisted and
-        notified."""
-        now = self.clock() if now is None else now
+    def handle_timer(self, mono: float | None = None, *, wall: float | None = None
+                     ) -> list[Change]:
+        """Do what is due: heartbeat timers at the monotonic time ``mono`` (RFC 9132 §4.7; a
+        step of the wall clock loses no session), lifetime and active-but-terminating expiry
+        at the wall-clock time ``wall`` (§4.4.1.1, §4.4.4); each defaults to its clock.
+        Changes are persisted and notified, and returned."""
+        now = self.clock() if wall is None else wall
         mono = self.monotonic() if mono is None else mono
-        changes = self.table.expire(now)
+        self.table.handle_timer(now)
+        changes = list(iter(self.table.next_event, None))
         self._commit(changes, now)
         done = list(changes)
         if len(self._rates) > len(self.sessions) + 1024:
@@ -716,13 +718,13 @@ class SignalServer:
                 self._drain(session)
         return done
 
-    def next_deadline(self) -> float | None:
-        """When :meth:`tick` is due next, on the monotonic clock; the table's wall-clock
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` is due next, on the monotonic clock; the table's wall-clock
         deadlines are converted with the clocks' current offset (the timer task also wakes
         every 30 s, so a stepped wall clock is noticed)."""
         while self._timers and not self._timer_stands(*self._timers[0]):
             heapq.heappop(self._timers)
-        expiry = self.table.next_deadline()
+        expiry = self.table.get_timer()
         if expiry is not None:
             expiry += self.monotonic() - self.clock()
         times = [t for t in (expiry, *self._awaiting.values(),
@@ -741,10 +743,10 @@ class SignalServer:
         assert self._wake is not None
         while True:
             try:
-                self.tick()
+                self.handle_timer()
             except Exception:
-                log.exception("signal server tick failed")
-            deadline = self.next_deadline()
+                log.exception("signal server timer failed")
+            deadline = self.get_timer()
             delay = _MAX_SLEEP if deadline is None else deadline - self.monotonic()
             delay = min(max(delay, 0.0), _MAX_SLEEP)
             self._wake.clear()

@@ -3,7 +3,7 @@
 One object serves many peers. It never touches a socket or a clock: the layer below feeds it
 messages with ``receive(peer, msg, now)`` (or raw datagrams with ``receive_datagram``) and
 takes what to send from ``messages_to_send()``; the layer above reads ``next_event()`` and
-answers requests with ``respond``. ``next_timer()``/``handle_timer(now)`` drive time.
+answers requests with ``respond``. ``get_timer()``/``handle_timer(now)`` drive time.
 
 A peer is any hashable key chosen by the layer below (a link). Datagram peers (UDP, DTLS)
 get the RFC 7252 message layer: CON retransmission with exponential back-off, ACK/RST,
@@ -363,7 +363,7 @@ class CoapEndpoint:
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
-    def next_timer(self) -> float | None:
+    def get_timer(self) -> float | None:
         deadline = self._timers.next_deadline()
         queue = self._ack_queue
         while queue and queue[0].responded:

@@ -315,7 +315,7 @@ class CoapNode:
             link.send(data)
 
     def _arm_timer(self) -> None:
-        when = self.endpoint.next_timer()
+        when = self.endpoint.get_timer()
         if when is None:
             return
         if self._timer is not None and self._timer_at is not None and self._timer_at <= when:

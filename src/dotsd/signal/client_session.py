@@ -363,8 +363,10 @@ class ClientSession:
             return
         if not self.lifecycle.live:
             return
-        if self.monitor is not None:
-            for action in self.monitor.handle_timer(now):
+        monitor = self.monitor
+        if monitor is not None:
+            monitor.handle_timer(now)
+            while (action := monitor.next_event()) is not None:
                 if isinstance(action, SendHeartbeat):
                     self._events.append(action)
                 elif isinstance(action, ThresholdReached):

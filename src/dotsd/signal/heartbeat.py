@@ -6,10 +6,10 @@ with an empty 2.04 (Figure 28); both agents send them (§4.7 implementation note
 
 :class:`HeartbeatMonitor` keeps one session's heartbeat state. It reads no clock and sends
 nothing: the caller feeds it (``on_heartbeat_sent``, ``on_heartbeat_response``,
-``on_peer_heartbeat``, ``on_traffic``), arms one timer at :meth:`~HeartbeatMonitor.get_timer`
-and, when it fires, performs the actions :meth:`~HeartbeatMonitor.handle_timer` returns
-(:class:`SendHeartbeat`, :class:`ThresholdReached`, :class:`PeerReachable`,
-:class:`SessionLost`).
+``on_peer_heartbeat``, ``on_traffic``), arms one timer at :meth:`~HeartbeatMonitor.get_timer`,
+calls :meth:`~HeartbeatMonitor.handle_timer` when it fires and then performs the actions
+:meth:`~HeartbeatMonitor.next_event` gives (:class:`SendHeartbeat`, :class:`ThresholdReached`,
+:class:`PeerReachable`, :class:`SessionLost`): the surface of every sans-IO layer here.
 
 Counting rules, as read from RFC 9132:
 
@@ -35,6 +35,7 @@ Counting rules, as read from RFC 9132:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -184,6 +185,7 @@ class HeartbeatMonitor:
         self._degraded = False  # ThresholdReached reported, not yet cleared
         self._lost = False
         self._pending: list[HeartbeatAction] = []
+        self._ready: deque[HeartbeatAction] = deque()  # what handle_timer found due
         self._pending_at = now
         self._next_send: float | None = now + self._interval if self._sending else None
 
@@ -340,7 +342,15 @@ class HeartbeatMonitor:
         """The time needed to exhaust the threshold (RFC 9132 §4.7)."""
         return self.threshold * self._interval
 
-    def handle_timer(self, now: float) -> list[HeartbeatAction]:
+    def handle_timer(self, now: float) -> None:
+        """Do what is due at ``now``; the actions come out of :meth:`next_event`."""
+        self._ready.extend(self._timer_actions(now))
+
+    def next_event(self) -> HeartbeatAction | None:
+        """The next action to perform (None: nothing to do now)."""
+        return self._ready.popleft() if self._ready else None
+
+    def _timer_actions(self, now: float) -> list[HeartbeatAction]:
         actions, self._pending = self._pending, []
         if self._lost or not self.enabled:
             return actions

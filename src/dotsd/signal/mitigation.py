@@ -42,6 +42,7 @@ import functools
 import heapq
 import ipaddress
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum, IntEnum
@@ -925,6 +926,7 @@ class MitigationTable:
         self._by_client: dict[str, dict[int, Mitigation]] = {}
         self._targets = TargetIndex()
         self._deadlines: list[tuple[float, tuple[str, int]]] = []  # heap, stale entries skipped
+        self._expired: deque[Change] = deque()  # what handle_timer ended, for next_event
         self._conflicted: set[tuple[str, int]] = set()  # with another client's overlap (cause 1)
         for record in records:
             self._store(record)
@@ -951,8 +953,8 @@ class MitigationTable:
     def of_client(self, cuid: str) -> list[Mitigation]:
         return sorted(self._by_client.get(cuid, {}).values(), key=lambda m: m.mid)
 
-    def next_deadline(self) -> float | None:
-        """The earliest time :meth:`expire` has something to do (to arm one timer)."""
+    def get_timer(self) -> float | None:
+        """The earliest time :meth:`handle_timer` has something to do (to arm one timer)."""
         heap = self._deadlines
         while heap and not self._due_entry(*heap[0]):
             heapq.heappop(heap)
@@ -1350,7 +1352,16 @@ class MitigationTable:
 
     # -- time -------------------------------------------------------------------------------
 
-    def expire(self, now: float) -> list[Change]:
+    def handle_timer(self, now: float) -> None:
+        """End what is due at ``now`` (see :meth:`_expire`); the changes come out of
+        :meth:`next_event`."""
+        self._expired.extend(self._expire(now))
+
+    def next_event(self) -> Change | None:
+        """The next change :meth:`handle_timer` made (None: none left)."""
+        return self._expired.popleft() if self._expired else None
+
+    def _expire(self, now: float) -> list[Change]:
         """End what is due at ``now``: active-but-terminating periods ("Once the
         active-but-terminating period elapses, the DOTS server MUST treat the mitigation as
         terminated", §4.4.4) and lifetimes ("Upon the expiry of the negotiated lifetime ...

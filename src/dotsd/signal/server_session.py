@@ -115,7 +115,8 @@ class ServerSession:
     def handle_timer(self, now: float) -> None:
         if self.lost:
             return
-        for action in self.monitor.handle_timer(now):
+        self.monitor.handle_timer(now)
+        while (action := self.monitor.next_event()) is not None:
             if isinstance(action, ThresholdReached):
                 # RFC 9132 §4.7: traffic still seen, the client's inbound link is likely
                 # saturated: MUST NOT consider the session disconnected.
