@@ -15,7 +15,7 @@ from dotsd.agents.connect import ClientSettings, ConnectError, connect, new_clie
 from dotsd.agents.serve import ServeError, serve
 from dotsd.agents.settings import MitigatorSettings, ServerSettings
 from dotsd.coap.numbers import Code
-from dotsd.pki import PkiPaths, init_pki
+from dotsd.pki import PkiPaths, init_pki, issue_server
 from dotsd.signal.config import ConfigSetKind
 from dotsd.signal.mitigation import Change
 from dotsd.store import SqliteStore, StoreError
@@ -158,4 +158,61 @@ async def test_answers_wait_for_the_commit_and_the_loop_keeps_serving(
         assert [m.mid for m in agent.server.table] == [reply.mid]  # reloaded: only the first
     finally:
         await client.close()
+        await agent.close()
+
+
+def _free_port() -> int:
+    """A loopback port free for UDP and TCP (bounded tries)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no free port")
+
+
+@pytest.mark.parametrize("transport", ["dtls", "tls"])
+async def test_call_home_is_a_configuration_of_the_same_agents(
+        pki: PkiPaths, tmp_path: Path, transport: str) -> None:
+    """RFC 9066 §5.1: the DOTS server dials (as the (D)TLS client) and the DOTS client
+    listens (as the (D)TLS server); the DOTS roles and the signal channel stay the same. Both
+    agents are the usual serve()/connect() with two settings changed. A link lost is dialed
+    again by the server, and the client's session goes on over the new one."""
+    # The client's certificate: one that serverAuth allows too (the client is the TLS server).
+    issue_server(pki.directory, "home", force=True)
+    port = _free_port()
+    client_task = asyncio.create_task(connect(ClientSettings(
+        "unused", pki=pki.directory, cert="home", transports=(transport,), timeout=10.0,
+        listen=("127.0.0.1", port))))
+    await asyncio.sleep(0)  # the client listens before the server dials (bounded below)
+    agent = await serve(settings(pki, tmp_path / "state", listen=False,
+                                 transports=(transport,),
+                                 call_home=(("127.0.0.1", port),)))
+    try:
+        assert agent.listeners == []  # the server listens nowhere: it dials
+        client = await asyncio.wait_for(client_task, 15)
+        try:
+            link = client.link
+            assert link is not None and not link.info.initiator  # the client accepted it
+            reply = await client.mitigate(SCOPE)
+            assert reply.code == Code.CREATED
+            assert agent.server.table.lookup(client.cuid, reply.mid or 0) is not None
+            dialer = agent.dialers[0]
+            assert dialer.link is not None and dialer.link.info.initiator
+            # The server's link goes down: it dials again; the client carries on.
+            dialer.link.close()
+            await asyncio.wait_for(client.session_lost.wait(), 10)
+            await asyncio.wait_for(client.connected.wait(), 15)
+            assert dialer.dials == 2
+            assert (await client.status(reply.mid)).code == Code.CONTENT
+        finally:
+            await client.close()
+    finally:
+        if not client_task.done():
+            client_task.cancel()
         await agent.close()

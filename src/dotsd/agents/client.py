@@ -378,6 +378,7 @@ class SignalClient:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._closers: list[Callable[[], object]] = []
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -435,6 +436,10 @@ class SignalClient:
     @property
     def lost_reason(self) -> str | None:
         return self.session.lost_reason
+
+    def on_close(self, close: Callable[[], object]) -> None:
+        """Call ``close`` when the client closes (e.g. the listener of a Call Home client)."""
+        self._closers.append(close)
 
     def use_dialer(self, dialer: ServerDialer) -> None:
         """Reach the server through ``dialer``: it dials (and redials), follows redirections
@@ -922,6 +927,9 @@ class SignalClient:
                 await task
         self.connected.clear()
         self.node.remove_link_listener(down=self._link_down)
+        for close in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                close()
         if self._own_node:
             await self.node.close()
         elif self.link is not None:

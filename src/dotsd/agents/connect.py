@@ -14,6 +14,7 @@ key, RFC 9132 §8), derives the 'cuid' from them (§4.4.1.1), builds the
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -22,6 +23,7 @@ from dotsd.agents.client import SignalClient
 from dotsd.agents.dial import ServerDialer
 from dotsd.agents.settings import DEFAULT_PORT, TRANSPORTS
 from dotsd.errors import LocalError
+from dotsd.link import Link
 
 __all__ = ["ClientSettings", "ConnectError", "connect", "new_client"]
 
@@ -48,7 +50,10 @@ class ClientSettings:
     "dtls" and "tls" to try; ``timeout``: per request and per connection attempt;
     ``heartbeat``: a fixed ('heartbeat-interval', 'missing-hb-allowed') instead of the
     negotiated values (0 turns heartbeats off, for one-shot commands); ``refresh``: refresh
-    the session configuration before its Max-Age runs out (§4.5.3).
+    the session configuration before its Max-Age runs out (§4.5.3); ``listen``: (address,
+    port) where this client waits for its Call Home DOTS server to dial it (RFC 9066 §5.1:
+    the client is then the (D)TLS server, with its certificate, which must allow serverAuth)
+    instead of dialing ``host``.
     """
 
     host: str
@@ -62,6 +67,7 @@ class ClientSettings:
     timeout: float = DEFAULT_TIMEOUT
     heartbeat: tuple[float, int] | None = None
     refresh: bool = True
+    listen: tuple[str, int] | None = None
 
 
 def new_client(settings: ClientSettings) -> SignalClient:
@@ -120,11 +126,54 @@ def new_client(settings: ClientSettings) -> SignalClient:
 
 
 async def connect(settings: ClientSettings) -> SignalClient:
-    """A client connected to its DOTS server (raises ``DialError`` when none answers)."""
+    """A client connected to its DOTS server (raises ``DialError`` when none answers); with
+    ``settings.listen``, once its Call Home DOTS server has dialed it (``TimeoutError`` when
+    none did within ``settings.timeout``)."""
     client = new_client(settings)
     try:
-        await client.start()
+        if settings.listen is None:
+            await client.start()
+        else:
+            await _await_call_home(client, settings)
     except BaseException:
         await client.close()
         raise
     return client
+
+
+async def _await_call_home(client: SignalClient, settings: ClientSettings) -> None:
+    """RFC 9066 §5.1: listen, as the (D)TLS server, for the Call Home DOTS server; every link
+    it makes becomes the client's session (a lost session waits for the next one: the
+    client does not dial)."""
+    from dotsd.dtls.context import DtlsConfig
+    from dotsd.dtls.context import server_context as dtls_server_context
+    from dotsd.tls.context import server_context as tls_server_context
+    from dotsd.transport.dtls import serve_dtls
+    from dotsd.transport.tcp import serve_tcp
+
+    assert settings.listen is not None
+    if settings.pki is None:
+        raise ConnectError("a Call Home DOTS client needs a certificate (--pki)", usage=True)
+    host, port = settings.listen
+    pki, name = settings.pki, settings.cert
+    cert, key, ca = pki / f"{name}.pem", pki / f"{name}.key", pki / "ca.pem"
+    client.connect = None  # RFC 9066: the server dials
+    client.on_redirect = None
+    first: asyncio.Future[Link] = asyncio.get_running_loop().create_future()
+
+    def link_up(link: Link) -> None:
+        if not first.done():
+            first.set_result(link)
+        else:
+            asyncio.get_running_loop().create_task(client.start(link))
+
+    client.node.add_link_listener(up=link_up)
+    if "dtls" in settings.transports:
+        dtls = await serve_dtls(client.node, host, port, dtls_server_context(
+            DtlsConfig(cert=cert, key=key, ca=ca)))
+        client.on_close(dtls.close)
+        port = dtls.port
+    if "tls" in settings.transports:
+        tls = await serve_tcp(client.node, host, port, tls_server_context(cert, key, ca))
+        client.on_close(tls.close)
+    await client.start(await asyncio.wait_for(first, settings.timeout))

@@ -18,6 +18,7 @@ already opened is closed again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -43,7 +44,8 @@ __all__ = ["ServeError", "ServerAgent", "check_pki", "make_mitigator", "serve"]
 log = logging.getLogger("dotsd.agents.serve")
 
 # What needs a restart when it changes (everything else is applied by ServerAgent.reload).
-RESTART_FIELDS = ("bind", "port", "transports", "pki", "state", "mitigator", "endpoint")
+RESTART_FIELDS = ("bind", "port", "transports", "pki", "state", "mitigator", "endpoint",
+                  "listen", "call_home")
 
 
 class ServeError(LocalError):
@@ -68,6 +70,68 @@ def make_mitigator(settings: ServerSettings, report: FeedbackSink | None) -> Mit
                          else f"mitigator {name!r}: {exc}") from exc
 
 
+class CallHomeDialer:
+    """Keeps a link from the server's node to one Call Home DOTS client (RFC 9066 §5.1): the
+    DOTS server is the (D)TLS client, with its own certificate, and dials with Happy Eyeballs
+    (RFC 9132 §4.3); when the link goes down it dials again, with a doubling back-off."""
+
+    def __init__(self, node: CoapNode, host: str, port: int, pki: PkiPaths,
+                 transports: tuple[str, ...], *, first_delay: float = 1.0,
+                 max_delay: float = 60.0) -> None:
+        from dotsd.agents.dial import ServerDialer
+        from dotsd.dtls.context import DtlsConfig
+        from dotsd.dtls.context import client_context as dtls_client_context
+        from dotsd.tls.context import client_context as tls_client_context
+
+        cert, key, ca = pki.server_cert, pki.server_key, pki.ca_cert
+        self.dialer = ServerDialer(
+            node, host, port,
+            dtls=dtls_client_context(DtlsConfig(cert=cert, key=key, ca=ca))
+            if "dtls" in transports else None,
+            tls=tls_client_context(cert, key, ca) if "tls" in transports else None)
+        self.node = node
+        self.link: Any = None
+        self.connected = asyncio.Event()
+        self.dials = 0
+        self._down = asyncio.Event()
+        self._first_delay, self._max_delay = first_delay, max_delay
+        node.add_link_listener(down=self._link_down)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _link_down(self, link: Any, reason: str | None) -> None:
+        if link is self.link:
+            log.info("call home link to %s down: %s", self.dialer.host, reason)
+            self.link = None
+            self.connected.clear()
+            self._down.set()
+
+    async def _run(self) -> None:
+        delay = self._first_delay
+        while True:
+            try:
+                self.link = await self.dialer.dial()
+            except Exception as exc:
+                log.warning("call home to %s:%d failed: %s (again in %.0f s)",
+                            self.dialer.host, self.dialer.port, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_delay)
+                continue
+            self.dials += 1
+            delay = self._first_delay
+            self._down.clear()
+            self.connected.set()
+            log.info("call home: connected to the DOTS client at %s", self.dialer.current)
+            await self._down.wait()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.node.remove_link_listener(down=self._link_down)
+        if self.link is not None:
+            self.link.close()
+
+
 @dataclass(eq=False)
 class ServerAgent:
     """A running DOTS server: its settings, the signal server, the mitigator bridge, the
@@ -81,6 +145,7 @@ class ServerAgent:
     listeners: list[Any] = field(default_factory=list)
     psk: dict[bytes, bytes] = field(default_factory=dict)  # the DTLS PSK lookup, reloadable
     psk_at_start: bool = False  # whether the DTLS listener was started with PSK lookup
+    dialers: list[CallHomeDialer] = field(default_factory=list)  # RFC 9066: links we dial
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -103,8 +168,10 @@ class ServerAgent:
         return restart
 
     async def close(self) -> None:
-        """Stop listening, stop the server's timer, let the mitigator finish its orders
+        """Stop dialing and listening, stop the server's timer, let the mitigator finish its orders
         (bounded), stop it, close the store."""
+        for dialer in self.dialers:
+            await dialer.close()
         for listener in self.listeners:
             with contextlib.suppress(Exception):
                 listener.close()
@@ -184,9 +251,13 @@ async def serve(
         await bridge.mitigator.start()
         agent.resumed = bridge.resume(server.table)
         port = settings.port
+        if not settings.listen:
+            transports: tuple[str, ...] = ()
+        else:
+            transports = settings.transports
         # RFC 9132 §4.3: DTLS and TLS on the same port; with port 0 the first listener picks
         # it and the second follows.
-        if "dtls" in settings.transports:
+        if "dtls" in transports:
             # [[client]] PSKs (DTLS only: Python's ssl has no TLS PSK before 3.13); the dict
             # is refilled by reload, so keys change without a restart.
             agent.psk.update(settings.psk_keys)
@@ -197,7 +268,7 @@ async def serve(
                 **(dtls_options or {}))
             agent.listeners.append(dtls)
             port = dtls.port
-        if "tls" in settings.transports:
+        if "tls" in transports:
             tls = await serve_tcp(server.node, settings.bind, port, tls_server_context(
                 pki.server_cert, pki.server_key, pki.ca_cert))
             agent.listeners.append(tls)
@@ -210,6 +281,9 @@ async def serve(
         await agent.close()
         raise
     agent.port = port
+    for host, client_port in settings.call_home:
+        agent.dialers.append(CallHomeDialer(server.node, host, client_port, pki,
+                                            settings.transports))
     server.start()
     if settings.redirect is not None:
         server.redirect(settings.redirect)

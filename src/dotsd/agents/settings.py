@@ -52,7 +52,7 @@ class MitigatorSettings:
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    """Everything ``dotsd server`` runs with. ``policy`` None is lab mode
+    """Everything a DOTS server agent (``dotsd server``) runs with. ``policy`` None is lab mode
     (:data:`~dotsd.signal.policy.LAB`); ``pki`` / ``state`` None: not configured (the command
     line must give them)."""
 
@@ -72,6 +72,11 @@ class ServerSettings:
     # never written out by to_dict / describe.
     psk_keys: tuple[tuple[bytes, bytes], ...] = field(default=(), compare=False, repr=False)
     source: str | None = field(default=None, compare=False)
+    # Who dials is independent of the DOTS role (RFC 9066 §5.1, Call Home): ``listen`` False
+    # opens no listener; ``call_home`` lists (host, port) of Call Home DOTS clients this
+    # server dials, as the (D)TLS client, and serves over the links it made.
+    listen: bool = True
+    call_home: tuple[tuple[str, int], ...] = ()
 
     @property
     def lab_mode(self) -> bool:

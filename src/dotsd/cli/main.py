@@ -66,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     handler: Handler = args.func
     try:
-        return handler(args)
+        code = handler(args)
+        # Buffered output goes now: a reader that went away shows here as BrokenPipeError,
+        # not at interpreter exit (which would end with status 120 and a message).
+        sys.stdout.flush()
+        return code
     except CommandError as exc:
         return _fail(str(exc), exc.exit_code)
     except BrokenPipeError:
