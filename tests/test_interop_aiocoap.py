@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from peers import (
+from support.peers import (
     BIG_BODY,
     COAP,
     COAP_TCP,

@@ -13,8 +13,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from loopback import HOSTS, tap
-from peers import (
+from support.loopback import HOSTS, tap
+from support.peers import (
     BIG_BODY,
     COAP,
     COAP_TCP,

@@ -17,8 +17,8 @@ from typing import Any
 
 import cbor2
 import pytest
-from peers import COAPS, COAPS_TCP, Completed, bounded, libcoap_client, needs_libcoap_client
-from signalnet import HOST, Clock, SignalNet, cuid_of, signal_listeners
+from support.peers import COAPS, COAPS_TCP, Completed, bounded, libcoap_client, needs_libcoap_client
+from support.signalnet import HOST, Clock, SignalNet, cuid_of, signal_listeners
 
 from dotsd.pki import PkiPaths, init_pki
 from dotsd.signal.mitigation import Event

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from memlinks import link_pair
+from support.memlinks import link_pair
 
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, MessageType

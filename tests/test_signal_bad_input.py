@@ -26,9 +26,9 @@ import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from loopback import tap
-from relays import UdpRelay, udp_relay
-from signalnet import HOST, STEP, Clock, SignalNet, cuid_of, request, signal_listeners
+from support.loopback import tap
+from support.relays import UdpRelay, udp_relay
+from support.signalnet import HOST, STEP, Clock, SignalNet, cuid_of, request, signal_listeners
 
 from dotsd.coap import codec as coap_codec
 from dotsd.coap.message import Block, Message
@@ -685,7 +685,7 @@ _bodies = st.one_of(
 
 
 def test_random_mitigation_bodies(pki: PkiPaths, tmp_path: Path) -> None:
-    from memlinks import MemLink
+    from support.memlinks import MemLink
     from test_signal_server import cert_links, make_env
 
     loop = asyncio.new_event_loop()

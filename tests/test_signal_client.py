@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from memlinks import MemLink
+from support.memlinks import MemLink
 
 from dotsd.agents.client import ClientError, Reply, SignalClient
 from dotsd.agents.server import SignalServer

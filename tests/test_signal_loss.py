@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from relays import every_other, no_loss, tcp_relay, udp_relay
-from signalnet import HOST, STEP, SignalNet, cuid_of, signal_listeners
+from support.relays import every_other, no_loss, tcp_relay, udp_relay
+from support.signalnet import HOST, STEP, SignalNet, cuid_of, signal_listeners
 
 from dotsd.agents.client import SignalClient
 from dotsd.coap.numbers import Code

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from loopback import ipv6_loopback
+from support.loopback import ipv6_loopback
 
 from dotsd.agents.client import Redirected, SessionMoved, SignalClient
 from dotsd.agents.dial import AttemptCache, Candidate, DialError, ServerDialer, order_candidates

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from memlinks import MemLink
+from support.memlinks import MemLink
 
 from dotsd.agents.server import SignalServer
 from dotsd.coap.message import Message

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from cryptography.x509.oid import NameOID
-from loopback import HOSTS, STEP, within
+from support.loopback import HOSTS, STEP, within
 
 from dotsd.dtls import (
     CookieJar,

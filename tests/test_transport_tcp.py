@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from loopback import HOSTS, STEP, within
+from support.loopback import HOSTS, STEP, within
 
 from dotsd.coap.codec import TcpFramer, encode_tcp
 from dotsd.coap.message import Message

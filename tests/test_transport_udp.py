@@ -6,7 +6,7 @@ import asyncio
 import socket
 
 import pytest
-from loopback import HOSTS, within
+from support.loopback import HOSTS, within
 
 from dotsd.link import Link
 from dotsd.transport.udp import UdpEndpoint, open_udp, peer_key
