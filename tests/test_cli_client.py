@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.pki import issued_client
 from test_cli_server import DOTSD, running
 from test_signal_redirect import serve
 
@@ -24,13 +25,8 @@ from dotsd.agents.mids import MidFile
 from dotsd.cli import CommandError
 from dotsd.cli.client import _split_server
 from dotsd.cli.main import main
-from dotsd.pki import PkiPaths, init_pki, issue_client, load_certificate, summarize
+from dotsd.pki import PkiPaths, load_certificate, summarize
 from dotsd.signal.mids import ROLLOVER_MID, MidStateError, next_mid
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    return init_pki(tmp_path_factory.mktemp("pki") / "pki")
 
 
 def _cli_sync(argv: list[str]) -> tuple[int, str, str]:
@@ -334,8 +330,7 @@ async def test_run_survives_a_server_restart(pki: PkiPaths, tmp_path: Path) -> N
 async def test_each_client_in_its_own_domain(pki: PkiPaths, tmp_path: Path) -> None:
     """[[client]] sections: a listed client gets its own prefixes, an unlisted one is refused
     (4.01, exit 4) with unlisted-clients = "refuse"; SIGHUP admits it again."""
-    issue_client(pki.directory, "acme")
-    acme = pki.directory / "acme.pem"
+    acme = issued_client(pki, "acme").cert
     cuid = summarize(load_certificate(acme)).cuid
     config = tmp_path / "server.toml"
     listed = (f'[[client]]\nname = "acme"\ncuid = "{cuid}"\n'

@@ -31,7 +31,6 @@ from support.peers import (
     libcoap_client,
     libcoap_credentials,
     libcoap_server,
-    make_creds,
     make_uri,
     needs_libcoap_client,
     needs_libcoap_server,
@@ -41,13 +40,14 @@ from support.peers import (
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, MessageType, OptionNumber
 from dotsd.link import Link
+from dotsd.pki import PkiPaths
 
 pytestmark = [pytest.mark.interop, pytest.mark.network, pytest.mark.timeout(40)]
 
 
 @pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory) -> Creds:
-    return make_creds(tmp_path_factory.mktemp("interop-libcoap"))
+def creds(pki: PkiPaths, rogue_pki: PkiPaths) -> Creds:
+    return Creds(pki, rogue_pki)
 
 
 async def client(server: DotsdServer, scheme: str, host: str, path: str, *args: str,

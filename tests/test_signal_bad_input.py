@@ -27,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.loopback import tap
+from support.pki import issued_client
 from support.relays import UdpRelay, udp_relay
 from support.signalnet import HOST, STEP, Clock, SignalNet, cuid_of, request, signal_listeners
 
@@ -35,7 +36,7 @@ from dotsd.coap.message import Block, Message
 from dotsd.coap.numbers import Code, ContentFormat, MessageType, OptionNumber
 from dotsd.link import Link
 from dotsd.node import CoapNode
-from dotsd.pki import PkiPaths, init_pki, issue_client
+from dotsd.pki import PkiPaths
 from dotsd.signal.mitigation import Event
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
@@ -333,10 +334,10 @@ def battery(a: str, b: str) -> list[Case]:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    paths = init_pki(tmp_path_factory.mktemp("pki-bad-input"))
-    issue_client(paths.directory, "other")
-    return paths
+def pki(pki: PkiPaths) -> PkiPaths:
+    """The shared test PKI (tests/conftest.py), with client B's certificate ``other``."""
+    issued_client(pki, "other")
+    return pki
 
 
 @dataclass

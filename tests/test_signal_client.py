@@ -20,7 +20,7 @@ from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
 from dotsd.link import cuid_from_spki_sha256, make_peer_info, spki_sha256
 from dotsd.model.codec import to_cbor
 from dotsd.node import CoapNode
-from dotsd.pki import PkiPaths, init_pki, load_certificate
+from dotsd.pki import PkiPaths, load_certificate
 from dotsd.signal.client_session import ClientSession
 from dotsd.signal.config import Attribute
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
@@ -66,11 +66,6 @@ def cert_links(client: SignalClient, server: SignalServer, cert_path: Path
     client.node.link_up(la)
     server.node.link_up(lb)
     return la, lb
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    return init_pki(tmp_path_factory.mktemp("pki"))
 
 
 class Env:

@@ -25,7 +25,7 @@ from dotsd.dtls.context import client_context as dtls_client_context
 from dotsd.dtls.context import server_context as dtls_server_context
 from dotsd.model import yang
 from dotsd.model.codec import from_cbor, to_cbor
-from dotsd.pki import PkiPaths, init_pki, load_certificate
+from dotsd.pki import PkiPaths, load_certificate
 from dotsd.signal.client_session import ProbeDtls
 from dotsd.signal.mitigation import Event
 from dotsd.signal.redirect import (
@@ -120,11 +120,6 @@ def test_candidate_order_and_cache() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Real servers on loopback
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    return init_pki(tmp_path_factory.mktemp("pki"))
 
 
 class Served:

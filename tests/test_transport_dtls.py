@@ -10,7 +10,6 @@ import multiprocessing
 import os
 import socket
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from cryptography.x509.oid import NameOID
 from support.loopback import HOSTS, STEP, within
+from support.pki import issued_client
 
 from dotsd.dtls import (
     CookieJar,
@@ -29,7 +29,7 @@ from dotsd.dtls import (
     server_context,
 )
 from dotsd.link import Link, spki_sha256
-from dotsd.pki import init_pki, issue_client
+from dotsd.pki import PkiPaths
 from dotsd.transport.dtls import (
     DtlsHandshakeError,
     DtlsLink,
@@ -47,28 +47,14 @@ PSK_ID, PSK_KEY = b"dots-client-psk", b"0123456789abcdef"
 
 
 
-@dataclass(frozen=True)
-class Pki:
-    good: Path
-    rogue: Path
+@pytest.fixture(scope="module")
+def sctx(pki: PkiPaths) -> DtlsContext:
+    return server_context(DtlsConfig.from_pki(pki))
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    good = init_pki(tmp_path_factory.mktemp("pki")).directory
-    issue_client(good, "alice")
-    rogue = init_pki(tmp_path_factory.mktemp("rogue")).directory
-    return Pki(good, rogue)
-
-
-@pytest.fixture(scope="module")
-def sctx(pki: Pki) -> DtlsContext:
-    return server_context(DtlsConfig.from_pki(pki.good))
-
-
-@pytest.fixture(scope="module")
-def cctx(pki: Pki) -> DtlsContext:
-    return client_context(DtlsConfig.from_pki(pki.good, client=True))
+def cctx(pki: PkiPaths) -> DtlsContext:
+    return client_context(DtlsConfig.from_pki(pki, client=True))
 
 
 def common_name(link: Link) -> str:
@@ -127,7 +113,7 @@ async def dtls_server(handler: Node, host: str, ctx: DtlsContext,
 # --- basics ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("host", HOSTS)
-async def test_handshake_and_echo(host: str, pki: Pki, sctx: DtlsContext,
+async def test_handshake_and_echo(host: str, pki: PkiPaths, sctx: DtlsContext,
                                   cctx: DtlsContext) -> None:
     server_node, client_node = Node(echo=True), Node()
     async with dtls_server(server_node, host, sctx) as server:
@@ -183,11 +169,11 @@ async def test_psk_over_sockets() -> None:
 # --- refusals --------------------------------------------------------------------------------
 
 async def test_wrong_ca_clients_are_refused_while_others_are_served(
-        pki: Pki, sctx: DtlsContext, cctx: DtlsContext) -> None:
-    rogue = client_context(DtlsConfig(cert=pki.rogue / "client.pem",
-                                      key=pki.rogue / "client.key", ca=pki.good / "ca.pem"))
-    alice = client_context(DtlsConfig(cert=pki.good / "alice.pem", key=pki.good / "alice.key",
-                                      ca=pki.good / "ca.pem"))
+        pki: PkiPaths, rogue_pki: PkiPaths, sctx: DtlsContext, cctx: DtlsContext) -> None:
+    rogue = client_context(DtlsConfig(cert=rogue_pki.client_cert, key=rogue_pki.client_key,
+                                      ca=pki.ca_cert))
+    issued = issued_client(pki, "alice")
+    alice = client_context(DtlsConfig(cert=issued.cert, key=issued.key, ca=pki.ca_cert))
     server_node, client_node = Node(echo=True), Node()
     async with dtls_server(server_node, "127.0.0.1", sctx) as server:
         good = await dtls_connect(client_node, ("127.0.0.1", server.port), cctx)
@@ -216,8 +202,9 @@ async def test_wrong_ca_clients_are_refused_while_others_are_served(
         late.close()
 
 
-async def test_client_refuses_a_server_of_another_ca(pki: Pki, cctx: DtlsContext) -> None:
-    rogue_server = server_context(DtlsConfig.from_pki(pki.rogue))
+async def test_client_refuses_a_server_of_another_ca(rogue_pki: PkiPaths,
+                                                    cctx: DtlsContext) -> None:
+    rogue_server = server_context(DtlsConfig.from_pki(rogue_pki))
     async with dtls_server(Node(), "127.0.0.1", rogue_server) as server:
         with pytest.raises(DtlsHandshakeError, match="certificate verify failed"):
             await dtls_connect(Node(), ("127.0.0.1", server.port), cctx)
@@ -249,7 +236,7 @@ async def recv(sock: socket.socket) -> bytes:
 
 # --- no state for strangers ------------------------------------------------------------------
 
-async def test_garbage_and_cookieless_hellos_create_no_state(pki: Pki, sctx: DtlsContext,
+async def test_garbage_and_cookieless_hellos_create_no_state(pki: PkiPaths, sctx: DtlsContext,
                                                              cctx: DtlsContext) -> None:
     async with dtls_server(Node(), "127.0.0.1", sctx) as server:
         hello = DtlsConnection(cctx, 0.0).datagrams_to_send()[0]
@@ -266,7 +253,7 @@ async def test_garbage_and_cookieless_hellos_create_no_state(pki: Pki, sctx: Dtl
         assert server.hello_verify_sent == 20 and server.dropped == 5
 
 
-async def test_half_open_limit_and_handshake_deadline(pki: Pki, sctx: DtlsContext,
+async def test_half_open_limit_and_handshake_deadline(pki: PkiPaths, sctx: DtlsContext,
                                                       cctx: DtlsContext) -> None:
     """Clients that pass the cookie exchange and then go silent hold half-open state,
     at most ``max_half_open`` of them, and only until the handshake deadline."""
@@ -460,11 +447,11 @@ def _measured_server(pki_dir: str, pipe: Connection) -> None:
 
 @pytest.mark.skipif(not os.environ.get("DOTSD_MEASURE"), reason="set DOTSD_MEASURE=1")
 @pytest.mark.timeout(300)
-async def test_measure_handshakes_round_trips_and_memory(pki: Pki, cctx: DtlsContext) -> None:
+async def test_measure_handshakes_round_trips_and_memory(pki: PkiPaths, cctx: DtlsContext) -> None:
     idle_sessions = int(os.environ.get("DOTSD_MEASURE_SESSIONS", "2000"))
     ours, theirs = multiprocessing.Pipe()
     child = multiprocessing.get_context("fork").Process(
-        target=_measured_server, args=(str(pki.good), theirs))
+        target=_measured_server, args=(str(pki.directory), theirs))
     child.start()
     loop = asyncio.get_running_loop()
 

@@ -5,7 +5,8 @@
 - ``loopback``: loopback hosts, bounded waits, a tap on a node's datagrams;
 - ``relays``: UDP and TCP relays that can lose or hold what crosses them;
 - ``signalnet``: a DOTS signal server on real DTLS and TLS listeners, and its clients;
-- ``peers``: the independent CoAP peers of the interop tests (libcoap, aiocoap).
+- ``peers``: the independent CoAP peers of the interop tests (libcoap, aiocoap);
+- ``pki``: more client certificates of the shared test PKI (the ``pki`` fixture).
 
 The tests import them as ``support.NAME``: pytest puts ``tests/`` on ``sys.path`` (the
 default ``prepend`` import mode; ``tests/`` has no ``__init__.py``).
