@@ -185,6 +185,7 @@ def test_key_value_formatter() -> None:
     assert line.endswith('empty=""')
 
 
+@pytest.mark.network
 def test_console_entry_point(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "dotsd.cli.main", "pki", "init", str(tmp_path), "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
@@ -195,6 +196,7 @@ def test_console_entry_point(tmp_path: Path) -> None:
     assert_one_error_line(done.stderr)
 
 
+@pytest.mark.network
 def test_closed_stdout_ends_quietly(tmp_path: Path) -> None:
     """`dotsd … | head`: a reader that goes away is no error worth a message."""
 

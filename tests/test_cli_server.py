@@ -22,6 +22,8 @@ from dotsd.coap.numbers import Code
 from dotsd.pki import PkiPaths, load_certificate
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigSetKind
 
+pytestmark = pytest.mark.network  # every test runs `dotsd server` as a process
+
 SCOPE: dict[str, Any] = {"target-prefix": ["2001:db8:6401::1/128"], "lifetime": 3600}
 DOTSD = [sys.executable, "-m", "dotsd"]
 

@@ -373,6 +373,7 @@ def test_every_error_is_exit_1_and_one_line(
     assert out == ""
 
 
+@pytest.mark.network
 def test_missing_config_file_in_a_real_process(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "dotsd", "server", "--config",
                              str(tmp_path / "none.toml")],

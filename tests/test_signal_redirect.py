@@ -185,6 +185,7 @@ def make_client(pki: PkiPaths, host: str, port: int, *, dtls: bool = True, tls: 
     return client, dialer
 
 
+@pytest.mark.network
 @needs_v6
 async def test_client_follows_redirections(pki: PkiPaths, tmp_path: Path) -> None:
     """A redirects (response and unidirectional notification) to B on ::1; B's redirection
@@ -225,6 +226,7 @@ async def test_client_follows_redirections(pki: PkiPaths, tmp_path: Path) -> Non
             await client.close()
 
 
+@pytest.mark.network
 async def test_request_redirected_to_alternate(pki: PkiPaths, tmp_path: Path) -> None:
     """A mitigation request answered 5.03 is sent to the alternate, where it is created;
     without a redirect hook the 5.03 is an error naming the alternate."""
@@ -252,6 +254,7 @@ async def test_request_redirected_to_alternate(pki: PkiPaths, tmp_path: Path) ->
             await client.close()
 
 
+@pytest.mark.network
 async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -> None:
     """UDP is black-holed (a socket that never answers): TLS starts after the attempt delay
     and wins well before a DTLS handshake would time out; the outcome is cached; once DTLS
@@ -309,6 +312,7 @@ async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -
         hole.close()
 
 
+@pytest.mark.network
 @needs_v6
 async def test_happy_eyeballs_ipv4_when_ipv6_refuses(pki: PkiPaths, tmp_path: Path) -> None:
     """The server 'localhost' is configured with ::1 and 127.0.0.1; only IPv4 serves: DTLS
@@ -323,6 +327,7 @@ async def test_happy_eyeballs_ipv4_when_ipv6_refuses(pki: PkiPaths, tmp_path: Pa
             await client.close()
 
 
+@pytest.mark.network
 async def test_nothing_listening_is_a_dial_error(pki: PkiPaths) -> None:
     port = _free_port()
     client, dialer = make_client(pki, "127.0.0.1", port)

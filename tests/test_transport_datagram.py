@@ -87,6 +87,7 @@ async def _receive(client: socket.socket, into: list[bytes], count: int) -> list
     return into
 
 
+@pytest.mark.network
 async def test_answers_leave_after_the_batch_in_order(sockets: Any) -> None:
     server, client = sockets
     proto = Echo(client)
@@ -103,6 +104,7 @@ async def test_answers_leave_after_the_batch_in_order(sockets: Any) -> None:
     transport.close()
 
 
+@pytest.mark.network
 async def test_what_was_sent_before_a_close_still_leaves(sockets: Any) -> None:
     server, client = sockets
     proto = Echo(client)
@@ -144,6 +146,7 @@ class Sink(asyncio.DatagramProtocol):
         self.errors.append(exc)
 
 
+@pytest.mark.network
 async def test_a_batch_of_sends_mixing_names_and_addresses_all_arrive(sockets: Any) -> None:
     # A host name cannot go through sendmmsg: it is sent the careful way, and so is
     # everything after it; all arrive, in order.
@@ -159,6 +162,7 @@ async def test_a_batch_of_sends_mixing_names_and_addresses_all_arrive(sockets: A
     transport.close()
 
 
+@pytest.mark.network
 async def test_sources_come_as_recvfrom_gives_them(sockets: Any) -> None:
     server, client = sockets
     sink = Sink()
@@ -170,6 +174,7 @@ async def test_sources_come_as_recvfrom_gives_them(sockets: Any) -> None:
     transport.close()
 
 
+@pytest.mark.network
 async def test_an_icmp_error_on_a_connected_socket_is_reported(mode: str) -> None:
     closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     closed.bind(("127.0.0.1", 0))
