@@ -18,6 +18,7 @@ import pytest
 from cryptography.x509.oid import NameOID
 from support.loopback import HOSTS, STEP, within
 from support.pki import issued_client
+from support.waiting import wait_until
 
 from dotsd.dtls import (
     CookieJar,
@@ -208,8 +209,8 @@ async def test_client_refuses_a_server_of_another_ca(rogue_pki: PkiPaths,
     async with dtls_server(Node(), "127.0.0.1", rogue_server) as server:
         with pytest.raises(DtlsHandshakeError, match="certificate verify failed"):
             await dtls_connect(Node(), ("127.0.0.1", server.port), cctx)
-        await asyncio.sleep(0.05)
-        assert server.session_count == 0
+        # The client's alert ends the server's half-open handshake.
+        await wait_until(lambda: server.session_count == 0, STEP, what="no session left")
 
 
 async def test_connect_timeout_when_nobody_answers(cctx: DtlsContext) -> None:
@@ -271,11 +272,14 @@ async def test_half_open_limit_and_handshake_deadline(pki: PkiPaths, sctx: DtlsC
                 s.sendto(conn.datagrams_to_send()[0], ("127.0.0.1", server.port))
                 conn.receive_datagram(await recv(s), 0.0)  # the HelloVerifyRequest
                 s.sendto(conn.datagrams_to_send()[0], ("127.0.0.1", server.port))
-            await asyncio.sleep(0.1)
+            await wait_until(lambda: server.half_open + server.dropped == 3, STEP,
+                             what="the three ClientHellos handled")
             assert server.half_open == 2 and server.dropped == 1
             assert server.session_count == 2
-            await asyncio.sleep(0.8)
-            assert server.half_open == 0 and server.session_count == 0
+            # Gone at the handshake deadline (handshake_timeout=0.5 s, where the default
+            # would keep them 60 s); the bound of the wait leaves room for a loaded machine.
+            await wait_until(lambda: server.half_open == 0 and server.session_count == 0,
+                             2.0, what="half-open state gone")
         finally:
             for s in socks:
                 s.close()
