@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
-import multiprocessing
 import os
 import socket
-import time
-from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,10 +36,6 @@ from dotsd.transport.dtls import (
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
 PSK_ID, PSK_KEY = b"dots-client-psk", b"0123456789abcdef"
-
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -390,130 +380,3 @@ async def test_server_close_tells_every_client(sctx: DtlsContext, cctx: DtlsCont
         assert (await within(node.downs.get())) == (link, "closed by peer")
     downs = [await within(server_node.downs.get()) for _ in range(3)]
     assert {reason for _, reason in downs} == {"closed"}
-
-
-# --- measurements (not assertions): DOTSD_MEASURE=1 pytest -s -k measure --------------------
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-
-
-def _heap_in_use() -> int:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
-    return int(info.uordblks + info.hblkhd)
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _measured_server(pki_dir: str, pipe: Connection) -> None:
-    """Runs in a child process: a DTLS echo server that reports its own memory."""
-    import tracemalloc
-
-    class Echo:
-        def link_up(self, link: Link) -> None:
-            pass
-
-        def data_received(self, link: Link, data: bytes) -> None:
-            link.send(data)
-
-        def link_down(self, link: Link, reason: str | None) -> None:
-            pass
-
-    async def main() -> None:
-        ctx = server_context(DtlsConfig.from_pki(Path(pki_dir)))
-        server = await serve_dtls(Echo(), "127.0.0.1", 0, ctx, idle_timeout=None)
-        pipe.send(server.port)
-        loop = asyncio.get_running_loop()
-        while True:
-            command = await loop.run_in_executor(None, pipe.recv)
-            gc.collect()
-            if command == "mark":
-                traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
-                pipe.send((_heap_in_use(), _rss(), traced, server.session_count))
-            elif command == "trace":
-                tracemalloc.start()
-                pipe.send(None)
-            elif command == "untrace":
-                tracemalloc.stop()
-                pipe.send(None)
-            else:
-                server.close()
-                pipe.send(None)
-                return
-
-    asyncio.run(main())
-
-
-@pytest.mark.skipif(not os.environ.get("DOTSD_MEASURE"), reason="set DOTSD_MEASURE=1")
-@pytest.mark.timeout(300)
-async def test_measure_handshakes_round_trips_and_memory(pki: PkiPaths, cctx: DtlsContext) -> None:
-    idle_sessions = int(os.environ.get("DOTSD_MEASURE_SESSIONS", "2000"))
-    ours, theirs = multiprocessing.Pipe()
-    child = multiprocessing.get_context("fork").Process(
-        target=_measured_server, args=(str(pki.directory), theirs))
-    child.start()
-    loop = asyncio.get_running_loop()
-
-    async def ask(command: str) -> Any:
-        ours.send(command)
-        return await loop.run_in_executor(None, ours.recv)
-
-    try:
-        port = await loop.run_in_executor(None, ours.recv)
-        node = Node()
-        addr = ("127.0.0.1", port)
-        for _ in range(10):
-            (await dtls_connect(node, addr, cctx)).close()
-        started = time.perf_counter()
-        links = [await dtls_connect(node, addr, cctx) for _ in range(200)]
-        sequential = 200 / (time.perf_counter() - started)
-        started = time.perf_counter()
-        links += await asyncio.gather(*[dtls_connect(node, addr, cctx) for _ in range(200)])
-        concurrent = 200 / (time.perf_counter() - started)
-        link, n = links[0], 5000
-        started = time.perf_counter()
-        for _ in range(n):
-            link.send(b"x" * 60)
-            await node.data.get()
-        rtt = (time.perf_counter() - started) / n
-        for lk in links:
-            lk.close()
-        await asyncio.sleep(0.3)
-        heap0, rss0, _, count0 = await ask("mark")
-        await ask("trace")
-        _, _, traced0, _ = await ask("mark")
-        idle: list[DtlsLink] = []
-        for _ in range(0, idle_sessions, 100):
-            idle += await asyncio.gather(*[dtls_connect(node, addr, cctx, timeout=30)
-                                           for _ in range(100)])
-        await asyncio.sleep(0.3)
-        _, _, traced1, _ = await ask("mark")
-        await ask("untrace")
-        heap1, rss1, _, count1 = await ask("mark")
-        started = time.perf_counter()
-        for i in range(n):
-            idle[i % 100].send(b"x" * 60)
-            await node.data.get()
-        rtt_loaded = (time.perf_counter() - started) / n
-        sessions = count1 - count0
-        print(f"\nmutual-certificate handshakes/s on loopback: {sequential:.0f} one at a time, "
-              f"{concurrent:.0f} with 200 dialling at once (client and server processes)")
-        print(f"echo round trips over one session: {1 / rtt:.0f}/s ({rtt * 1e6:.0f} us); "
-              f"with {count1} idle sessions: {rtt_loaded * 1e6:.0f} us")
-        print(f"server memory per idle session ({sessions} sessions): "
-              f"heap {(heap1 - heap0) / sessions / 1024:.1f} KiB, "
-              f"RSS {(rss1 - rss0) / sessions / 1024:.1f} KiB, "
-              f"Python objects (tracemalloc) {(traced1 - traced0) / sessions / 1024:.1f} KiB")
-        for lk in idle:
-            lk.close()
-    finally:
-        with contextlib.suppress(Exception):
-            await ask("stop")
-        child.join(10)
