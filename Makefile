@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv peers demo test lint typecheck unit bench clean
+.PHONY: all venv peers demo test lint typecheck unit suite bench clean
 
 all: test
 
@@ -40,17 +40,30 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# The test tiers, by pytest marker (pyproject.toml): `make unit` runs the fast pure tests
+# (no sockets, no peers, no sanitizer build); `make test` runs every test.
+UNIT_TIER := not network and not interop and not slow
+
+# Tests run as on a fresh machine: without the interactive shell's PYTHONUNBUFFERED and
+# PYTHONDONTWRITEBYTECODE, which hide bugs (buffered output flushed at exit, for one).
+PYTEST := env -u PYTHONUNBUFFERED -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest
+
+unit: venv
+	$(PYTEST) -q -m "$(UNIT_TIER)"
+
 # The tests of the paths the C accelerators replace run once more in pure Python, so the
 # fallback of a machine without a compiler stays right.
 PURE_TESTS := tests/test_dtls_connection.py tests/test_dtls_records.py \
 	tests/test_transport_dtls.py tests/test_transport_datagram.py tests/test_transport_udp.py \
 	tests/test_node_fast_path.py
 
-unit: venv peers
-	$(BIN)/pytest -q
-	DOTSD_PURE_PYTHON=1 $(BIN)/pytest -q $(PURE_TESTS)
+# Every tier: unit, network (loopback sockets, dotsd processes), interop (libcoap, aiocoap:
+# `peers` installs them) and slow.
+suite: venv peers
+	$(PYTEST) -q
+	DOTSD_PURE_PYTHON=1 $(PYTEST) -q $(PURE_TESTS)
 
-test: lint typecheck unit
+test: lint typecheck suite
 
 bench: venv peers
 	$(BIN)/python -m bench coap

@@ -15,7 +15,7 @@ from dotsd.agents.connect import ClientSettings, ConnectError, connect, new_clie
 from dotsd.agents.serve import ServeError, serve
 from dotsd.agents.settings import MitigatorSettings, ServerSettings
 from dotsd.coap.numbers import Code
-from dotsd.pki import PkiPaths, init_pki, issue_server
+from dotsd.pki import PkiPaths, issue_server
 from dotsd.signal.config import ConfigSetKind
 from dotsd.signal.mitigation import Change
 from dotsd.store import SqliteStore, StoreError
@@ -23,11 +23,6 @@ from dotsd.store import SqliteStore, StoreError
 pytestmark = pytest.mark.network
 
 SCOPE = {"target-prefix": ["2001:db8:6401::1/128"], "lifetime": 3600}
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    return init_pki(tmp_path_factory.mktemp("pki"))
 
 
 def settings(pki: PkiPaths, state: Path | None, **kw: object) -> ServerSettings:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.pki import issued_client
 from test_cli_server import DOTSD, running
 from test_signal_redirect import serve
 
@@ -24,13 +25,8 @@ from dotsd.agents.mids import MidFile
 from dotsd.cli import CommandError
 from dotsd.cli.client import _split_server
 from dotsd.cli.main import main
-from dotsd.pki import PkiPaths, init_pki, issue_client, load_certificate, summarize
+from dotsd.pki import PkiPaths, load_certificate, summarize
 from dotsd.signal.mids import ROLLOVER_MID, MidStateError, next_mid
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    return init_pki(tmp_path_factory.mktemp("pki") / "pki")
 
 
 def _cli_sync(argv: list[str]) -> tuple[int, str, str]:
@@ -105,6 +101,7 @@ def test_split_server_forms() -> None:
 # Against a real server
 
 
+@pytest.mark.network
 async def test_commands(pki: PkiPaths, tmp_path: Path) -> None:
     async with running(pki, tmp_path / "server") as server:
         cli = Cli(pki, server.port, tmp_path / "client")
@@ -140,6 +137,7 @@ async def test_commands(pki: PkiPaths, tmp_path: Path) -> None:
         assert third["mid"] == 3
 
 
+@pytest.mark.network
 async def test_failures_and_exit_codes(pki: PkiPaths, tmp_path: Path) -> None:
     async with running(pki, tmp_path / "server") as server:
         cli = Cli(pki, server.port, tmp_path / "client")
@@ -201,6 +199,7 @@ async def _events(proc: asyncio.subprocess.Process, until: str) -> list[dict[str
                 return seen
 
 
+@pytest.mark.network
 async def test_run_serves_commands_on_its_session(pki: PkiPaths, tmp_path: Path) -> None:
     state = tmp_path / "client"
     async with running(pki, tmp_path / "server") as server, \
@@ -230,6 +229,7 @@ async def test_run_serves_commands_on_its_session(pki: PkiPaths, tmp_path: Path)
         assert not (state / "client.sock").exists()
 
 
+@pytest.mark.network
 async def test_status_watch(pki: PkiPaths, tmp_path: Path) -> None:
     async with running(pki, tmp_path / "server") as server:
         cli = Cli(pki, server.port, tmp_path / "client")
@@ -274,6 +274,7 @@ async def _event(server: Any, key: str) -> dict[str, Any]:
                 return event
 
 
+@pytest.mark.network
 async def test_operator_redirects_by_reloading(pki: PkiPaths, tmp_path: Path) -> None:
     """SIGHUP applies a [redirect] section: clients are sent to the alternate server (RFC 9132
     §4.6) and `dotsd client` follows; a bad file changes nothing; removing it ends it."""
@@ -302,6 +303,7 @@ async def test_operator_redirects_by_reloading(pki: PkiPaths, tmp_path: Path) ->
         assert here["server"] == f"::1 over dtls://[::1]:{a.port}"
 
 
+@pytest.mark.network
 async def test_run_survives_a_server_restart(pki: PkiPaths, tmp_path: Path) -> None:
     """`dotsd client run` over TLS: the server is killed (-9) and restarted on its state; the
     client sees the session end, redials (RFC 9132 §4.7) and serves commands again."""
@@ -331,11 +333,11 @@ async def test_run_survives_a_server_restart(pki: PkiPaths, tmp_path: Path) -> N
             await proc.wait()
 
 
+@pytest.mark.network
 async def test_each_client_in_its_own_domain(pki: PkiPaths, tmp_path: Path) -> None:
     """[[client]] sections: a listed client gets its own prefixes, an unlisted one is refused
     (4.01, exit 4) with unlisted-clients = "refuse"; SIGHUP admits it again."""
-    issue_client(pki.directory, "acme")
-    acme = pki.directory / "acme.pem"
+    acme = issued_client(pki, "acme").cert
     cuid = summarize(load_certificate(acme)).cuid
     config = tmp_path / "server.toml"
     listed = (f'[[client]]\nname = "acme"\ncuid = "{cuid}"\n'
@@ -364,6 +366,7 @@ async def test_each_client_in_its_own_domain(pki: PkiPaths, tmp_path: Path) -> N
         assert code == 4 and "outside the DOTS client domain" in err
 
 
+@pytest.mark.network
 async def test_psk_client_commands(pki: PkiPaths, tmp_path: Path) -> None:
     """`dotsd client --psk-identity ID --psk-key-file FILE`: a CPE without a certificate asks
     and withdraws mitigation over DTLS; the usage errors are exit 2, a wrong key exit 3."""

@@ -10,6 +10,7 @@ import pytest
 from dotsd.cli.main import main
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("transport", ["dtls", "tls"])
 def test_demo_runs_and_reports(transport: str, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["demo", "--transport", transport, "--json"])

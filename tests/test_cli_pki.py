@@ -6,7 +6,6 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +14,7 @@ import pytest
 from dotsd.cli.main import KeyValueFormatter, build_parser, main
 from dotsd.pki import PkiPaths, fingerprint, load_certificate
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -195,6 +185,7 @@ def test_key_value_formatter() -> None:
     assert line.endswith('empty=""')
 
 
+@pytest.mark.network
 def test_console_entry_point(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "dotsd.cli.main", "pki", "init", str(tmp_path), "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
@@ -205,6 +196,7 @@ def test_console_entry_point(tmp_path: Path) -> None:
     assert_one_error_line(done.stderr)
 
 
+@pytest.mark.network
 def test_closed_stdout_ends_quietly(tmp_path: Path) -> None:
     """`dotsd … | head`: a reader that goes away is no error worth a message."""
 

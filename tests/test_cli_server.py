@@ -19,16 +19,13 @@ import pytest
 
 from dotsd.agents.client import ClientError, Reply, SignalClient
 from dotsd.coap.numbers import Code
-from dotsd.pki import PkiPaths, init_pki, load_certificate
+from dotsd.pki import PkiPaths, load_certificate
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigSetKind
+
+pytestmark = pytest.mark.network  # every test runs `dotsd server` as a process
 
 SCOPE: dict[str, Any] = {"target-prefix": ["2001:db8:6401::1/128"], "lifetime": 3600}
 DOTSD = [sys.executable, "-m", "dotsd"]
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    return init_pki(tmp_path_factory.mktemp("pki") / "pki")
 
 
 class Server:

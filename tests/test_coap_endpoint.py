@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from coapsim import Net
+from support.coapsim import Net
 
 from dotsd.coap import codec
 from dotsd.coap.endpoint import CoapEndpoint, EndpointConfig, probing_rate_policy

@@ -8,7 +8,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from cryptography.x509.oid import NameOID
@@ -32,7 +31,7 @@ from dotsd.dtls import (
     server_context,
 )
 from dotsd.dtls.records import CT_HANDSHAKE, split_records
-from dotsd.pki import init_pki
+from dotsd.pki import PkiPaths
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,27 +39,14 @@ PSK_ID = b"dots-client-7"
 PSK_KEY = b"0123456789abcdef"
 
 
-@dataclass(frozen=True)
-class Pki:
-    good: Path
-    rogue: Path
+@pytest.fixture(scope="module")
+def sctx(pki: PkiPaths) -> DtlsContext:
+    return server_context(DtlsConfig.from_pki(pki))
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    good = init_pki(tmp_path_factory.mktemp("pki")).directory
-    rogue = init_pki(tmp_path_factory.mktemp("rogue")).directory
-    return Pki(good, rogue)
-
-
-@pytest.fixture(scope="module")
-def sctx(pki: Pki) -> DtlsContext:
-    return server_context(DtlsConfig.from_pki(pki.good))
-
-
-@pytest.fixture(scope="module")
-def cctx(pki: Pki) -> DtlsContext:
-    return client_context(DtlsConfig.from_pki(pki.good, client=True))
+def cctx(pki: PkiPaths) -> DtlsContext:
+    return client_context(DtlsConfig.from_pki(pki, client=True))
 
 
 def cn(event: DtlsEvent | None) -> str:
@@ -165,9 +151,9 @@ def test_only_the_leaf_certificate_is_sent(cctx: DtlsContext, sctx: DtlsContext)
         raise AssertionError("no Certificate message in the server flight")
 
 
-def test_small_mtu(pki: Pki) -> None:
-    sctx = server_context(DtlsConfig.from_pki(pki.good, mtu=400))
-    cctx = client_context(DtlsConfig.from_pki(pki.good, client=True, mtu=400))
+def test_small_mtu(pki: PkiPaths) -> None:
+    sctx = server_context(DtlsConfig.from_pki(pki, mtu=400))
+    cctx = client_context(DtlsConfig.from_pki(pki, client=True, mtu=400))
     sizes: list[int] = []
 
     def keep(direction: str, d: bytes) -> bool:
@@ -194,9 +180,9 @@ OFFLOAD = [(True, True), (True, False), (False, True)]
 @pytest.mark.parametrize("offload", OFFLOAD, ids=["dotsd-dotsd", "dotsd-openssl",
                                                   "openssl-dotsd"])
 @pytest.mark.parametrize("ciphers", X509_SUITES)
-def test_x509_suites(pki: Pki, ciphers: str, offload: tuple[bool, bool]) -> None:
-    sctx = server_context(DtlsConfig.from_pki(pki.good, ciphers=ciphers))
-    cctx = client_context(DtlsConfig.from_pki(pki.good, client=True, ciphers=ciphers))
+def test_x509_suites(pki: PkiPaths, ciphers: str, offload: tuple[bool, bool]) -> None:
+    sctx = server_context(DtlsConfig.from_pki(pki, ciphers=ciphers))
+    cctx = client_context(DtlsConfig.from_pki(pki, client=True, ciphers=ciphers))
     client, server = connect(cctx, sctx, offload=offload[0], offload_server=offload[1])
     assert client.cipher == ciphers.split(":")[0]
     assert (client.offloaded, server.offloaded) == offload
@@ -259,23 +245,24 @@ def failed(conn: DtlsConnection) -> str:
     return events[0].reason
 
 
-def test_client_of_another_ca_is_refused(pki: Pki, sctx: DtlsContext) -> None:
-    rogue = client_context(DtlsConfig(cert=pki.rogue / "client.pem",
-                                      key=pki.rogue / "client.key", ca=pki.good / "ca.pem"))
+def test_client_of_another_ca_is_refused(pki: PkiPaths, rogue_pki: PkiPaths,
+                                         sctx: DtlsContext) -> None:
+    rogue = client_context(DtlsConfig(cert=rogue_pki.client_cert, key=rogue_pki.client_key,
+                                      ca=pki.ca_cert))
     client, server = connect(rogue, sctx)
     assert "certificate" in failed(server)
     assert "alert" in failed(client)  # the server told it why (RFC 5246 §7.2)
 
 
-def test_client_without_certificate_is_refused(pki: Pki, sctx: DtlsContext) -> None:
-    anonymous = client_context(DtlsConfig(ca=pki.good / "ca.pem"))
+def test_client_without_certificate_is_refused(pki: PkiPaths, sctx: DtlsContext) -> None:
+    anonymous = client_context(DtlsConfig(ca=pki.ca_cert))
     client, server = connect(anonymous, sctx)
     assert "certificate" in failed(server)
     assert client.closed
 
 
-def test_server_of_another_ca_is_refused(pki: Pki, cctx: DtlsContext) -> None:
-    rogue = server_context(DtlsConfig.from_pki(pki.rogue))
+def test_server_of_another_ca_is_refused(rogue_pki: PkiPaths, cctx: DtlsContext) -> None:
+    rogue = server_context(DtlsConfig.from_pki(rogue_pki))
     client, server = connect(cctx, rogue)
     assert "certificate verify failed" in failed(client)
     assert server.closed
@@ -374,11 +361,11 @@ def _fuzz_datagram(ctype: int, epoch: int, seq: int, body: bytes) -> bytes:
     st.builds(_fuzz_datagram, st.integers(20, 23), st.integers(0, 2),
               st.integers(0, 2**48 - 1), st.binary(max_size=80))), min_size=1, max_size=6))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_peer_garbage_never_raises(pki: Pki, garbage: list[bytes]) -> None:
+def test_peer_garbage_never_raises(pki: PkiPaths, garbage: list[bytes]) -> None:
     """Whatever arrives, during or after the handshake, nothing is raised: the datagram is
     dropped, or the connection ends with ConnectionClosed."""
-    sctx = server_context(DtlsConfig.from_pki(pki.good))
-    cctx = client_context(DtlsConfig.from_pki(pki.good, client=True))
+    sctx = server_context(DtlsConfig.from_pki(pki))
+    cctx = client_context(DtlsConfig.from_pki(pki, client=True))
     client = DtlsConnection(cctx, 0.0, server_hostname="localhost")
     server = DtlsConnection(sctx, 0.0)
     for d in client.datagrams_to_send():
@@ -469,7 +456,7 @@ def test_short_cut_for_application_data_matches_the_general_path(
     assert fast == _server_sees(cctx, sctx, steps, fast=False)
 
 
-def test_protect_seals_at_once_only_when_dotsd_protects(pki: Pki, cctx: DtlsContext,
+def test_protect_seals_at_once_only_when_dotsd_protects(pki: PkiPaths, cctx: DtlsContext,
                                                         sctx: DtlsContext) -> None:
     client, server = connect(cctx, sctx)
     drain(client), drain(server)
@@ -683,7 +670,7 @@ def test_handshakes_complete_under_heavy_loss_in_fake_time(cctx: DtlsContext,
         0.02), loss=0.0) for s in range(3)))
 
 
-def test_dotsd_timers_beat_openssls_in_real_time(pki: Pki) -> None:
+def test_dotsd_timers_beat_openssls_in_real_time(pki: PkiPaths) -> None:
     """The same lossy wire (50 % each way), real time (OpenSSL's timer reads the real
     clock): N handshakes paced by dotsd against N paced by OpenSSL alone, 2.5 s each."""
     sctx = server_context(DtlsConfig(psk_identity=PSK_ID, psk_key=PSK_KEY))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,24 +17,19 @@ from dotsd.dtls import (
 )
 from dotsd.dtls.cookie import hello_verify_request
 from dotsd.dtls.records import split_records
-from dotsd.pki import init_pki
+from dotsd.pki import PkiPaths
 
 ADDR = ("192.0.2.10", 40000)
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return init_pki(tmp_path_factory.mktemp("pki")).directory
-
-
-def client_hello(pki: Path) -> tuple[DtlsConnection, bytes]:
+def client_hello(pki: PkiPaths) -> tuple[DtlsConnection, bytes]:
     conn = DtlsConnection(client_context(DtlsConfig.from_pki(pki, client=True)), 0.0,
                           server_hostname="localhost")
     (datagram,) = conn.datagrams_to_send()
     return conn, datagram
 
 
-def test_parses_openssl_client_hello(pki: Path) -> None:
+def test_parses_openssl_client_hello(pki: PkiPaths) -> None:
     _, ch = client_hello(pki)
     hello = parse_client_hello(ch)
     assert hello is not None
@@ -46,7 +39,7 @@ def test_parses_openssl_client_hello(pki: Path) -> None:
     assert len(hello.cipher_suites) % 2 == 0 and hello.compression_methods == b"\x00"
 
 
-def test_hello_verify_request_is_accepted_by_openssl(pki: Path) -> None:
+def test_hello_verify_request_is_accepted_by_openssl(pki: PkiPaths) -> None:
     jar = CookieJar(b"k" * 32)
     client, ch1 = client_hello(pki)
     check = jar.check(ch1, ADDR, 0.0)
@@ -152,7 +145,7 @@ def test_jar_keeps_nothing_per_peer() -> None:
     assert {name: getattr(jar, name) for name in CookieJar.__slots__} == before
 
 
-def test_openssl_connection_checks_the_cookie_again(pki: Path) -> None:
+def test_openssl_connection_checks_the_cookie_again(pki: PkiPaths) -> None:
     """A server connection created with another cookie refuses the ClientHello in
     DTLSv1_listen (the cookie-verify callback compares with the jar's cookie)."""
     jar = CookieJar(b"k" * 32)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from peers import (
+from support.peers import (
     BIG_BODY,
     COAP,
     COAP_TCP,
@@ -26,13 +26,13 @@ from peers import (
     dotsd_server,
     free_port,
     hostport,
-    make_creds,
     needs_transport,
     tls_server_context,
 )
 
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code
+from dotsd.pki import PkiPaths
 
 aiocoap = pytest.importorskip("aiocoap", reason="aiocoap is not installed (pip install aiocoap)")
 from aiocoap import resource as aioresource  # noqa: E402
@@ -58,8 +58,8 @@ AIO_SCHEMES = [
 
 
 @pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory) -> Creds:
-    return make_creds(tmp_path_factory.mktemp("interop-aiocoap"))
+def creds(pki: PkiPaths, rogue_pki: PkiPaths) -> Creds:
+    return Creds(pki, rogue_pki)
 
 
 def aio_uri(scheme: str, host: str, port: int, path: str) -> str:

@@ -13,8 +13,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from loopback import HOSTS, tap
-from peers import (
+from support.loopback import HOSTS, tap
+from support.peers import (
     BIG_BODY,
     COAP,
     COAP_TCP,
@@ -31,23 +31,24 @@ from peers import (
     libcoap_client,
     libcoap_credentials,
     libcoap_server,
-    make_creds,
     make_uri,
     needs_libcoap_client,
     needs_libcoap_server,
     parse_dumps,
 )
+from support.waiting import wait_until
 
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, MessageType, OptionNumber
 from dotsd.link import Link
+from dotsd.pki import PkiPaths
 
 pytestmark = [pytest.mark.interop, pytest.mark.network, pytest.mark.timeout(40)]
 
 
 @pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory) -> Creds:
-    return make_creds(tmp_path_factory.mktemp("interop-libcoap"))
+def creds(pki: PkiPaths, rogue_pki: PkiPaths) -> Creds:
+    return Creds(pki, rogue_pki)
 
 
 async def client(server: DotsdServer, scheme: str, host: str, path: str, *args: str,
@@ -342,7 +343,9 @@ async def test_malformed_datagrams(host: str, creds: Creds,
         # A good client observes all along: the bad input must not disturb it.
         watcher = asyncio.create_task(
             client(server, COAP, host, "/counter", "-s", "2", creds=creds, wait=5))
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: server.node.endpoint.observer_count("/counter") > 0
+                         or watcher.done(), 5, what="the watcher registered")
+        assert not watcher.done(), watcher
 
         async def exchange(datagram: bytes, wait: float = 0.5) -> bytes | None:
             return await asyncio.to_thread(_udp_exchange, host, port, datagram, wait)
@@ -390,9 +393,12 @@ async def test_malformed_datagram_is_logged(creds: Creds,
             sock.sendto(bytes([0x40, 0x01, 0x12, 0x34, 0xF1, 0x61]), ("127.0.0.1", port))
             assert await asyncio.to_thread(sock.recv, 64) == bytes([0x70, 0, 0x12, 0x34])
             sock.sendto(b"hello, world", ("127.0.0.1", port))
-            await asyncio.sleep(0.2)
-    messages = [r.getMessage() for r in caplog.records if r.name.startswith("dotsd")]
-    assert any(str(sender) in m for m in messages), messages
+
+            def logged() -> bool:
+                return any(str(sender) in r.getMessage() for r in caplog.records
+                           if r.name.startswith("dotsd"))
+
+            await wait_until(logged, 5, what="a log line naming the sender")
 
 
 @needs_libcoap_client

@@ -17,10 +17,10 @@ from typing import Any
 
 import cbor2
 import pytest
-from peers import COAPS, COAPS_TCP, Completed, bounded, libcoap_client, needs_libcoap_client
-from signalnet import HOST, Clock, SignalNet, cuid_of, signal_listeners
+from support.peers import COAPS, COAPS_TCP, Completed, bounded, libcoap_client, needs_libcoap_client
+from support.signalnet import HOST, Clock, SignalNet, cuid_of, signal_listeners
 
-from dotsd.pki import PkiPaths, init_pki
+from dotsd.pki import PkiPaths
 from dotsd.signal.mitigation import MitigationEvent
 
 pytestmark = [pytest.mark.interop, pytest.mark.network, pytest.mark.timeout(60),
@@ -42,11 +42,6 @@ REQUEST = {MITIGATION_SCOPE: {SCOPE: [{  # RFC 9132 Figure 7, in CBOR keys
     TARGET_PROTOCOL: [6],
     LIFETIME: 3600,
 }]}}
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    return init_pki(tmp_path_factory.mktemp("pki-libcoap-dots"))
 
 
 def uri(net: SignalNet, scheme: str, path: str) -> str:

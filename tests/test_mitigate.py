@@ -458,9 +458,23 @@ def test_create_log_by_default() -> None:
     assert sink.got == [Feedback(CUID, 1)]
 
 
-def test_create_without_sink_discards_feedback() -> None:
-    m = registry.create("log")
-    m.report(Feedback(CUID, 1, FeedbackStatus.STOPPED))  # no error
+async def test_create_without_sink_discards_feedback(caplog: pytest.LogCaptureFixture) -> None:
+    """Without a feedback sink a mitigator drops its feedback: no error, and nothing reaches
+    another mitigator's sink (there is no shared default)."""
+    elsewhere = Sink()
+    with_sink = registry.create("log", {"feedback_delay": 0}, report=elsewhere)
+    without = registry.create("log", {"feedback_delay": 0})
+    assert isinstance(without, LogMitigator)
+    for m in (with_sink, without):
+        assert await execute(m, order())
+    await settle()
+    # Both reported (the one with a sink: its feedback arrived); the other's went nowhere,
+    # without an error (a failing sink is logged, test_log_plugin_survives_a_failing_sink).
+    assert [(f.mid, f.status) for f in elsewhere.got] == [
+        (1, FeedbackStatus.SUCCESSFULLY_MITIGATED)]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    without.report(Feedback(CUID, 1, FeedbackStatus.STOPPED))  # reported directly: the same
+    assert len(elsewhere.got) == 1
 
 
 def test_unknown_name_lists_known(monkeypatch: pytest.MonkeyPatch) -> None:

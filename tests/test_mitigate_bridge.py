@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from test_signal_server import TIMEOUT, Env, entry, make_env, pki  # noqa: F401
+from test_signal_server import TIMEOUT, Env, entry, make_env
 
 from dotsd.agents.bridge import MitigatorBridge
 from dotsd.coap.numbers import Code
@@ -49,7 +49,7 @@ def wire(env: Env) -> tuple[Recorder, MitigatorBridge]:
     return bridge.mitigator, bridge
 
 
-async def test_apply_feedback_withdraw(pki: PkiPaths) -> None:  # noqa: F811
+async def test_apply_feedback_withdraw(pki: PkiPaths) -> None:
     env = make_env(pki)
     plugin, bridge = wire(env)
     assert (await env.put(7)).code == Code.CREATED
@@ -80,7 +80,7 @@ async def test_apply_feedback_withdraw(pki: PkiPaths) -> None:  # noqa: F811
     assert [o.action for o in plugin.orders] == [MitigatorAction.APPLY, MitigatorAction.WITHDRAW]
 
 
-async def test_failing_plugin_reports_exceeded_capability(pki: PkiPaths) -> None:  # noqa: F811
+async def test_failing_plugin_reports_exceeded_capability(pki: PkiPaths) -> None:
     env = make_env(pki)
     plugin, bridge = wire(env)
     plugin.fail = True
@@ -97,7 +97,7 @@ async def test_failing_plugin_reports_exceeded_capability(pki: PkiPaths) -> None
     assert (await env.put(9, _other_body())).code == Code.CREATED
 
 
-async def test_resume_after_restart(pki: PkiPaths, tmp_path: Path) -> None:  # noqa: F811
+async def test_resume_after_restart(pki: PkiPaths, tmp_path: Path) -> None:
     env = make_env(pki, tmp_path)
     assert (await env.put(10)).code == Code.CREATED
     env.server.store.close()  # type: ignore[union-attr]

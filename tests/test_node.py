@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from memlinks import link_pair
+from support.memlinks import link_pair
+from support.waiting import wait_until
 
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, MessageType
@@ -89,8 +90,8 @@ async def test_observe(transport: str) -> None:
                                                        payload=str(counter.value).encode()))
         assert (await obs.next(5)).payload == str(i).encode()
     obs.cancel()
-    await asyncio.sleep(0.05)
-    assert b.endpoint.observer_count("/counter") == 0
+    await wait_until(lambda: b.endpoint.observer_count("/counter") == 0,
+                     what="the observer deregistered")
 
 
 async def test_link_loss_fails_pending_request() -> None:

@@ -39,7 +39,9 @@ except ImportError:  # cryptography < 42
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> PkiPaths:
+def own_pki(tmp_path: Path) -> PkiPaths:
+    """A PKI of this test's own, which it may extend or overwrite (the shared session ``pki``
+    of tests/conftest.py must stay as it is)."""
     return init_pki(tmp_path / "pki")
 
 
@@ -67,21 +69,22 @@ def test_paths_of_creates_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_init_writes_six_files_with_modes(pki: PkiPaths) -> None:
-    assert sorted(p.name for p in pki.directory.iterdir()) == sorted(
-        p.name for p in pki.files())  # no temporary file left behind
-    for key in (pki.ca_key, pki.server_key, pki.client_key):
+def test_init_writes_six_files_with_modes(own_pki: PkiPaths) -> None:
+    assert sorted(p.name for p in own_pki.directory.iterdir()) == sorted(
+        p.name for p in own_pki.files())  # no temporary file left behind
+    for key in (own_pki.ca_key, own_pki.server_key, own_pki.client_key):
         assert _mode(key) == 0o600
         assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")  # PKCS#8, clear
-    for cert in (pki.ca_cert, pki.server_cert, pki.client_cert):
+    for cert in (own_pki.ca_cert, own_pki.server_cert, own_pki.client_cert):
         assert _mode(cert) == 0o644
         assert cert.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
-    assert _mode(pki.directory) == 0o700
+    assert _mode(own_pki.directory) == 0o700
 
 
-def test_keys_are_p256_and_match_certificates(pki: PkiPaths) -> None:
-    for cert_path, key_path in ((pki.ca_cert, pki.ca_key), (pki.server_cert, pki.server_key),
-                                (pki.client_cert, pki.client_key)):
+def test_keys_are_p256_and_match_certificates(own_pki: PkiPaths) -> None:
+    for cert_path, key_path in ((own_pki.ca_cert, own_pki.ca_key),
+                                (own_pki.server_cert, own_pki.server_key),
+                                (own_pki.client_cert, own_pki.client_key)):
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         assert isinstance(key.curve, ec.SECP256R1)
@@ -90,8 +93,8 @@ def test_keys_are_p256_and_match_certificates(pki: PkiPaths) -> None:
         assert isinstance(cert.signature_hash_algorithm, hashes.SHA256)
 
 
-def test_ca_certificate(pki: PkiPaths) -> None:
-    ca = load_certificate(pki.ca_cert)
+def test_ca_certificate(own_pki: PkiPaths) -> None:
+    ca = load_certificate(own_pki.ca_cert)
     assert ca.subject == ca.issuer
     ca.verify_directly_issued_by(ca)
     bc = _ext(ca, x509.BasicConstraints)
@@ -109,9 +112,10 @@ def test_ca_certificate(pki: PkiPaths) -> None:
     ("server", {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}),
     ("client", {ExtendedKeyUsageOID.CLIENT_AUTH}),
 ])
-def test_leaf_certificates(pki: PkiPaths, which: str, usages: set[x509.ObjectIdentifier]) -> None:
-    ca = load_certificate(pki.ca_cert)
-    cert = load_certificate(pki.directory / f"{which}.pem")
+def test_leaf_certificates(own_pki: PkiPaths, which: str,
+                           usages: set[x509.ObjectIdentifier]) -> None:
+    ca = load_certificate(own_pki.ca_cert)
+    cert = load_certificate(own_pki.directory / f"{which}.pem")
     cert.verify_directly_issued_by(ca)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == which
     bc = _ext(cert, x509.BasicConstraints)
@@ -127,7 +131,7 @@ def test_leaf_certificates(pki: PkiPaths, which: str, usages: set[x509.ObjectIde
     assert _ext(cert, x509.AuthorityKeyIdentifier).value.key_identifier == ca_ski
     assert _ext(cert, x509.SubjectKeyIdentifier).value == \
         x509.SubjectKeyIdentifier.from_public_key(load_private_key(
-            pki.directory / f"{which}.key").public_key())
+            own_pki.directory / f"{which}.key").public_key())
     now = dt.datetime.now(dt.UTC)
     assert cert.not_valid_before_utc <= now
     assert dt.timedelta(days=700) < cert.not_valid_after_utc - now < dt.timedelta(days=740)
@@ -147,12 +151,12 @@ def test_serials_are_random_and_distinct(tmp_path: Path) -> None:
 @pytest.mark.skipif(verification is None or not hasattr(verification.PolicyBuilder,
                                                          "build_client_verifier"),
                     reason="cryptography.x509.verification lacks client verification")
-def test_chains_verify_with_x509_verification(pki: PkiPaths) -> None:
-    ca = load_certificate(pki.ca_cert)
-    alice = issue_client(pki.directory, "alice")
+def test_chains_verify_with_x509_verification(own_pki: PkiPaths) -> None:
+    ca = load_certificate(own_pki.ca_cert)
+    alice = issue_client(own_pki.directory, "alice")
     builder = verification.PolicyBuilder().store(verification.Store([ca])).time(
         dt.datetime.now(dt.UTC))
-    server = load_certificate(pki.server_cert)
+    server = load_certificate(own_pki.server_cert)
     for name in (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                  x509.IPAddress(ipaddress.ip_address("::1"))):
         chain = builder.build_server_verifier(name).verify(server, [])
@@ -160,22 +164,22 @@ def test_chains_verify_with_x509_verification(pki: PkiPaths) -> None:
     with pytest.raises(verification.VerificationError):
         builder.build_server_verifier(x509.DNSName("example.com")).verify(server, [])
     client_verifier = builder.build_client_verifier()
-    for path in (pki.client_cert, alice.cert, pki.server_cert):  # server: Call Home dialler
+    for path in (own_pki.client_cert, alice.cert, own_pki.server_cert):  # server: Call Home dialler
         verified = client_verifier.verify(load_certificate(path), [])
         assert verified.chain[-1] == ca
     # A client certificate cannot serve: no serverAuth.
     with pytest.raises(verification.VerificationError):
         builder.build_server_verifier(x509.DNSName("localhost")).verify(
-            load_certificate(pki.client_cert), [])
+            load_certificate(own_pki.client_cert), [])
 
 
-def test_refuses_to_overwrite_and_writes_nothing(pki: PkiPaths) -> None:
-    before = _snapshot(pki.directory)
+def test_refuses_to_overwrite_and_writes_nothing(own_pki: PkiPaths) -> None:
+    before = _snapshot(own_pki.directory)
     with pytest.raises(PkiExistsError) as info:
-        init_pki(pki.directory)
-    assert set(info.value.paths) == set(pki.files())
+        init_pki(own_pki.directory)
+    assert set(info.value.paths) == set(own_pki.files())
     assert "ca.pem" in str(info.value) and "force" in str(info.value)
-    assert _snapshot(pki.directory) == before
+    assert _snapshot(own_pki.directory) == before
 
 
 def test_one_existing_file_blocks_all(tmp_path: Path) -> None:
@@ -194,27 +198,27 @@ def test_dangling_symlink_counts_as_existing(tmp_path: Path) -> None:
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_force_overwrites(pki: PkiPaths) -> None:
-    old = fingerprint(load_certificate(pki.ca_cert))
-    old_key = pki.client_key.read_bytes()
-    init_pki(pki.directory, force=True)
-    assert fingerprint(load_certificate(pki.ca_cert)) != old
-    assert pki.client_key.read_bytes() != old_key
-    assert _mode(pki.client_key) == 0o600
-    load_certificate(pki.server_cert).verify_directly_issued_by(load_certificate(pki.ca_cert))
+def test_force_overwrites(own_pki: PkiPaths) -> None:
+    old = fingerprint(load_certificate(own_pki.ca_cert))
+    old_key = own_pki.client_key.read_bytes()
+    init_pki(own_pki.directory, force=True)
+    assert fingerprint(load_certificate(own_pki.ca_cert)) != old
+    assert own_pki.client_key.read_bytes() != old_key
+    assert _mode(own_pki.client_key) == 0o600
+    load_certificate(own_pki.server_cert).verify_directly_issued_by(load_certificate(own_pki.ca_cert))
 
 
 # ---------------------------------------------------------------------------------------
 # issue_client / issue_server
 
 
-def test_issue_client(pki: PkiPaths) -> None:
-    issued = issue_client(pki.directory, "site-A_1.example")
-    assert issued == IssuedPaths(pki.directory, "site-A_1.example",
-                                 pki.directory / "site-A_1.example.pem",
-                                 pki.directory / "site-A_1.example.key", pki.ca_cert)
+def test_issue_client(own_pki: PkiPaths) -> None:
+    issued = issue_client(own_pki.directory, "site-A_1.example")
+    assert issued == IssuedPaths(own_pki.directory, "site-A_1.example",
+                                 own_pki.directory / "site-A_1.example.pem",
+                                 own_pki.directory / "site-A_1.example.key", own_pki.ca_cert)
     cert = load_certificate(issued.cert)
-    cert.verify_directly_issued_by(load_certificate(pki.ca_cert))
+    cert.verify_directly_issued_by(load_certificate(own_pki.ca_cert))
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == \
         "site-A_1.example"
     assert list(_ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -228,17 +232,17 @@ def test_issue_client(pki: PkiPaths) -> None:
     "", ".hidden", "..", "a/b", "../x", "a" * 65, "sp ace", "caf\u00e9", "x\n", "ca", "CA",
     "server",
 ])
-def test_issue_client_rejects_bad_names(pki: PkiPaths, name: str) -> None:
-    before = _snapshot(pki.directory)
+def test_issue_client_rejects_bad_names(own_pki: PkiPaths, name: str) -> None:
+    before = _snapshot(own_pki.directory)
     with pytest.raises(PkiError):
-        issue_client(pki.directory, name, force=True)
-    assert _snapshot(pki.directory) == before
+        issue_client(own_pki.directory, name, force=True)
+    assert _snapshot(own_pki.directory) == before
 
 
 @pytest.mark.parametrize("name", ["a" * 64, "a", "0", "-x", "_x", "a.b.c", "client"])
-def test_issue_client_accepts_good_names(pki: PkiPaths, name: str) -> None:
-    issue_client(pki.directory, name, force=True)
-    assert (pki.directory / f"{name}.pem").exists()
+def test_issue_client_accepts_good_names(own_pki: PkiPaths, name: str) -> None:
+    issue_client(own_pki.directory, name, force=True)
+    assert (own_pki.directory / f"{name}.pem").exists()
 
 
 def test_issue_client_needs_the_ca(tmp_path: Path) -> None:
@@ -247,29 +251,29 @@ def test_issue_client_needs_the_ca(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_issue_client_rejects_a_foreign_ca_key(pki: PkiPaths, tmp_path: Path) -> None:
+def test_issue_client_rejects_a_foreign_ca_key(own_pki: PkiPaths, tmp_path: Path) -> None:
     other = init_pki(tmp_path / "other")
-    pki.ca_key.write_bytes(other.ca_key.read_bytes())
+    own_pki.ca_key.write_bytes(other.ca_key.read_bytes())
     with pytest.raises(PkiError, match="not the private key"):
-        issue_client(pki.directory, "alice")
+        issue_client(own_pki.directory, "alice")
 
 
-def test_issue_client_refuses_to_overwrite(pki: PkiPaths) -> None:
-    first = issue_client(pki.directory, "alice")
-    before = _snapshot(pki.directory)
+def test_issue_client_refuses_to_overwrite(own_pki: PkiPaths) -> None:
+    first = issue_client(own_pki.directory, "alice")
+    before = _snapshot(own_pki.directory)
     with pytest.raises(PkiExistsError) as info:
-        issue_client(pki.directory, "alice")
+        issue_client(own_pki.directory, "alice")
     assert set(info.value.paths) == {first.cert, first.key}
-    assert _snapshot(pki.directory) == before
-    issue_client(pki.directory, "alice", force=True)
+    assert _snapshot(own_pki.directory) == before
+    issue_client(own_pki.directory, "alice", force=True)
     assert first.cert.read_bytes() != before["alice.pem"]
 
 
-def test_issue_server_with_chosen_names(pki: PkiPaths) -> None:
-    issued = issue_server(pki.directory, "edge", ["dots.example.net", "*.example.org"],
+def test_issue_server_with_chosen_names(own_pki: PkiPaths) -> None:
+    issued = issue_server(own_pki.directory, "edge", ["dots.example.net", "*.example.org"],
                           ["192.0.2.1", ipaddress.ip_address("2001:db8::1")])
     cert = load_certificate(issued.cert)
-    cert.verify_directly_issued_by(load_certificate(pki.ca_cert))
+    cert.verify_directly_issued_by(load_certificate(own_pki.ca_cert))
     assert summarize(cert).sans == ("DNS:dots.example.net", "DNS:*.example.org",
                                     "IP:192.0.2.1", "IP:2001:db8::1")
     assert ExtendedKeyUsageOID.SERVER_AUTH in _ext(cert, x509.ExtendedKeyUsage).value
@@ -278,22 +282,22 @@ def test_issue_server_with_chosen_names(pki: PkiPaths) -> None:
 @pytest.mark.parametrize(("dns", "ips"), [
     ([], []), (["bad_name"], []), (["-x.example"], []), ([], ["300.1.1.1"]), (["a..b"], []),
 ])
-def test_issue_server_rejects_bad_names(pki: PkiPaths, dns: list[str], ips: list[str]) -> None:
+def test_issue_server_rejects_bad_names(own_pki: PkiPaths, dns: list[str], ips: list[str]) -> None:
     with pytest.raises(PkiError):
-        issue_server(pki.directory, "edge", dns, ips)
-    assert not (pki.directory / "edge.pem").exists()
+        issue_server(own_pki.directory, "edge", dns, ips)
+    assert not (own_pki.directory / "edge.pem").exists()
 
 
-def test_issue_server_reserved_names(pki: PkiPaths) -> None:
+def test_issue_server_reserved_names(own_pki: PkiPaths) -> None:
     for name in ("ca", "client"):
         with pytest.raises(PkiError, match="reserved"):
-            issue_server(pki.directory, name, force=True)
-    issue_server(pki.directory, "server", ["other.example"], [], force=True)
-    assert summarize(load_certificate(pki.server_cert)).sans == ("DNS:other.example",)
+            issue_server(own_pki.directory, name, force=True)
+    issue_server(own_pki.directory, "server", ["other.example"], [], force=True)
+    assert summarize(load_certificate(own_pki.server_cert)).sans == ("DNS:other.example",)
 
 
-def test_summarize(pki: PkiPaths) -> None:
-    cert = load_certificate(pki.server_cert)
+def test_summarize(own_pki: PkiPaths) -> None:
+    cert = load_certificate(own_pki.server_cert)
     s = summarize(cert)
     assert s.subject == "CN=server,O=dotsd"
     assert s.issuer.startswith("CN=dotsd CA ")
@@ -396,9 +400,9 @@ def _ipv6_loopback() -> bool:
     pytest.param("::1", "::1", marks=pytest.mark.skipif(not _ipv6_loopback(),
                                                         reason="no IPv6 loopback")),
 ])
-def test_mutual_tls_handshake(pki: PkiPaths, host: str, server_hostname: str) -> None:
-    server_ctx = _server_context(pki.server_cert, pki.server_key, pki.ca_cert)
-    client_ctx = _client_context(pki.client_cert, pki.client_key, pki.ca_cert)
+def test_mutual_tls_handshake(own_pki: PkiPaths, host: str, server_hostname: str) -> None:
+    server_ctx = _server_context(own_pki.server_cert, own_pki.server_key, own_pki.ca_cert)
+    client_ctx = _client_context(own_pki.client_cert, own_pki.client_key, own_pki.ca_cert)
     client_seen_by_server, server_seen_by_client = _handshake(
         server_ctx, client_ctx, host, server_hostname)
     assert _cn(client_seen_by_server) == "client"
@@ -406,29 +410,29 @@ def test_mutual_tls_handshake(pki: PkiPaths, host: str, server_hostname: str) ->
 
 
 @pytest.mark.network
-def test_server_certificate_can_dial_and_issued_client_works(pki: PkiPaths) -> None:
-    alice = issue_client(pki.directory, "alice")
-    server_ctx = _server_context(pki.server_cert, pki.server_key, pki.ca_cert)
-    for cert, key, cn in ((pki.server_cert, pki.server_key, "server"),  # Call Home
+def test_server_certificate_can_dial_and_issued_client_works(own_pki: PkiPaths) -> None:
+    alice = issue_client(own_pki.directory, "alice")
+    server_ctx = _server_context(own_pki.server_cert, own_pki.server_key, own_pki.ca_cert)
+    for cert, key, cn in ((own_pki.server_cert, own_pki.server_key, "server"),  # Call Home
                           (alice.cert, alice.key, "alice")):
-        client_ctx = _client_context(cert, key, pki.ca_cert)
+        client_ctx = _client_context(cert, key, own_pki.ca_cert)
         seen, _ = _handshake(server_ctx, client_ctx, "127.0.0.1", "localhost")
         assert _cn(seen) == cn
 
 
 @pytest.mark.network
-def test_tls_rejects_a_server_from_another_ca(pki: PkiPaths, tmp_path: Path) -> None:
+def test_tls_rejects_a_server_from_another_ca(own_pki: PkiPaths, tmp_path: Path) -> None:
     other = init_pki(tmp_path / "other")
-    server_ctx = _server_context(other.server_cert, other.server_key, pki.ca_cert)
-    client_ctx = _client_context(pki.client_cert, pki.client_key, pki.ca_cert)
+    server_ctx = _server_context(other.server_cert, other.server_key, own_pki.ca_cert)
+    client_ctx = _client_context(own_pki.client_cert, own_pki.client_key, own_pki.ca_cert)
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(server_ctx, client_ctx, "127.0.0.1", "localhost")
 
 
 @pytest.mark.network
-def test_tls_rejects_a_client_certificate_as_server(pki: PkiPaths) -> None:
-    server_ctx = _server_context(pki.client_cert, pki.client_key, pki.ca_cert)
-    client_ctx = _client_context(pki.client_cert, pki.client_key, pki.ca_cert)
+def test_tls_rejects_a_client_certificate_as_server(own_pki: PkiPaths) -> None:
+    server_ctx = _server_context(own_pki.client_cert, own_pki.client_key, own_pki.ca_cert)
+    client_ctx = _client_context(own_pki.client_cert, own_pki.client_key, own_pki.ca_cert)
     with pytest.raises(ssl.SSLCertVerificationError):  # no serverAuth in its EKU
         _handshake(server_ctx, client_ctx, "127.0.0.1", "localhost")
 

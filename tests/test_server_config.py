@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli_pki import _restore_logging, assert_one_error_line, run
-from test_cli_server import pki
+from test_cli_pki import assert_one_error_line, run
 
 from dotsd.cli.settings import (
     ConfigFileError,
@@ -29,7 +28,7 @@ from dotsd.pki import PkiPaths
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigSetKind
 from dotsd.signal.policy import LAB
 
-__all__ = ["_restore_logging", "pki"]  # fixtures shared with the other CLI tests
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "server.example.toml"
 
@@ -374,6 +373,7 @@ def test_every_error_is_exit_1_and_one_line(
     assert out == ""
 
 
+@pytest.mark.network
 def test_missing_config_file_in_a_real_process(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "dotsd", "server", "--config",
                              str(tmp_path / "none.toml")],

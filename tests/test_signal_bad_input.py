@@ -26,16 +26,19 @@ import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from loopback import tap
-from relays import UdpRelay, udp_relay
-from signalnet import HOST, STEP, Clock, SignalNet, cuid_of, request, signal_listeners
+from support.loopback import tap
+from support.pki import issued_client
+from support.relays import UdpRelay, udp_relay
+from support.signalnet import HOST, STEP, Clock, SignalNet, cuid_of, request, signal_listeners
+from support.steps import TooManySteps, counting_steps
+from support.waiting import wait_until
 
 from dotsd.coap import codec as coap_codec
 from dotsd.coap.message import Block, Message
 from dotsd.coap.numbers import Code, ContentFormat, MessageType, OptionNumber
 from dotsd.link import Link
 from dotsd.node import CoapNode
-from dotsd.pki import PkiPaths, init_pki, issue_client
+from dotsd.pki import PkiPaths
 from dotsd.signal.mitigation import MitigationEvent
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
@@ -333,10 +336,10 @@ def battery(a: str, b: str) -> list[Case]:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    paths = init_pki(tmp_path_factory.mktemp("pki-bad-input"))
-    issue_client(paths.directory, "other")
-    return paths
+def pki(pki: PkiPaths) -> PkiPaths:
+    """The shared test PKI (tests/conftest.py), with client B's certificate ``other``."""
+    issued_client(pki, "other")
+    return pki
 
 
 @dataclass
@@ -460,8 +463,12 @@ async def test_observe_of_another_clients_mitigations(pki: PkiPaths, tmp_path: P
         two.net.server.report(two.a_cuid, A_MID, MitigationEvent.MITIGATING)
         note = await own.next(STEP)
         assert cbor2.loads(note.payload)[K_SCOPE_ROOT][K_SCOPE][0][K_STATUS] == 2
-        await asyncio.sleep(0.2)
-        assert got == []
+        # A notification to B would have left the server with A's (the same report), so
+        # before the answer to a request B sends now, in order on B's path: once B has that
+        # answer, anything the server sent B is in ``got``.
+        answer = await two.ask_b(request(Code.GET, (*MITIGATE, f"cuid={two.b_cuid}")))
+        received = [coap_codec.decode(data) for data in got]
+        assert received and all(m.token == answer.token for m in received), received
         own.cancel()
         for obs in spies:
             obs.cancel()
@@ -495,7 +502,22 @@ async def test_large_overlapping_requests_do_not_stall_the_server(pki: PkiPaths,
     for common targets); meanwhile A's status request is answered promptly."""
     async with two_clients(pki, tmp_path / "state") as two:
         before = await two.snapshot()
-        loop = asyncio.get_running_loop()
+        # The steps the server takes for each datagram it receives (support.steps), B's
+        # requests included: the one that completes a request does all the work on it.
+        costs: list[int] = []
+        deliver = two.net.server.node.data_received
+        budget = [5_000_000]  # per datagram; B's first request takes about 650,000
+
+        def counted(link: Link, data: bytes) -> None:
+            try:
+                with counting_steps(budget[0]) as steps:
+                    deliver(link, data)
+            except TooManySteps:
+                costs.append(budget[0] + 1)
+            else:
+                costs.append(steps.count)
+
+        two.net.server.node.data_received = counted  # type: ignore[method-assign]
 
         def hosts(first: int, count: int) -> bytes:
             return mitigation({K_PREFIX: [f"2001:db8:bbbb::{i:x}/128"
@@ -505,21 +527,37 @@ async def test_large_overlapping_requests_do_not_stall_the_server(pki: PkiPaths,
         path = (*MITIGATE, f"cuid={two.b_cuid}")
         first = await two.ask_b(request(Code.PUT, (*path, "mid=1"), payload=hosts(0, 3000)))
         assert first.code == Code.CREATED, first
+        alone = max(costs)  # B's first request: nothing stored to compare it with
+        costs.clear()
+        budget[0] = 2 * alone
+        up = two.relay.forwarded["up"]
         second = asyncio.create_task(two.ask_b(request(Code.PUT, (*path, "mid=2"),
                                                        payload=hosts(1500, 3000))))
-        await asyncio.sleep(0.05)  # B's request is being transferred / processed
-        started = loop.time()
+        # B's request is being transferred (RFC 7959 Block1: about 70 blocks, one round
+        # trip each) when A asks; A is answered before B's transfer is over.
+        await wait_until(lambda: two.relay.forwarded["up"] >= up + 2, STEP,
+                         what="B's second request under way")
         a_view = await two.ask_a(request(Code.GET, (*MITIGATE, f"cuid={two.a_cuid}")))
-        assert a_view.code == Code.CONTENT and loop.time() - started < 3.0
-        resp = await asyncio.wait_for(second, STEP)
+        assert a_view.code == Code.CONTENT and not second.done()
+        await asyncio.wait([second], timeout=STEP)
+        # The server's work on the overlapping request, common targets included, is about
+        # that of the first one (the same size; 860,000 steps against 650,000): comparing
+        # every pair of hosts would be 9 million comparisons.
+        assert max(costs) <= 2 * alone, (max(costs), alone)
+        assert second.done(), "no answer to B's second request"
+        resp = second.result()
         # The higher 'mid' of the same client overrides the overlapping one (§4.4.1.3).
         assert resp.code == Code.CREATED, resp
         assert [m.mid for m in two.net.server.table.of_client(two.b_cuid)] == [2]
         assert await two.snapshot() == before
 
 
-async def exchange_raw(two: Two, data: bytes, wait: float = 0.3) -> list[Message]:
-    """Send ``data`` as one CoAP datagram inside B's DTLS session; what B receives."""
+async def exchange_raw(two: Two, data: bytes) -> list[Message]:
+    """Send ``data`` as one CoAP datagram inside B's DTLS session; what B receives in return.
+
+    The server answers the datagrams of a session in the order they come, each at once: once
+    B has the answer to a request it sends right after ``data``, whatever the server sent in
+    return for ``data`` has arrived (no time to wait out)."""
     got: list[Message] = []
     deliver = two.b.data_received
 
@@ -531,10 +569,11 @@ async def exchange_raw(two: Two, data: bytes, wait: float = 0.3) -> list[Message
     two.b.data_received = spy  # type: ignore[method-assign]
     try:
         two.b_link.send(data)
-        await asyncio.sleep(wait)
+        after = await two.ask_b(request(Code.GET, (*MITIGATE, f"cuid={two.b_cuid}")))
     finally:
         two.b.data_received = deliver  # type: ignore[method-assign]
-    return got
+    assert got and (got[-1].mid, got[-1].token) == (after.mid, after.token), got
+    return got[:-1]
 
 
 def record(content_type: int, epoch: int, seq: int, fragment: bytes,
@@ -558,7 +597,7 @@ async def test_malformed_datagrams_and_records(pki: PkiPaths, tmp_path: Path) ->
         replies = await exchange_raw(two, bytes([0x40, 0x01, 0x12, 0x34, 0xF1, 0x61]))
         assert [(r.mtype, r.mid) for r in replies] == [(MessageType.RST, 0x1234)], replies
         for junk in (b"hello", b"\x00", bytes([0x80, 0x01, 0, 3]), rnd.randbytes(300)):
-            assert await exchange_raw(two, junk, wait=0.1) == [], junk
+            assert await exchange_raw(two, junk) == [], junk
         assert (await two.ask_b(probe)).code == Code.NOT_FOUND  # B has no mitigation
 
         # From B's address, outside its session: records that do not authenticate, a
@@ -578,22 +617,26 @@ async def test_malformed_datagrams_and_records(pki: PkiPaths, tmp_path: Path) ->
                                                token=b"x").set_path("/".join(MITIGATE))),
                      *(rnd.randbytes(rnd.randrange(1, 200)) for _ in range(20))):
             two.relay.inject(data)
-        await asyncio.sleep(0.3)
-        assert dtls.session_count == sessions
+        # B's next request leaves from the same relay socket, after them: once it is
+        # answered, the server has handled them all.
         assert (await two.ask_b(probe)).code == Code.NOT_FOUND
+        assert dtls.session_count == sessions
 
         # From unknown addresses: dropped before any state (RFC 6347 §4.2.1 cookies).
         dropped = dtls.dropped
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind((HOST, 0))
-            sock.settimeout(0.2)
+            sock.setblocking(False)
             for _ in range(10):
                 sock.sendto(rnd.randbytes(rnd.randrange(1, 300)), (HOST, two.net.dtls_port))
             sock.sendto(record(23, 1, 1, rnd.randbytes(64)), (HOST, two.net.dtls_port))
-            await asyncio.sleep(0.2)
-            with pytest.raises(TimeoutError):
-                await asyncio.to_thread(sock.recv, 2048)
-        assert dtls.dropped > dropped and dtls.session_count == sessions
+            # Each is dropped as it is read, and an answer would have been sent then (on
+            # loopback, in this socket's queue as soon as sent): once all 11 are dropped,
+            # nothing came back.
+            await wait_until(lambda: dtls.dropped == dropped + 11, STEP, what="11 dropped")
+            with pytest.raises(BlockingIOError):
+                sock.recv(2048)
+        assert dtls.session_count == sessions
 
         assert (await two.ask_b(probe)).code == Code.NOT_FOUND
         assert await two.snapshot() == before
@@ -685,7 +728,7 @@ _bodies = st.one_of(
 
 
 def test_random_mitigation_bodies(pki: PkiPaths, tmp_path: Path) -> None:
-    from memlinks import MemLink
+    from support.memlinks import MemLink
     from test_signal_server import cert_links, make_env
 
     loop = asyncio.new_event_loop()

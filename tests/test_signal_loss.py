@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from relays import every_other, no_loss, tcp_relay, udp_relay
-from signalnet import HOST, STEP, SignalNet, cuid_of, signal_listeners
+from support.relays import every_other, no_loss, tcp_relay, udp_relay
+from support.signalnet import HOST, STEP, SignalNet, cuid_of, signal_listeners
 
 from dotsd.agents.client import SignalClient
 from dotsd.coap.numbers import Code
 from dotsd.dtls.connection import HandshakeTimers
 from dotsd.link import Link
-from dotsd.pki import PkiPaths, init_pki, load_certificate
+from dotsd.pki import PkiPaths, load_certificate
 from dotsd.signal.config import ConfigBounds, ConfigPolicy, ConfigSet
 from dotsd.signal.pacing import RttEstimator
 
@@ -51,11 +51,6 @@ FAST_BOUNDS = ConfigBounds(minimum=ConfigSet(heartbeat_interval=15, missing_hb_a
 FAST_POLICY = ConfigPolicy(mitigating=FAST_BOUNDS, idle=FAST_BOUNDS)
 # DTLS handshake retransmission (RFC 6347 §4.2.4.1) from 0.1 s, doubling up to 0.8 s.
 TIMERS = HandshakeTimers(initial=0.1, maximum=0.8)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    return init_pki(tmp_path_factory.mktemp("pki-loss"))
 
 
 def make_client(pki: PkiPaths) -> SignalClient:

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.pki import issued_client
 
 from dotsd.link import PeerInfo, cuid_from_psk_identity, make_peer_info, spki_sha256
-from dotsd.pki import init_pki, issue_client, load_certificate
+from dotsd.pki import PkiPaths, load_certificate
 from dotsd.signal.identity import ClientIdentity, client_identity
 from dotsd.signal.policy import (
     LAB,
@@ -25,10 +26,10 @@ from dotsd.signal.policy import (
 
 
 @pytest.fixture(scope="module")
-def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    paths = init_pki(tmp_path_factory.mktemp("pki"))
-    issue_client(paths.directory, "acme")
-    return paths.directory
+def pki_dir(pki: PkiPaths) -> Path:
+    """The shared test PKI's directory (tests/conftest.py), with a client certificate CN=acme."""
+    issued_client(pki, "acme")
+    return pki.directory
 
 
 def cert_peer(path: Path) -> tuple[ClientIdentity, PeerInfo]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from loopback import ipv6_loopback
+from support.loopback import ipv6_loopback
 
 from dotsd.agents.client import Redirected, SessionMoved, SignalClient
 from dotsd.agents.connect import ClientSettings, new_client
@@ -25,9 +24,10 @@ from dotsd.agents.settings import MitigatorSettings, ServerSettings
 from dotsd.coap.numbers import Code
 from dotsd.dtls.context import DtlsConfig
 from dotsd.dtls.context import server_context as dtls_server_context
+from dotsd.link import Link
 from dotsd.model import yang
 from dotsd.model.codec import from_cbor, to_cbor
-from dotsd.pki import PkiPaths, init_pki
+from dotsd.pki import PkiPaths
 from dotsd.signal.client_session import ProbeDtls
 from dotsd.signal.mitigation import MitigationEvent
 from dotsd.signal.redirect import (
@@ -120,9 +120,6 @@ def test_candidate_order_and_cache() -> None:
 # Real servers on loopback
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    return init_pki(tmp_path_factory.mktemp("pki"))
 
 
 @contextlib.asynccontextmanager
@@ -169,6 +166,7 @@ def make_client(pki: PkiPaths, host: str, port: int, *, dtls: bool = True, tls: 
     return client, client.dialer
 
 
+@pytest.mark.network
 @needs_v6
 async def test_client_follows_redirections(pki: PkiPaths, tmp_path: Path) -> None:
     """A redirects (response and unidirectional notification) to B on ::1; B's redirection
@@ -209,6 +207,7 @@ async def test_client_follows_redirections(pki: PkiPaths, tmp_path: Path) -> Non
             await client.close()
 
 
+@pytest.mark.network
 async def test_request_redirected_to_alternate(pki: PkiPaths, tmp_path: Path) -> None:
     """A mitigation request answered 5.03 is sent to the alternate, where it is created;
     without a redirect hook the 5.03 is an error naming the alternate."""
@@ -236,6 +235,7 @@ async def test_request_redirected_to_alternate(pki: PkiPaths, tmp_path: Path) ->
             await client.close()
 
 
+@pytest.mark.network
 async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -> None:
     """UDP is black-holed (a socket that never answers): TLS starts after the attempt delay
     and wins well before a DTLS handshake would time out; the outcome is cached; once DTLS
@@ -257,10 +257,29 @@ async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -
                     moved.set()
 
             client.add_listener(seen)
+            # How each dial attempt ends (RFC 8305 §5, RFC 9132 §4.3: the next one starts
+            # after the attempt delay; the first link up wins, the others are cancelled).
+            ended: list[tuple[str, str]] = []
+            attempt = dialer._attempt
+
+            async def recorded(cand: Candidate, server_name: str) -> Link:
+                try:
+                    link = await attempt(cand, server_name)
+                except asyncio.CancelledError:
+                    ended.append((cand.transport, "cancelled"))
+                    raise
+                except Exception as exc:
+                    ended.append((cand.transport, f"failed: {exc!r}"))
+                    raise
+                ended.append((cand.transport, "up"))
+                return link
+
+            dialer._attempt = recorded  # type: ignore[method-assign]
             try:
-                started = time.monotonic()
                 await asyncio.wait_for(client.start(), 10)
-                assert time.monotonic() - started < 4.0  # the DTLS attempt allows 5 s
+                # TLS won while the DTLS attempt (it allows 5 s) was still waiting for an
+                # answer: DTLS was cancelled, it had not timed out.
+                assert ended == [("tls", "up"), ("dtls", "cancelled")], ended
                 assert dialer.current == Candidate("tls", "127.0.0.1", port)
                 assert (await client.session_config_get()).current is not None
                 loop = asyncio.get_running_loop()
@@ -292,6 +311,7 @@ async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -
         hole.close()
 
 
+@pytest.mark.network
 @needs_v6
 async def test_happy_eyeballs_ipv4_when_ipv6_refuses(pki: PkiPaths, tmp_path: Path) -> None:
     """The server 'localhost' is configured with ::1 and 127.0.0.1; only IPv4 serves: DTLS
@@ -306,6 +326,7 @@ async def test_happy_eyeballs_ipv4_when_ipv6_refuses(pki: PkiPaths, tmp_path: Pa
             await client.close()
 
 
+@pytest.mark.network
 async def test_nothing_listening_is_a_dial_error(pki: PkiPaths) -> None:
     port = _free_port()
     client, dialer = make_client(pki, "127.0.0.1", port)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from memlinks import MemLink
+from support.memlinks import MemLink
+from support.pki import issued_client
 
 from dotsd.agents.server import SignalServer
 from dotsd.coap.message import Message
@@ -20,7 +21,7 @@ from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
 from dotsd.link import LinkHandler, cuid_from_psk_identity, make_peer_info, spki_sha256
 from dotsd.model.codec import from_cbor, to_cbor
 from dotsd.node import CoapNode, Observation
-from dotsd.pki import PkiPaths, init_pki, issue_client, load_certificate
+from dotsd.pki import PkiPaths, load_certificate
 from dotsd.signal.config import config_path
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
 from dotsd.signal.identity import client_identity
@@ -59,10 +60,10 @@ class Clock:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    paths = init_pki(tmp_path_factory.mktemp("pki"))
-    issue_client(paths.directory, "other")
-    return paths
+def pki(pki: PkiPaths) -> PkiPaths:
+    """The shared test PKI (tests/conftest.py), with a second client's certificate ``other``."""
+    issued_client(pki, "other")
+    return pki
 
 
 def cert_links(client: LinkHandler, server: LinkHandler, cert_path: Path,

@@ -55,6 +55,7 @@ def _drain(rx: socket.socket, count: int, timeout: float = 2.0) -> list[tuple[by
     return got
 
 
+@pytest.mark.network
 def test_recv_batch_gives_what_recvfrom_gives(pair: Any) -> None:
     _, rx, tx = pair
     for size in (0, 1, 1500, 9000):
@@ -68,6 +69,7 @@ def test_recv_batch_gives_what_recvfrom_gives(pair: Any) -> None:
     assert _dgram.recv_batch(rx.fileno(), 64) == []  # nothing waiting: empty, no error
 
 
+@pytest.mark.network
 def test_the_largest_datagram_is_not_truncated() -> None:
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -96,6 +98,7 @@ def test_count_bounds_and_a_bad_descriptor() -> None:
     assert _dgram.send_batch(-1, socket.AF_INET, [(b"x", ("127.0.0.1", 9))], 0) == 0
 
 
+@pytest.mark.network
 def test_more_than_one_call_of_sends_in_order(pair: Any) -> None:
     family, rx, tx = pair
     addr = rx.getsockname()
@@ -106,6 +109,7 @@ def test_more_than_one_call_of_sends_in_order(pair: Any) -> None:
     assert _dgram.send_batch(tx.fileno(), family, items, 200) == 200  # nothing left
 
 
+@pytest.mark.network
 def test_connected_socket_sends_with_no_address(pair: Any) -> None:
     family, rx, tx = pair
     tx.connect(rx.getsockname())
@@ -125,6 +129,7 @@ _addresses = st.one_of(
     st.tuples(_hosts), st.integers(), st.text(max_size=3))
 
 
+@pytest.mark.network
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(_addresses, st.binary(max_size=64))

@@ -22,7 +22,9 @@ from dotsd import _speedups
 REPO = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_record_speedups.py", "tests/test_speedups_dgram.py"]
 
-pytestmark = pytest.mark.timeout(600)
+# slow: a build of the accelerators and a child pytest (about 20 s); network: that child
+# runs tests/test_speedups_dgram.py, on loopback sockets.
+pytestmark = [pytest.mark.slow, pytest.mark.network, pytest.mark.timeout(600)]
 
 
 def _runtime(name: str) -> str | None:

@@ -3,29 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import importlib
-import ipaddress
 import logging
 import shutil
 import socket
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from loopback import HOSTS, STEP, within
+from cryptography.x509.oid import NameOID
+from support.loopback import HOSTS, STEP, within
 
 from dotsd.coap.codec import decode_tcp, encode_tcp, tcp_frame_length
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, is_request
 from dotsd.coap.tcp import CoapTcpConnection, ConnectionAborted, MessageReceived
 from dotsd.link import Link, spki_sha256
+from dotsd.pki import PkiPaths
 from dotsd.tls import TLS12_CIPHERS, client_context, server_context
 from dotsd.transport.tcp import TcpServer, connect_tcp, serve_tcp
 
@@ -37,98 +33,18 @@ def run(coro: Coroutine[Any, Any, None], limit: float = 20.0) -> None:
     asyncio.run(asyncio.wait_for(coro, limit))
 
 
-
-
-
-
-# --- certificates ----------------------------------------------------------------------------
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None) -> None:
-    path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    if key is not None:
-        path.with_suffix(".key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
-
-
-def make_pki(directory: Path, prefix: str = "") -> None:
-    """ECDSA P-256 CA, server and client certificates, as dotsd.pki.init_pki writes them."""
-    now = datetime.datetime.now(datetime.UTC)
-    start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=2)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_pub = ca_key.public_key()
-    ca = (
-        x509.CertificateBuilder().subject_name(_name(f"{prefix}test CA"))
-        .issuer_name(_name(f"{prefix}test CA")).public_key(ca_pub)
-        .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                       critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_pub), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    _write(directory / f"{prefix}ca", ca, None)
-    sans: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("::1")),
-    ]
-    for role, eku in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
-                      ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder().subject_name(_name(f"{prefix}{role}"))
-            .issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False,
-                                         False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_pub),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        _write(directory / f"{prefix}{role}", cert, key)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("pki")
-    init_pki: Callable[[Path], object] | None = None
-    for module in ("dotsd.pki", "dotsd.pki.ca"):
-        try:
-            init_pki = getattr(importlib.import_module(module), "init_pki", None)
-        except ImportError:
-            continue
-        if init_pki is not None:
-            break
-    if init_pki is not None:
-        init_pki(directory)  # the project's own PKI
-    else:
-        make_pki(directory)
-    make_pki(directory, prefix="rogue-")  # a second, unrelated CA
-    return directory
-
-
 def common_name(cert: x509.Certificate) -> str:
     (attr,) = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(attr.value)
 
 
-def server_ctx(pki: Path) -> ssl.SSLContext:
-    return server_context(pki / "server.pem", pki / "server.key", pki / "ca.pem")
+def server_ctx(pki: PkiPaths) -> ssl.SSLContext:
+    return server_context(pki.server_cert, pki.server_key, pki.ca_cert)
 
 
-def client_ctx(pki: Path, prefix: str = "", ca: str = "ca.pem") -> ssl.SSLContext:
-    return client_context(pki / f"{prefix}client.pem", pki / f"{prefix}client.key", pki / ca)
+def client_ctx(pki: PkiPaths, ca: Path | None = None) -> ssl.SSLContext:
+    """The client of ``pki``, trusting ``ca`` (default: its own CA)."""
+    return client_context(pki.client_cert, pki.client_key, ca or pki.ca_cert)
 
 
 # --- a small CoAP node over links ------------------------------------------------------------
@@ -266,7 +182,7 @@ def test_connect_refused() -> None:
 # --- TLS ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("host", HOSTS)
-def test_tls_mutual_auth(pki: Path, host: str) -> None:
+def test_tls_mutual_auth(pki: PkiPaths, host: str) -> None:
     async def main() -> None:
         server_node, client_node = Node("server"), Node("client")
         async with await serve(server_node, host, server_ctx(pki)) as server:
@@ -294,7 +210,7 @@ def test_tls_mutual_auth(pki: Path, host: str) -> None:
 
 @pytest.mark.parametrize("tls", [True, False])
 @pytest.mark.parametrize("host", HOSTS)
-def test_listener_sends_first_request(pki: Path, host: str, tls: bool) -> None:
+def test_listener_sends_first_request(pki: PkiPaths, host: str, tls: bool) -> None:
     # RFC 9066 Call Home: the TLS server (Call Home DOTS client) sends the requests and the
     # dialler (Call Home DOTS server) answers them.
     async def main() -> None:
@@ -310,7 +226,7 @@ def test_listener_sends_first_request(pki: Path, host: str, tls: bool) -> None:
 
 
 def test_tls_wrong_ca_client_refused_good_client_unaffected(
-        pki: Path, caplog: pytest.LogCaptureFixture) -> None:
+        pki: PkiPaths, rogue_pki: PkiPaths, caplog: pytest.LogCaptureFixture) -> None:
     async def refused(node: Node, ctx: ssl.SSLContext, port: int) -> str:
         # TLS 1.2 fails in the handshake; with TLS 1.3 the client finishes first and the
         # server's alert arrives right after: either way no link survives, and the client
@@ -330,12 +246,12 @@ def test_tls_wrong_ca_client_refused_good_client_unaffected(
             link = await connect_tcp(good, "127.0.0.1", server.port, client_ctx(pki))
             assert await good.get(link, "/1", b"\x01") == "server:/1"
             # A client certificate from another CA (it trusts our server all right).
-            await refused(bad, client_ctx(pki, prefix="rogue-", ca="ca.pem"), server.port)
+            await refused(bad, client_ctx(rogue_pki, ca=pki.ca_cert), server.port)
             # No client certificate at all.
-            no_cert = client_context(None, None, pki / "ca.pem")
+            no_cert = client_context(None, None, pki.ca_cert)
             await refused(bad, no_cert, server.port)
             for ctx_max in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
-                ctx = client_ctx(pki, prefix="rogue-", ca="ca.pem")
+                ctx = client_ctx(rogue_pki, ca=pki.ca_cert)
                 ctx.maximum_version = ctx_max
                 assert "UNKNOWN_CA" in await refused(bad, ctx, server.port)
             # Plain garbage on the TLS port.
@@ -356,11 +272,11 @@ def test_tls_wrong_ca_client_refused_good_client_unaffected(
         run(main())
 
 
-def test_tls_client_refuses_server_from_wrong_ca(pki: Path) -> None:
+def test_tls_client_refuses_server_from_wrong_ca(pki: PkiPaths, rogue_pki: PkiPaths) -> None:
     async def main() -> None:
         server_node = Node("server")
         async with await serve(server_node, "127.0.0.1", server_ctx(pki)) as server:
-            ctx = client_ctx(pki, ca="rogue-ca.pem")
+            ctx = client_ctx(pki, ca=rogue_pki.ca_cert)
             with pytest.raises(ssl.SSLCertVerificationError):
                 await connect_tcp(Node("c"), "127.0.0.1", server.port, ctx)
             # A name the certificate does not carry (RFC 6125 check).
@@ -375,10 +291,10 @@ def test_tls_client_refuses_server_from_wrong_ca(pki: Path) -> None:
     run(main())
 
 
-def test_tls_client_refuses_server_without_coap_alpn(pki: Path) -> None:
+def test_tls_client_refuses_server_without_coap_alpn(pki: PkiPaths) -> None:
     """RFC 8323 §8.2: off port 5684 a server that does not select ALPN "coap" is refused."""
     async def main() -> None:
-        plain_ctx = server_context(pki / "server.pem", pki / "server.key", pki / "ca.pem",
+        plain_ctx = server_context(pki.server_cert, pki.server_key, pki.ca_cert,
                                    alpn=None)
         async with await serve(Node("server"), "127.0.0.1", plain_ctx) as server:
             with pytest.raises(ConnectionError, match="ALPN"):
@@ -390,7 +306,7 @@ def test_tls_client_refuses_server_without_coap_alpn(pki: Path) -> None:
     run(main())
 
 
-def test_tls_handshake_timeout_is_logged(pki: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_tls_handshake_timeout_is_logged(pki: PkiPaths, caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         server_node = Node("server")
         async with await serve(server_node, "127.0.0.1", server_ctx(pki),
@@ -404,7 +320,7 @@ def test_tls_handshake_timeout_is_logged(pki: Path, caplog: pytest.LogCaptureFix
     assert any("handshake" in r.getMessage() for r in caplog.records)
 
 
-def test_tls_server_close_during_handshake(pki: Path) -> None:
+def test_tls_server_close_during_handshake(pki: PkiPaths) -> None:
     async def main() -> None:
         server_node = Node("server")
         server = await serve(server_node, "127.0.0.1", server_ctx(pki))
@@ -418,7 +334,7 @@ def test_tls_server_close_during_handshake(pki: Path) -> None:
     run(main())
 
 
-def test_tls_link_down_on_peer_close(pki: Path) -> None:
+def test_tls_link_down_on_peer_close(pki: PkiPaths) -> None:
     async def main() -> None:
         server_node, client_node = Node("server"), Node("client")
         async with await serve(server_node, "127.0.0.1", server_ctx(pki)) as server:
@@ -454,7 +370,7 @@ class Echo:
 
 
 @pytest.mark.parametrize("tls", [False, True])
-def test_bulk_stream_integrity(pki: Path, tls: bool) -> None:
+def test_bulk_stream_integrity(pki: PkiPaths, tls: bool) -> None:
     async def main() -> None:
         server_side, client_side = Echo(), Echo()
         client_side.echo = False
@@ -472,7 +388,7 @@ def test_bulk_stream_integrity(pki: Path, tls: bool) -> None:
     run(main())
 
 
-def test_handler_failure_in_link_up_is_contained(pki: Path) -> None:
+def test_handler_failure_in_link_up_is_contained(pki: PkiPaths) -> None:
     class Broken(Echo):
         def link_up(self, link: Link) -> None:
             raise RuntimeError("boom")
@@ -489,7 +405,7 @@ def test_handler_failure_in_link_up_is_contained(pki: Path) -> None:
     run(main())
 
 
-def test_tls_client_handshake_timeout(pki: Path) -> None:
+def test_tls_client_handshake_timeout(pki: PkiPaths) -> None:
     async def main() -> None:
         # A plain TCP listener never answers the ClientHello.
         silent = Echo()
@@ -528,14 +444,14 @@ def _free_port_pair() -> int:
 
 @pytest.mark.interop
 @pytest.mark.skipif(LIBCOAP_CLIENT is None, reason="libcoap client not installed")
-def test_libcoap_client_over_tls(pki: Path) -> None:
+def test_libcoap_client_over_tls(pki: PkiPaths) -> None:
     async def main() -> None:
         node = Node("dotsd")
         async with await serve(node, "127.0.0.1", server_ctx(pki)) as server:
             assert LIBCOAP_CLIENT is not None
             proc = await asyncio.create_subprocess_exec(
-                LIBCOAP_CLIENT, "-B", "3", "-c", str(pki / "client.pem"),
-                "-j", str(pki / "client.key"), "-C", str(pki / "ca.pem"),
+                LIBCOAP_CLIENT, "-B", "3", "-c", str(pki.client_cert),
+                "-j", str(pki.client_key), "-C", str(pki.ca_cert),
                 f"coaps+tcp://127.0.0.1:{server.port}/hello",
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             out, _ = await asyncio.wait_for(proc.communicate(), 10)
@@ -547,13 +463,13 @@ def test_libcoap_client_over_tls(pki: Path) -> None:
 
 @pytest.mark.interop
 @pytest.mark.skipif(LIBCOAP_SERVER is None, reason="libcoap server not installed")
-def test_dotsd_client_to_libcoap_server_over_tls(pki: Path) -> None:
+def test_dotsd_client_to_libcoap_server_over_tls(pki: PkiPaths) -> None:
     async def main() -> None:
         assert LIBCOAP_SERVER is not None
         port = _free_port_pair()
         proc = await asyncio.create_subprocess_exec(
-            LIBCOAP_SERVER, "-A", "127.0.0.1", "-p", str(port), "-c", str(pki / "server.pem"),
-            "-j", str(pki / "server.key"), "-C", str(pki / "ca.pem"),
+            LIBCOAP_SERVER, "-A", "127.0.0.1", "-p", str(port), "-c", str(pki.server_cert),
+            "-j", str(pki.server_key), "-C", str(pki.ca_cert),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         try:
             node = Node("dotsd")
@@ -603,7 +519,7 @@ def _handshake(client: ssl.SSLContext, server: ssl.SSLContext,
     raise AssertionError("handshake did not finish")
 
 
-def test_context_tls12_uses_ecdhe_ecdsa_aead(pki: Path) -> None:
+def test_context_tls12_uses_ecdhe_ecdsa_aead(pki: PkiPaths) -> None:
     client = client_ctx(pki)
     client.maximum_version = ssl.TLSVersion.TLSv1_2
     c, _ = _handshake(client, server_ctx(pki))
@@ -613,19 +529,19 @@ def test_context_tls12_uses_ecdhe_ecdsa_aead(pki: Path) -> None:
     assert c.selected_alpn_protocol() == "coap"  # RFC 8323 §8.2
 
 
-def test_context_tls13_default(pki: Path) -> None:
+def test_context_tls13_default(pki: PkiPaths) -> None:
     c, s = _handshake(client_ctx(pki), server_ctx(pki))
     assert c.version() == "TLSv1.3"
     assert s.getpeercert(binary_form=True)
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
-def test_context_refuses_old_tls(pki: Path) -> None:
+def test_context_refuses_old_tls(pki: PkiPaths) -> None:
     # RFC 9132 §7.1: TLS 1.2 or later. The client is weakened so that only the server's
     # minimum version can be what refuses TLS 1.1.
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.load_verify_locations(pki / "ca.pem")
-    client.load_cert_chain(pki / "client.pem", pki / "client.key")
+    client.load_verify_locations(pki.ca_cert)
+    client.load_cert_chain(pki.client_cert, pki.client_key)
     client.minimum_version = ssl.TLSVersion.TLSv1
     client.maximum_version = ssl.TLSVersion.TLSv1_1
     client.set_ciphers("ALL:@SECLEVEL=0")
@@ -635,23 +551,23 @@ def test_context_refuses_old_tls(pki: Path) -> None:
     assert client_ctx(pki).minimum_version == ssl.TLSVersion.TLSv1_2
 
 
-def test_context_optional_client_cert(pki: Path) -> None:
-    server = server_context(pki / "server.pem", pki / "server.key", pki / "ca.pem",
+def test_context_optional_client_cert(pki: PkiPaths, rogue_pki: PkiPaths) -> None:
+    server = server_context(pki.server_cert, pki.server_key, pki.ca_cert,
                             require_client_cert=False)
-    _, s = _handshake(client_context(None, None, pki / "ca.pem"), server)
+    _, s = _handshake(client_context(None, None, pki.ca_cert), server)
     assert s.getpeercert(binary_form=True) is None
     with pytest.raises(ssl.SSLError):
-        _handshake(client_ctx(pki, prefix="rogue-"), server)
+        _handshake(client_ctx(rogue_pki, ca=pki.ca_cert), server)
 
 
-def test_context_hostname_check_can_be_disabled(pki: Path) -> None:
-    client = client_context(pki / "client.pem", pki / "client.key", pki / "ca.pem",
+def test_context_hostname_check_can_be_disabled(pki: PkiPaths) -> None:
+    client = client_context(pki.client_cert, pki.client_key, pki.ca_cert,
                             server_hostname_check=False)
     _handshake(client, server_ctx(pki), hostname="not-the-server.example")
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(client_ctx(pki), server_ctx(pki), hostname="not-the-server.example")
 
 
-def test_key_without_certificate_is_refused(pki: Path) -> None:
+def test_key_without_certificate_is_refused(pki: PkiPaths) -> None:
     with pytest.raises(ValueError):
-        client_context(None, pki / "client.key", pki / "ca.pem")
+        client_context(None, pki.client_key, pki.ca_cert)

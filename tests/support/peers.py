@@ -32,7 +32,7 @@ from dotsd.coap.numbers import Code
 from dotsd.coap.site import IncomingRequest, Resource, Site
 from dotsd.link import Link
 from dotsd.node import CoapNode
-from dotsd.pki import PkiPaths, init_pki
+from dotsd.pki import PkiPaths
 from dotsd.tls import client_context, server_context
 from dotsd.transport.tcp import connect_tcp, serve_tcp
 
@@ -122,10 +122,6 @@ class Creds:
     rogue: PkiPaths  # another CA and its certificates: refused by ``pki``'s peers
     psk_identity: bytes = PSK_IDENTITY
     psk_key: bytes = PSK_KEY
-
-
-def make_creds(directory: Path) -> Creds:
-    return Creds(init_pki(directory / "pki"), init_pki(directory / "rogue"))
 
 
 def tls_server_context(creds: Creds, require_client_cert: bool = True) -> Any:
