@@ -3,7 +3,7 @@
 
     server = SignalServer(store=SqliteStore.open(state_dir), on_change=bridge.on_change)
     await serve_dtls(server.node, "::", 4646, context)
-    server.start()          # lifetime expiry / heartbeat timer task
+    server.start()          # its one timer: lifetime expiry, heartbeats
 
 Resources (RFC 9132 §4.2 Table 1):
 
@@ -44,7 +44,6 @@ Rules applied here (the rest lives in the sans-IO modules):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import time
@@ -291,8 +290,8 @@ class SignalServer:
         self._rates = RateLimiter()  # per client identity (policy max_requests_per_second)
         self.table = self._load_table()
         self._awaiting = self._awaiting_clients()
-        self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the one timer, while running
+        self._running = False
         self.redirection: Redirection | None = None
         # The YANG model is compiled now, not by the first mitigation request (~0.2 s, which
         # the first client under attack would wait for).
@@ -429,8 +428,7 @@ class SignalServer:
                     for s in (self.sessions.get(key), self._by_cuid.get(key)) if s is not None}
         for session in sessions.values():
             self._apply_session_params(session)
-        if self._wake is not None:
-            self._wake.set()
+        self._rearm()
         self._commit(follow_up, now)
 
     def _repeat_notifications(self, m: Mitigation, now: float) -> list[Change]:
@@ -567,8 +565,7 @@ class SignalServer:
             elif SessionState.DEGRADED in (event.new, event.old):  # RFC 9132 §4.7
                 log.info("cuid=%s: %s", cuid, event.reason)
         self._arm(session)
-        if self._wake is not None:
-            self._wake.set()
+        self._rearm()
 
     def _session_config(self, cuid: str, reliable: bool) -> SessionConfig:
         """The client's session configuration: the stored one, else the defaults (§4.5)."""
@@ -732,35 +729,43 @@ class SignalServer:
                  if t is not None]
         return min(times) if times else None
 
-    def start(self) -> asyncio.Task[None]:
-        """Start the timer task (call from the running loop); expired records go at once."""
-        if self._task is None or self._task.done():
-            self._wake = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        return self._task
+    def start(self) -> None:
+        """Run the server's one timer from now on (call from the running loop): what is
+        due goes at once (expired records after a restart), then at each deadline."""
+        self._running = True
+        self._on_timer()
 
-    async def _run(self) -> None:
-        assert self._wake is not None
-        while True:
-            try:
-                self.handle_timer()
-            except Exception:
-                log.exception("signal server timer failed")
-            deadline = self.get_timer()
-            delay = _MAX_SLEEP if deadline is None else deadline - self.monotonic()
-            delay = min(max(delay, 0.0), _MAX_SLEEP)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+    def _rearm(self) -> None:
+        """Arm the one timer (``loop.call_later``) for the earliest deadline, if it is
+        earlier than the one armed; at most 30 s ahead (a wall-clock step is noticed)."""
+        if not self._running:
+            return
+        deadline = self.get_timer()
+        delay = _MAX_SLEEP if deadline is None else deadline - self.monotonic()
+        delay = min(max(delay, 0.0), _MAX_SLEEP)
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        try:
+            self.handle_timer()
+        except Exception:
+            log.exception("signal server timer failed")
+        self._rearm()
 
     async def close(self) -> None:
-        """Stop the timer task and wait for the queued writes (the store, the writer and
-        the node are the caller's)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the timer and wait for the queued writes (the store, the writer and the node
+        are the caller's)."""
+        self._running = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._writes:
             await asyncio.wait(set(self._writes), timeout=10.0)
 

@@ -43,16 +43,15 @@ from dotsd.signal.config import (
     Value,
     refresh_delay,
 )
-from dotsd.signal.heartbeat import (
-    HeartbeatMonitor,
-    PeerReachable,
-    Role,
-    SendHeartbeat,
-    SessionLost,
-    ThresholdReached,
-)
+from dotsd.signal.heartbeat import HeartbeatMonitor, Role, SendHeartbeat
 from dotsd.signal.mids import next_mid
-from dotsd.signal.session import SessionEvent, SessionLifecycle, SessionState, StateChanged
+from dotsd.signal.session import (
+    SessionEvent,
+    SessionLifecycle,
+    SessionState,
+    StateChanged,
+    monitor_event,
+)
 
 __all__ = [
     "DTLS_PROBE_INTERVAL",
@@ -369,15 +368,15 @@ class ClientSession:
             while (action := monitor.next_event()) is not None:
                 if isinstance(action, SendHeartbeat):
                     self._events.append(action)
-                elif isinstance(action, ThresholdReached):
-                    # RFC 9132 §4.7: under attack, keep the session and its heartbeats.
-                    self._change(SessionEvent.THRESHOLD_REACHED,
-                                 f"{action.missed} heartbeats unanswered during an attack")
-                elif isinstance(action, PeerReachable):
-                    self._change(SessionEvent.PEER_REACHABLE, "the server is heard again")
-                elif isinstance(action, SessionLost):
-                    self._lose(now, SessionEvent.HEARTBEATS_LOST, action.reason)
+                    continue
+                verdict = monitor_event(action)
+                if verdict is None:
+                    continue
+                if verdict[0] is SessionEvent.HEARTBEATS_LOST:
+                    self._lose(now, *verdict)
                     return
+                # RFC 9132 §4.7: under attack, the session and its heartbeats go on.
+                self._change(*verdict)
         attack = self.attack
         if self._refresh_at is not None and now >= self._refresh_at and not attack:
             self._refresh_at = None

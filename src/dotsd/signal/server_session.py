@@ -19,15 +19,15 @@ from collections.abc import Hashable
 
 from dotsd.signal.client_session import ParamsChanged
 from dotsd.signal.config import EffectiveConfig, SessionConfig
-from dotsd.signal.heartbeat import (
-    HeartbeatMonitor,
-    PeerReachable,
-    Role,
-    SessionLost,
-    ThresholdReached,
-)
+from dotsd.signal.heartbeat import HeartbeatMonitor, Role
 from dotsd.signal.identity import ClientIdentity
-from dotsd.signal.session import SessionEvent, SessionLifecycle, SessionState, StateChanged
+from dotsd.signal.session import (
+    SessionEvent,
+    SessionLifecycle,
+    SessionState,
+    StateChanged,
+    monitor_event,
+)
 
 __all__ = ["ParamsChanged", "ServerSession", "StateChanged"]
 
@@ -117,16 +117,13 @@ class ServerSession:
             return
         self.monitor.handle_timer(now)
         while (action := self.monitor.next_event()) is not None:
-            if isinstance(action, ThresholdReached):
-                # RFC 9132 §4.7: traffic still seen, the client's inbound link is likely
-                # saturated: MUST NOT consider the session disconnected.
-                self._change(SessionEvent.THRESHOLD_REACHED,
-                             f"{action.missed} heartbeats missed but traffic still seen")
-            elif isinstance(action, PeerReachable):
-                self._change(SessionEvent.PEER_REACHABLE, "reachable again")
-            elif isinstance(action, SessionLost):
-                self._change(SessionEvent.HEARTBEATS_LOST, action.reason)
-                return
+            # RFC 9132 §4.7: a client still heard is only DEGRADED (its inbound link is
+            # likely saturated): the session is lost only after a silent span.
+            verdict = monitor_event(action)
+            if verdict is not None:
+                self._change(*verdict)
+                if self.lost:
+                    return
 
     def next_event(self) -> ServerEvent | None:
         return self._events.popleft() if self._events else None

@@ -31,6 +31,12 @@ from enum import Enum
 from typing import Final
 
 from dotsd.errors import LocalError
+from dotsd.signal.heartbeat import (
+    HeartbeatAction,
+    PeerReachable,
+    SessionLost,
+    ThresholdReached,
+)
 
 __all__ = [
     "SESSION_TRANSITIONS",
@@ -39,6 +45,7 @@ __all__ = [
     "SessionLifecycle",
     "SessionState",
     "StateChanged",
+    "monitor_event",
 ]
 
 
@@ -122,3 +129,16 @@ class SessionLifecycle:
     def live(self) -> bool:
         """Whether the session carries signals now (ESTABLISHED or DEGRADED)."""
         return self.state in _LIVE
+
+
+def monitor_event(action: HeartbeatAction) -> tuple[SessionEvent, str] | None:
+    """The lifecycle event a heartbeat monitor's verdict is (RFC 9132 §4.7), with its reason;
+    None for an action to perform (a heartbeat to send)."""
+    if isinstance(action, ThresholdReached):
+        return SessionEvent.THRESHOLD_REACHED, f"{action.missed} heartbeats unanswered, but " \
+            "the session is kept (traffic seen, or an attack ongoing)"
+    if isinstance(action, PeerReachable):
+        return SessionEvent.PEER_REACHABLE, "the peer is heard again"
+    if isinstance(action, SessionLost):
+        return SessionEvent.HEARTBEATS_LOST, action.reason
+    return None
