@@ -22,8 +22,8 @@ from dotsd.link import cuid_from_spki_sha256, make_peer_info, spki_sha256
 from dotsd.model.codec import to_cbor
 from dotsd.node import CoapNode
 from dotsd.pki import PkiPaths, load_certificate
-from dotsd.signal.client_session import ClientSession
-from dotsd.signal.config import Attribute
+from dotsd.signal.client_session import ClientSession, RefreshConfig
+from dotsd.signal.config import Attribute, ConfigPolicy
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
 from dotsd.signal.mitigation import MitigationEvent
 from dotsd.signal.pacing import RttEstimator
@@ -383,3 +383,32 @@ async def test_two_clients_on_one_node_both_see_their_link_go_down(pki: PkiPaths
             await client.close()
         await node.close()
         await server.node.close()
+
+
+async def test_configuration_refresh_follows_max_age_and_waits_out_a_mitigation(
+        pki: PkiPaths) -> None:
+    """RFC 9132 §4.5.3: the client refreshes its configuration (a GET with its 'sid') before
+    Max-Age runs out, but never while a mitigation is active; once withdrawn, the overdue
+    refresh goes. `dotsd client run` used to refresh during mitigations (its own loop ignored
+    the rule); the rule now lives in the session, which `run` uses."""
+    refreshes: list[RefreshConfig] = []
+    async with running(pki, heartbeat=(0.0, 3)) as env:
+        env.server.config_policy = ConfigPolicy(max_age=1)  # refresh after 0.9 s
+        c = env.client
+        c.add_listener(lambda e: isinstance(e, RefreshConfig) and refreshes.append(e))
+        await c.session_config_get()
+        await wait_until(lambda: len(refreshes) >= 1, 5, what="a first refresh")
+        await wait_until(lambda: c.session.refresh_at is not None, 5, what="the next one")
+        await c.mitigate(SCOPE)
+        # The one timer is not armed for the refresh while mitigating (no heartbeats here).
+        assert c.session.refresh_at is not None and c.session.get_timer() is None
+        seen = len(refreshes)
+        await asyncio.sleep(2.5)  # 2.5 x Max-Age: a refresh would have been due twice
+        assert len(refreshes) == seen
+        await c.withdraw(reply_mid(c))
+        await wait_until(lambda: len(refreshes) > seen, 5, what="the overdue refresh")
+
+
+def reply_mid(client: SignalClient) -> int:
+    (mid,) = client.active_mids
+    return mid
