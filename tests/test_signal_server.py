@@ -653,7 +653,7 @@ async def test_many_sessions_each_lost_on_its_own_time(pki: PkiPaths) -> None:
     for k in range(300):  # client 0 keeps talking
         env.clock.now = T0 + 20 + k * 0.5
         await heartbeat(0)
-    assert len(server._timers) <= 2 * len(server.sessions) + 64
+    assert len(server.core._timers) <= 2 * len(server.sessions) + 64
     # Clients 1..9 are past their allowance, 10..19 not yet.
     server.handle_timer(T0 + limit + 9.5, wall=T0 + limit + 9.5)
     alive = {s.client.identity for s in server.sessions.values()}

@@ -496,3 +496,17 @@ def test_acknowledged_writes_survive_kill_9(state_dir: Path, kill_after: int) ->
         assert last is not None and last.expires_at == 1_800_000_000.0 + acked
         config = s.get_session_config("victim")
         assert config is not None and config.sid == len(mids)  # same transaction as the last
+
+
+def test_all_bindings_and_session_configs_are_listed(tmp_path: Path) -> None:
+    """The server keeps every binding and stored configuration in memory from the start."""
+    with SqliteStore.open(tmp_path) as store:
+        assert store.bindings() == [] and store.session_configs() == []
+        store.bind_cuid("c1", "id1", 10.0)
+        store.bind_cuid("c2", "id2", 11.0)
+        store.put_session_config(SessionConfigRecord(cuid="c1", sid=3, config={"a": 1},
+                                                     updated=12.0))
+        assert {(b.cuid, b.identity) for b in store.bindings()} == {("c1", "id1"),
+                                                                    ("c2", "id2")}
+        assert [(c.cuid, c.sid, c.config) for c in store.session_configs()] == [
+            ("c1", 3, {"a": 1})]

@@ -30,6 +30,10 @@ mitigator bridge), are in :mod:`dotsd.agents`.
 * :mod:`dotsd.signal.client_session` — a DOTS client's whole session behaviour on fake or
   real time: heartbeats, configuration sets and refresh, redial, redirection expiry, DTLS
   re-probing, 'mid' values (RFC 9132 §4.3-§4.7).
+* :mod:`dotsd.signal.server_session` — the server's view of one client session:
+  configuration set in force, heartbeat monitor of the server role, lifecycle.
+* :mod:`dotsd.signal.server_core` — the DOTS server's rules for all its clients: requests in;
+  responses, state to keep, notifications, mitigator changes and link parameters out.
 
 Submodules are imported explicitly; importing this package loads nothing else.
 """

@@ -113,6 +113,7 @@ SELECT_BINDING: Final = (
     "SELECT cuid, identity, first_seen, last_seen FROM cuid_binding WHERE cuid = ?"
 )
 DELETE_BINDING: Final = "DELETE FROM cuid_binding WHERE cuid = ?"
+ALL_BINDINGS: Final = "SELECT cuid, identity, first_seen, last_seen FROM cuid_binding"
 
 # -- mitigations -------------------------------------------------------------------------------
 
@@ -157,6 +158,7 @@ SELECT_SESSION_CONFIG: Final = (
     "SELECT cuid, sid, config, updated FROM session_config WHERE cuid = ?"
 )
 DELETE_SESSION_CONFIG: Final = "DELETE FROM session_config WHERE cuid = ?"
+ALL_SESSION_CONFIGS: Final = "SELECT cuid, sid, config, updated FROM session_config"
 
 
 # -- migration entry point ---------------------------------------------------------------------

@@ -289,8 +289,13 @@ class SqliteStore:
 
     def get_binding(self, cuid: str) -> CuidBinding | None:
         row = self._execute(schema.SELECT_BINDING, (cuid,)).fetchone()
-        if row is None:
-            return None
+        return None if row is None else self._binding(row)
+
+    def bindings(self) -> list[CuidBinding]:
+        return [self._binding(row) for row in self._execute(schema.ALL_BINDINGS).fetchall()]
+
+    @staticmethod
+    def _binding(row: Sequence[Any]) -> CuidBinding:
         return CuidBinding(
             cuid=row[0], identity=row[1], first_seen=float(row[2]), last_seen=float(row[3])
         )
@@ -392,8 +397,14 @@ class SqliteStore:
 
     def get_session_config(self, cuid: str) -> SessionConfigRecord | None:
         row = self._execute(schema.SELECT_SESSION_CONFIG, (cuid,)).fetchone()
-        if row is None:
-            return None
+        return None if row is None else self._session_config(row)
+
+    def session_configs(self) -> list[SessionConfigRecord]:
+        rows = self._execute(schema.ALL_SESSION_CONFIGS).fetchall()
+        return [self._session_config(row) for row in rows]
+
+    @staticmethod
+    def _session_config(row: Sequence[Any]) -> SessionConfigRecord:
         try:
             return SessionConfigRecord(
                 cuid=row[0],
@@ -402,7 +413,8 @@ class SqliteStore:
                 updated=float(row[3]),
             )
         except (TypeError, ValueError) as exc:
-            raise StoreCorruptError(f"stored session configuration of {cuid!r}: {exc}") from exc
+            raise StoreCorruptError(f"stored session configuration of {row[0]!r}: {exc}") \
+                from exc
 
     def delete_session_config(self, cuid: str) -> bool:
         with self.transaction():
