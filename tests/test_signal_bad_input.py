@@ -36,7 +36,7 @@ from dotsd.coap.numbers import Code, ContentFormat, MessageType, OptionNumber
 from dotsd.link import Link
 from dotsd.node import CoapNode
 from dotsd.pki import PkiPaths, init_pki, issue_client
-from dotsd.signal.mitigation import MitigationEvent
+from dotsd.signal.lifecycle import MitigationEvent
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 

@@ -24,7 +24,7 @@ from dotsd.pki import PkiPaths, init_pki, load_certificate
 from dotsd.signal.client_session import ClientSession
 from dotsd.signal.config import Attribute
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
-from dotsd.signal.mitigation import MitigationEvent
+from dotsd.signal.lifecycle import MitigationEvent
 from dotsd.signal.pacing import RttEstimator
 
 TIMEOUT = 5.0

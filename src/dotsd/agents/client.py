@@ -91,9 +91,9 @@ from dotsd.signal.heartbeat import (
     check_heartbeat_path,
     parse_heartbeat_body,
 )
-from dotsd.signal.mitigation import MITIGATION_MEMBER
 from dotsd.signal.pacing import MitigationRepeatPolicy, RttEstimator
 from dotsd.signal.redirect import Redirection, parse_redirect
+from dotsd.signal.scope import MITIGATION_MEMBER
 from dotsd.signal.session import SessionState, StateChanged
 from dotsd.signal.uri import MAX_MID, mitigate_path
 

@@ -82,24 +82,19 @@ from dotsd.signal.heartbeat import (
     parse_heartbeat_body,
 )
 from dotsd.signal.identity import ClientIdentity, client_identity
+from dotsd.signal.lifecycle import PRECONFIGURED_REPEATS, ConflictCause, MitigationEvent, Status
 from dotsd.signal.mitigation import (
-    PRECONFIGURED_REPEATS,
     AliasCheck,
     Change,
-    ConflictCause,
-    ConflictInfo,
     ConflictPolicy,
-    Counters,
     Ignored,
-    Mitigation,
-    MitigationEvent,
     MitigationTable,
     Reason,
-    Status,
     conflict_body,
 )
 from dotsd.signal.policy import LAB, Policy, PolicySet
 from dotsd.signal.ratelimit import RateLimiter
+from dotsd.signal.records import ConflictInfo, Counters, Mitigation
 from dotsd.signal.redirect import Redirection, redirect_body
 from dotsd.signal.server_session import ParamsChanged, ServerSession
 from dotsd.signal.session import SessionState
