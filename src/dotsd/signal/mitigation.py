@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from dotsd.coap.numbers import Code
 from dotsd.signal.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
@@ -184,6 +184,15 @@ def _other_client_conflict(m: Mitigation) -> bool:
     info = m.conflict
     return (info is not None and info.cause is ConflictCause.OVERLAPPING_TARGETS
             and info.mid is None)  # same-client conflicts are never stored; be safe
+
+
+class _OwnOverlaps(NamedTuple):
+    """The same client's requests a new one overlaps (RFC 9132 §4.4.1.3), and the
+    active-but-terminating period it gets (§4.4.4)."""
+
+    overridden: list[Mitigation]  # lower 'mid', same 'trigger-mitigation' type: deleted
+    preempted: list[Mitigation]  # active preconfigured ones: withdrawn (status 7)
+    abt_period: float
 
 
 class MitigationTable:
@@ -437,121 +446,21 @@ class MitigationTable:
         now: float,
         policy: Policy,
     ) -> MitigationPutOutcome:
+        """A new 'mid', or ``previous``: the same 'mid' active but terminating, requested
+        again. 2.01 (RFC 9132 §4.4.1.3) once every check below passes; a failed check (4.00,
+        4.09, 5.03) changes nothing."""
         if request.lifetime is None:
             raise BadRequest(
                 "'lifetime' is mandatory in a mitigation request", rule="RFC 9132 §4.4.1.1"
             )
         scope = request.scope
-        # RFC 9132 §4.4.1.1 / §10: targets within the client's domain.
-        policy.check_prefixes(scope.networks)
-        policy.check_fqdns(scope.target_fqdn)
-        policy.check_uris(scope.target_uri)
-        if self.alias_check is not None:
-            for alias in scope.alias_name:
-                if not self.alias_check(cuid, cdid, alias):
-                    raise BadRequest(
-                        f"alias {alias!r} was not created by this DOTS client",
-                        rule="RFC 9132 §4.4.1.3",
-                    )
-
-        limit = policy.max_mitigations_per_client
-        if (limit is not None and previous is None
-                and len(self._by_client.get(cuid, ())) >= limit):
-            # RFC 9132 §4.4.1.3: "A DOTS server MAY reject mitigation requests when it is
-            # near capacity or needs to rate-limit a particular client"; §9: 5.03 when
-            # "unable to handle the request".
-            raise ServiceUnavailable(
-                f"at most {limit} mitigations per DOTS client",
-                max_age=policy.retry_after,
-                rule="RFC 9132 §4.4.1.3, §9",
-            )
-
-        # Same client (RFC 9132 §4.4.1.3).
-        overridden: list[Mitigation] = []
-        preempted: list[Mitigation] = []
-        abt_period = self.abt_initial
-        for other in self._overlapping(scope):
-            if other.cuid != cuid or other.mid == mid:
-                continue
-            common = self._overlap(scope, other.scope)
-            if common is None:
-                continue
-            if other.status is Status.DOTS_CLIENT_WITHDRAWN_MITIGATION:
-                # §4.4.4: requested again within the active-but-terminating period.
-                abt_period = max(abt_period, min(2 * other.abt_period, self.abt_max))
-                continue
-            if other.scope.trigger_mitigation == scope.trigger_mitigation:
-                if not mid_newer(mid, other.mid):
-                    raise Conflict(
-                        f"overlaps mitigation {other.mid} which has a higher 'mid'",
-                        body=conflict_body(
-                            ConflictInfo(
-                                ConflictCause.OVERLAPPING_TARGETS, scope=common, mid=other.mid
-                            )
-                        ),
-                        rule="RFC 9132 §4.4.1.3",
-                    )
-                overridden.append(other)
-            elif scope.trigger_mitigation and other.status in ACTIVE:
-                # Distinct 'trigger-mitigation' types: the active preconfigured request is
-                # withdrawn (7), later back to 8 (§4.4.1.3, Table 3).
-                preempted.append(other)
-        if previous is not None:  # same 'mid', active but terminating, requested again
-            abt_period = max(abt_period, min(2 * previous.abt_period, self.abt_max))
-
-        # Other clients (RFC 9132 §4.4.1.3): only active requests can conflict.
-        conflicts: list[tuple[Mitigation, Scope]] = []
-        if scope.trigger_mitigation:
-            for other in self._overlapping(scope):
-                if other.cuid == cuid or other.status not in ACTIVE:
-                    continue
-                common = self._overlap(scope, other.scope)
-                if common is not None:
-                    conflicts.append((other, common))
-        conflict: ConflictInfo | None = None
-        changes: list[Change] = []
-        if conflicts:
-            first, common = conflicts[0]
-            if self.conflict_policy is ConflictPolicy.REJECT:
-                remaining = first.remaining_lifetime(now)
-                # 'retry-timer' "SHOULD be equal to the lifetime of the active mitigation
-                # request resulting in the deactivation" (§4.4.1.3).
-                info = ConflictInfo(
-                    ConflictCause.OVERLAPPING_TARGETS,
-                    status=ConflictStatus.REQUEST_INACTIVE_OTHER_ACTIVE,
-                    retry_timer=None if remaining == INDEFINITE else remaining,
-                    scope=common,
-                )
-                raise Conflict(
-                    f"overlaps an active mitigation of another DOTS client (mid {first.mid})",
-                    body=conflict_body(info),
-                    rule="RFC 9132 §4.4.1.3",
-                )
-            conflict = ConflictInfo(
-                ConflictCause.OVERLAPPING_TARGETS,
-                status=ConflictStatus.REQUEST_ACTIVE,
-                scope=common,
-            )
-            for other, common_other in conflicts:  # §4.4.2.1: notify the other side too
-                after = replace(
-                    other,
-                    conflict=ConflictInfo(
-                        ConflictCause.OVERLAPPING_TARGETS,
-                        status=ConflictStatus.REQUEST_ACTIVE,
-                        scope=common_other,
-                    ),
-                )
-                self._store(after)
-                changes.append(Change(Reason.CONFLICT, after, before=other.status))
-
-        for other in overridden:
-            # "the overlapped lower numeric 'mid' MUST be automatically deleted and no longer
-            # available at the DOTS server" (§4.4.1.3).
-            changes.append(self._move(other, MitigationEvent.OVERRIDDEN, now, Reason.OVERRIDDEN))
-        for other in preempted:
-            changes.append(self._move(other, MitigationEvent.SERVER_WITHDRAW, now,
-                                      Reason.PREEMPTED))
-
+        self._check_domain(cuid, cdid, scope, policy)
+        self._check_capacity(cuid, previous, policy)
+        own = self._same_client_overlaps(cuid, mid, scope, previous)
+        conflict, changes = self._apply_conflict_policy(
+            self._other_client_conflicts(cuid, scope), now
+        )
+        changes += self._end_own_overlaps(own, now)
         lifetime = policy.grant_lifetime(request.lifetime)
         immediate = scope.trigger_mitigation
         m = Mitigation(
@@ -571,15 +480,151 @@ class MitigationTable:
             mitigation_start=now if immediate else None,
             attack_status=request.attack_status,
             conflict=conflict,
-            abt_period=abt_period,
+            abt_period=own.abt_period,
         )
         self._store(m)
         changes.append(
             Change(Reason.CREATED, m, before=None if previous is None else previous.status)
         )
-        if overridden or preempted:
+        if own.overridden or own.preempted:
             changes.extend(self._resolve_conflicts())
         return MitigationPutOutcome(Code.CREATED, self._put_body(m), m, tuple(changes))
+
+    def _check_domain(self, cuid: str, cdid: str | None, scope: Scope, policy: Policy) -> None:
+        """RFC 9132 §4.4.1.1 / §10: the targets lie within the client's domain (4.00); and
+        §4.4.1.3: an 'alias-name' must be one this client created (4.00)."""
+        policy.check_prefixes(scope.networks)
+        policy.check_fqdns(scope.target_fqdn)
+        policy.check_uris(scope.target_uri)
+        if self.alias_check is not None:
+            for alias in scope.alias_name:
+                if not self.alias_check(cuid, cdid, alias):
+                    raise BadRequest(
+                        f"alias {alias!r} was not created by this DOTS client",
+                        rule="RFC 9132 §4.4.1.3",
+                    )
+
+    def _check_capacity(self, cuid: str, previous: Mitigation | None, policy: Policy) -> None:
+        """RFC 9132 §4.4.1.3: "A DOTS server MAY reject mitigation requests when it is near
+        capacity or needs to rate-limit a particular client"; §9: 5.03 when "unable to handle
+        the request". A request again within its active-but-terminating period adds none."""
+        limit = policy.max_mitigations_per_client
+        if (limit is not None and previous is None
+                and len(self._by_client.get(cuid, ())) >= limit):
+            raise ServiceUnavailable(
+                f"at most {limit} mitigations per DOTS client",
+                max_age=policy.retry_after,
+                rule="RFC 9132 §4.4.1.3, §9",
+            )
+
+    def _same_client_overlaps(
+        self, cuid: str, mid: int, scope: Scope, previous: Mitigation | None
+    ) -> _OwnOverlaps:
+        """What a new request does to the same client's overlapping ones (RFC 9132 §4.4.1.3):
+
+        * same 'trigger-mitigation' type: 4.09 (conflict-cause 1, conflict-scope with the
+          higher 'mid') if one has a higher 'mid', else the lower ones are overridden;
+        * distinct types: an active preconfigured request is withdrawn (7, later back to 8,
+          Table 3) in favour of the immediate one;
+        * one active but terminating (§4.4.4): "requested again" within that period, which
+          doubles the new request's period, up to the maximum.
+        """
+        overridden: list[Mitigation] = []
+        preempted: list[Mitigation] = []
+        abt_period = self.abt_initial
+        for other in self._overlapping(scope):
+            if other.cuid != cuid or other.mid == mid:
+                continue
+            common = self._overlap(scope, other.scope)
+            if common is None:
+                continue
+            if other.status is Status.DOTS_CLIENT_WITHDRAWN_MITIGATION:  # §4.4.4
+                abt_period = max(abt_period, min(2 * other.abt_period, self.abt_max))
+                continue
+            if other.scope.trigger_mitigation == scope.trigger_mitigation:
+                if not mid_newer(mid, other.mid):
+                    raise Conflict(
+                        f"overlaps mitigation {other.mid} which has a higher 'mid'",
+                        body=conflict_body(
+                            ConflictInfo(
+                                ConflictCause.OVERLAPPING_TARGETS, scope=common, mid=other.mid
+                            )
+                        ),
+                        rule="RFC 9132 §4.4.1.3",
+                    )
+                overridden.append(other)
+            elif scope.trigger_mitigation and other.status in ACTIVE:  # distinct types
+                preempted.append(other)
+        if previous is not None:  # same 'mid', active but terminating, requested again
+            abt_period = max(abt_period, min(2 * previous.abt_period, self.abt_max))
+        return _OwnOverlaps(overridden, preempted, abt_period)
+
+    def _end_own_overlaps(self, own: _OwnOverlaps, now: float) -> list[Change]:
+        """RFC 9132 §4.4.1.3: "the overlapped lower numeric 'mid' MUST be automatically
+        deleted and no longer available at the DOTS server"; an active preconfigured request
+        overlapped by an immediate one is withdrawn (status 7, Table 3)."""
+        changes = [self._move(other, MitigationEvent.OVERRIDDEN, now, Reason.OVERRIDDEN)
+                   for other in own.overridden]
+        changes += [self._move(other, MitigationEvent.SERVER_WITHDRAW, now, Reason.PREEMPTED)
+                    for other in own.preempted]
+        return changes
+
+    def _other_client_conflicts(self, cuid: str, scope: Scope) -> list[tuple[Mitigation, Scope]]:
+        """The other clients' requests a new one conflicts with, with the common targets of
+        each (RFC 9132 §4.4.1.3): only active requests can conflict, and only an immediate
+        request (a preconfigured one mitigates nothing yet)."""
+        conflicts: list[tuple[Mitigation, Scope]] = []
+        if scope.trigger_mitigation:
+            for other in self._overlapping(scope):
+                if other.cuid == cuid or other.status not in ACTIVE:
+                    continue
+                common = self._overlap(scope, other.scope)
+                if common is not None:
+                    conflicts.append((other, common))
+        return conflicts
+
+    def _apply_conflict_policy(
+        self, conflicts: list[tuple[Mitigation, Scope]], now: float
+    ) -> tuple[ConflictInfo | None, list[Change]]:
+        """RFC 9132 §4.4.1.3: "the DOTS server may return 2.01 (Created) or 4.09 (Conflict)"
+        for a request conflicting with another client's active one. REJECT: 4.09 with
+        conflict-status 1 and a 'retry-timer'. ACCEPT: both are maintained (conflict-status 2)
+        and the other side is told too (§4.4.2.1). Returns the new request's conflict
+        information and the changes of the others."""
+        changes: list[Change] = []
+        if not conflicts:
+            return None, changes
+        first, common = conflicts[0]
+        if self.conflict_policy is ConflictPolicy.REJECT:
+            remaining = first.remaining_lifetime(now)
+            # 'retry-timer' "SHOULD be equal to the lifetime of the active mitigation
+            # request resulting in the deactivation" (§4.4.1.3).
+            info = ConflictInfo(
+                ConflictCause.OVERLAPPING_TARGETS,
+                status=ConflictStatus.REQUEST_INACTIVE_OTHER_ACTIVE,
+                retry_timer=None if remaining == INDEFINITE else remaining,
+                scope=common,
+            )
+            raise Conflict(
+                f"overlaps an active mitigation of another DOTS client (mid {first.mid})",
+                body=conflict_body(info),
+                rule="RFC 9132 §4.4.1.3",
+            )
+        for other, common_other in conflicts:
+            after = replace(
+                other,
+                conflict=ConflictInfo(
+                    ConflictCause.OVERLAPPING_TARGETS,
+                    status=ConflictStatus.REQUEST_ACTIVE,
+                    scope=common_other,
+                ),
+            )
+            self._store(after)
+            changes.append(Change(Reason.CONFLICT, after, before=other.status))
+        conflict = ConflictInfo(
+            ConflictCause.OVERLAPPING_TARGETS, status=ConflictStatus.REQUEST_ACTIVE, scope=common
+        )
+        return conflict, changes
 
     # -- GET --------------------------------------------------------------------------------
 
