@@ -53,8 +53,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from cryptography import x509
 
-from dotsd.coap.endpoint import ClientRequest, error_response
-from dotsd.coap.message import Message
+from dotsd.coap.exchange import ClientRequest
+from dotsd.coap.message import Message, error_response
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber, code_str
 from dotsd.coap.params import dots_defaults
 from dotsd.coap.site import IncomingRequest, Resource, Site

@@ -52,8 +52,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any, Final
 
 from dotsd.agents.storewriter import StoreWriter
-from dotsd.coap.endpoint import error_response
-from dotsd.coap.message import Message
+from dotsd.coap.message import Message, error_response
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
 from dotsd.coap.params import TransmissionParameters, dots_defaults
 from dotsd.coap.site import IncomingRequest, Resource, Site
