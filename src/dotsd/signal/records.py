@@ -3,7 +3,8 @@
 :class:`Mitigation` is one request with its status, lifetimes and the mitigator's
 :class:`Counters`; :class:`ConflictInfo` its 'conflict-information' (RFC 9132 §4.4.1.3).
 Each gives its JSON form for responses and notifications (RFC 7951, as
-:func:`dotsd.model.codec.to_cbor` takes it) and ``to_dict`` / ``from_dict``, the form stored.
+:func:`dotsd.model.codec.to_cbor` takes it); ``Mitigation.to_dict`` / ``from_dict`` (with its
+conflict information and counters) is the form stored.
 The rules that create and move them are :class:`dotsd.signal.mitigation.MitigationTable`.
 """
 
