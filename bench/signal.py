@@ -38,8 +38,9 @@ from dotsd.coap.numbers import Code, ContentFormat, MessageType, OptionNumber
 from dotsd.link import cuid_from_psk_identity, make_peer_info
 from dotsd.model.codec import to_cbor
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
-from dotsd.signal.mitigation import MITIGATION_MEMBER, MitigationPutOutcome
+from dotsd.signal.mitigation import MitigationPutOutcome
 from dotsd.signal.policy import Policy
+from dotsd.signal.scope import MITIGATION_MEMBER
 from dotsd.signal.uri import mitigate_path
 from dotsd.store import SqliteStore
 from dotsd.transport.base import LinkBase

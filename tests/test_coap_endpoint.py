@@ -7,7 +7,7 @@ import random
 from support.coapsim import Net
 
 from dotsd.coap import codec
-from dotsd.coap.endpoint import CoapEndpoint, EndpointConfig, probing_rate_policy
+from dotsd.coap.endpoint import CoapEndpoint, probing_rate_policy
 from dotsd.coap.events import (
     Event,
     ObserverRemoved,
@@ -15,6 +15,7 @@ from dotsd.coap.events import (
     RequestReceived,
     ResponseReceived,
 )
+from dotsd.coap.exchange import EndpointConfig
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, MessageType, OptionNumber
 from dotsd.coap.params import TransmissionParameters

@@ -13,8 +13,9 @@ from hypothesis import given, settings, target
 from hypothesis import strategies as st
 
 from dotsd.coap import codec
-from dotsd.coap.endpoint import CoapEndpoint, EndpointConfig, PeerState
+from dotsd.coap.endpoint import CoapEndpoint
 from dotsd.coap.events import RequestReceived
+from dotsd.coap.exchange import EndpointConfig, PeerState
 from dotsd.coap.message import Block, Message
 from dotsd.coap.numbers import Code, MessageType, OptionNumber
 

@@ -70,7 +70,7 @@ def test_every_exception_is_rooted_and_of_one_kind(cls: type[BaseException]) -> 
 
 @pytest.mark.parametrize(("name", "kind"), [
     ("dotsd.signal.session.InvalidSessionTransition", LocalError),
-    ("dotsd.signal.mitigation.InvalidTransition", LocalError),
+    ("dotsd.signal.lifecycle.InvalidTransition", LocalError),
     ("dotsd.coap.codec.LocalProtocolError", LocalError),
     ("dotsd.coap.tcp.MessageTooLargeError", LocalError),
     ("dotsd.model.errors.EncodeError", LocalError),

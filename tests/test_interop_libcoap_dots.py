@@ -21,7 +21,7 @@ from support.peers import COAPS, COAPS_TCP, Completed, bounded, libcoap_client, 
 from support.signalnet import HOST, Clock, SignalNet, cuid_of, signal_listeners
 
 from dotsd.pki import PkiPaths
-from dotsd.signal.mitigation import MitigationEvent
+from dotsd.signal.lifecycle import MitigationEvent
 
 pytestmark = [pytest.mark.interop, pytest.mark.network, pytest.mark.timeout(60),
               needs_libcoap_client]

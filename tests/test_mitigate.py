@@ -33,15 +33,10 @@ from dotsd.mitigate.base import (
 )
 from dotsd.mitigate.log import LogMitigator, format_fields
 from dotsd.mitigate.registry import PluginLoadError, UnknownMitigatorError
-from dotsd.signal.mitigation import (
-    MITIGATION_MEMBER,
-    Counters,
-    MitigationEvent,
-    MitigationPutOutcome,
-    MitigationTable,
-    Status,
-    transition,
-)
+from dotsd.signal.lifecycle import MitigationEvent, Status, transition
+from dotsd.signal.mitigation import MitigationPutOutcome, MitigationTable
+from dotsd.signal.records import Counters
+from dotsd.signal.scope import MITIGATION_MEMBER
 
 CUID = "dz6pHjaADkaFTbjr0JGBpw"
 T0 = 1_700_000_000.0

@@ -39,7 +39,7 @@ from dotsd.coap.numbers import Code, ContentFormat, MessageType, OptionNumber
 from dotsd.link import Link
 from dotsd.node import CoapNode
 from dotsd.pki import PkiPaths
-from dotsd.signal.mitigation import MitigationEvent
+from dotsd.signal.lifecycle import MitigationEvent
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
@@ -485,7 +485,12 @@ async def test_oversized_bodies(pki: PkiPaths, tmp_path: Path) -> None:
         resp = await two.ask_b(request(Code.PUT, path, payload=huge))
         assert resp.code == Code.REQUEST_ENTITY_TOO_LARGE and diagnostic_ok(resp), resp
         # One 4000-byte datagram without Block1: 4.13 with Size1 (RFC 7959 §2.9.3).
-        msg = Message(mtype=MessageType.CON, code=Code.PUT, mid=0x7777, token=b"big")
+        # Its Message ID is far from the ~280 B just used for the blocks: a recent one would
+        # be a duplicate, answered from the server's cache (RFC 7252 §4.5).
+        state = two.b.endpoint.peer_state(two.b_link)
+        assert state is not None
+        fresh_mid = (state.next_mid + 0x8000) & 0xFFFF
+        msg = Message(mtype=MessageType.CON, code=Code.PUT, mid=fresh_mid, token=b"big")
         msg.set_path("/".join(path)).add(OptionNumber.CONTENT_FORMAT, ContentFormat.DOTS_CBOR)
         msg.payload = huge[:4000]
         replies = await exchange_raw(two, coap_codec.encode(msg))

@@ -25,7 +25,7 @@ from dotsd.pki import PkiPaths, load_certificate
 from dotsd.signal.client_session import ClientSession, RefreshConfig
 from dotsd.signal.config import Attribute, ConfigPolicy
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
-from dotsd.signal.mitigation import MitigationEvent
+from dotsd.signal.lifecycle import MitigationEvent
 from dotsd.signal.pacing import RttEstimator
 from dotsd.signal.session import SessionState, StateChanged
 

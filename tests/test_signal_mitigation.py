@@ -22,32 +22,28 @@ from dotsd.coap.numbers import Code
 from dotsd.model import yang
 from dotsd.model.codec import from_cbor, to_cbor
 from dotsd.signal.errors import BadRequest, Conflict, NotFound, SignalError
-from dotsd.signal.mitigation import (
+from dotsd.signal.lifecycle import (
     ACTIVE,
-    MITIGATION_MEMBER,
     TRANSITIONS,
     AttackStatus,
-    Change,
     ConflictCause,
-    ConflictInfo,
-    ConflictPolicy,
     ConflictStatus,
-    Counters,
-    Ignored,
     InvalidTransition,
-    Mitigation,
     MitigationEvent,
-    MitigationPutOutcome,
-    MitigationTable,
-    PortRange,
-    Reason,
-    Scope,
     Status,
-    common_targets,
-    parse_request,
     transition,
 )
+from dotsd.signal.mitigation import (
+    Change,
+    ConflictPolicy,
+    Ignored,
+    MitigationPutOutcome,
+    MitigationTable,
+    Reason,
+)
 from dotsd.signal.policy import LAB, Policy
+from dotsd.signal.records import ConflictInfo, Counters, Mitigation
+from dotsd.signal.scope import MITIGATION_MEMBER, PortRange, Scope, common_targets, parse_request
 from dotsd.signal.uri import Content
 
 REPO = Path(__file__).resolve().parent.parent

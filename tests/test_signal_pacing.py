@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from dotsd.coap.endpoint import CoapEndpoint, RepeatPolicy
+from dotsd.coap.endpoint import CoapEndpoint
+from dotsd.coap.exchange import RepeatPolicy
 from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code
 from dotsd.coap.params import TransmissionParameters

@@ -29,7 +29,7 @@ from dotsd.model import yang
 from dotsd.model.codec import from_cbor, to_cbor
 from dotsd.pki import PkiPaths
 from dotsd.signal.client_session import ProbeDtls
-from dotsd.signal.mitigation import MitigationEvent
+from dotsd.signal.lifecycle import MitigationEvent
 from dotsd.signal.redirect import (
     INFINITE_TTL,
     LOOP_WINDOW,

@@ -25,8 +25,10 @@ from dotsd.pki import PkiPaths, load_certificate
 from dotsd.signal.config import config_path
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
 from dotsd.signal.identity import client_identity
-from dotsd.signal.mitigation import MITIGATION_MEMBER, Change, MitigationEvent
+from dotsd.signal.lifecycle import MitigationEvent
+from dotsd.signal.mitigation import Change
 from dotsd.signal.policy import ClientMatch, ClientPolicy, Policy, PolicySet
+from dotsd.signal.scope import MITIGATION_MEMBER
 from dotsd.signal.uri import mitigate_path
 from dotsd.store import SqliteStore
 

@@ -11,17 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dotsd.signal.errors import SignalError
-from dotsd.signal.mitigation import (
-    MITIGATION_MEMBER,
-    Change,
-    ConflictPolicy,
-    MitigationEvent,
-    MitigationTable,
-    Scope,
-    _other_client_conflict,
-    common_targets,
-)
+from dotsd.signal.lifecycle import MitigationEvent
+from dotsd.signal.mitigation import Change, ConflictPolicy, MitigationTable, _other_client_conflict
 from dotsd.signal.policy import Policy
+from dotsd.signal.scope import MITIGATION_MEMBER, Scope, common_targets
 from dotsd.signal.targets import TargetIndex
 
 T0 = 1_700_000_000.0

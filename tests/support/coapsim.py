@@ -6,8 +6,9 @@ import random
 from collections.abc import Callable
 
 from dotsd.coap import codec
-from dotsd.coap.endpoint import CoapEndpoint, EndpointConfig
+from dotsd.coap.endpoint import CoapEndpoint
 from dotsd.coap.events import Event
+from dotsd.coap.exchange import EndpointConfig
 from dotsd.coap.message import Message
 from dotsd.coap.params import TransmissionParameters
 

@@ -31,14 +31,9 @@ from dotsd.mitigate.base import (
     action_for,
     execute,
 )
-from dotsd.signal.mitigation import (
-    RUNNING,
-    Change,
-    Counters,
-    Mitigation,
-    MitigationEvent,
-    Reason,
-)
+from dotsd.signal.lifecycle import RUNNING, MitigationEvent
+from dotsd.signal.mitigation import Change, Reason
+from dotsd.signal.records import Counters, Mitigation
 
 if TYPE_CHECKING:
     from dotsd.agents.server import SignalServer

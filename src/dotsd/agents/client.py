@@ -53,8 +53,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from cryptography import x509
 
-from dotsd.coap.endpoint import ClientRequest, error_response
-from dotsd.coap.message import Message
+from dotsd.coap.exchange import ClientRequest
+from dotsd.coap.message import Message, error_response
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber, code_str
 from dotsd.coap.params import dots_defaults
 from dotsd.coap.site import IncomingRequest, Resource, Site
@@ -91,9 +91,9 @@ from dotsd.signal.heartbeat import (
     check_heartbeat_path,
     parse_heartbeat_body,
 )
-from dotsd.signal.mitigation import MITIGATION_MEMBER
 from dotsd.signal.pacing import MitigationRepeatPolicy, RttEstimator
 from dotsd.signal.redirect import Redirection, parse_redirect
+from dotsd.signal.scope import MITIGATION_MEMBER
 from dotsd.signal.session import SessionState, StateChanged
 from dotsd.signal.uri import MAX_MID, mitigate_path
 

@@ -188,6 +188,59 @@ class ServerAgent:
                 close()
 
 
+def _signal_server(settings: ServerSettings, closers: list[Callable[[], None]]
+                   ) -> SignalServer:
+    """The signal server of ``settings``: its store opened (reads on the loop's connection,
+    commits in a writer thread of their own, answers waiting for them), or memory only."""
+    store: Store | None = None
+    writer: StoreWriter | None = None
+    if settings.state is not None:
+        state = settings.state
+        try:
+            store = SqliteStore.open(state)
+            closers.append(store.close)
+            writer = StoreWriter(lambda: SqliteStore.open(state, check=False))
+            closers.append(writer.close)
+        except StoreError as exc:
+            for close in reversed(closers):
+                close()
+            raise ServeError(f"state {state}: {exc}") from exc
+    return SignalServer(store=store, writer=writer, policy=settings.policy_set,
+                        config_policy=settings.session_config,
+                        node=CoapNode(Site(), config=settings.endpoint, params=dots_defaults()))
+
+
+async def _listen(agent: ServerAgent, pki: PkiPaths, dtls_options: dict[str, Any] | None
+                  ) -> int:
+    """Listen on DTLS and TLS on one port (RFC 9132 §4.3; with port 0 the first listener
+    picks it and the second follows); returns the port."""
+    from dotsd.dtls.context import DtlsConfig
+    from dotsd.dtls.context import server_context as dtls_server_context
+    from dotsd.tls.context import server_context as tls_server_context
+    from dotsd.transport.dtls import serve_dtls
+    from dotsd.transport.tcp import serve_tcp
+
+    settings, node = agent.settings, agent.server.node
+    transports = settings.transports if settings.listen else ()
+    port = settings.port
+    if "dtls" in transports:
+        # [[client]] PSKs (DTLS only: Python's ssl has no TLS PSK before 3.13); the dict is
+        # refilled by reload, so keys change without a restart.
+        agent.psk.update(settings.psk_keys)
+        psk = agent.psk
+        dtls = await serve_dtls(node, settings.bind, port, dtls_server_context(
+            DtlsConfig.from_pki(pki, psk_lookup=psk.get if psk else None)),
+            **(dtls_options or {}))
+        agent.listeners.append(dtls)
+        port = dtls.port
+    if "tls" in transports:
+        tls = await serve_tcp(node, settings.bind, port, tls_server_context(
+            pki.server_cert, pki.server_key, pki.ca_cert))
+        agent.listeners.append(tls)
+        port = tls.port
+    return port
+
+
 async def serve(
     settings: ServerSettings,
     *,
@@ -202,36 +255,13 @@ async def serve(
     instead of one made from the settings; ``mitigator``, a factory used instead of the
     registry's plugin; ``dtls_options``, more arguments for the DTLS listener (handshake
     timers, limits)."""
-    from dotsd.dtls.context import DtlsConfig
-    from dotsd.dtls.context import server_context as dtls_server_context
-    from dotsd.tls.context import server_context as tls_server_context
-    from dotsd.transport.dtls import serve_dtls
-    from dotsd.transport.tcp import serve_tcp
-
     if settings.pki is None:
         raise ServeError("no PKI directory given")
     pki = PkiPaths.of(settings.pki)
     check_pki(pki)
     closers: list[Callable[[], None]] = []
-    store: Store | None = None
     if server is None:
-        writer: StoreWriter | None = None
-        if settings.state is not None:
-            state = settings.state
-            try:
-                store = SqliteStore.open(state)  # the loop's connection: reads
-                closers.append(store.close)
-                # Commits (an fsync each) run in a thread of their own; answers wait for them.
-                writer = StoreWriter(lambda: SqliteStore.open(state, check=False))
-                closers.append(writer.close)
-            except StoreError as exc:
-                for close in reversed(closers):
-                    close()
-                raise ServeError(f"state {state}: {exc}") from exc
-        server = SignalServer(store=store, writer=writer, policy=settings.policy_set,
-                              config_policy=settings.session_config,
-                              node=CoapNode(Site(), config=settings.endpoint,
-                                            params=dots_defaults()))
+        server = _signal_server(settings, closers)
     elif server.store is not None:
         closers.append(server.store.close)
 
@@ -250,29 +280,7 @@ async def serve(
     try:
         await bridge.mitigator.start()
         agent.resumed = bridge.resume(server.table)
-        port = settings.port
-        if not settings.listen:
-            transports: tuple[str, ...] = ()
-        else:
-            transports = settings.transports
-        # RFC 9132 §4.3: DTLS and TLS on the same port; with port 0 the first listener picks
-        # it and the second follows.
-        if "dtls" in transports:
-            # [[client]] PSKs (DTLS only: Python's ssl has no TLS PSK before 3.13); the dict
-            # is refilled by reload, so keys change without a restart.
-            agent.psk.update(settings.psk_keys)
-            psk = agent.psk
-            dtls = await serve_dtls(
-                server.node, settings.bind, port, dtls_server_context(
-                    DtlsConfig.from_pki(pki, psk_lookup=psk.get if psk else None)),
-                **(dtls_options or {}))
-            agent.listeners.append(dtls)
-            port = dtls.port
-        if "tls" in transports:
-            tls = await serve_tcp(server.node, settings.bind, port, tls_server_context(
-                pki.server_cert, pki.server_key, pki.ca_cert))
-            agent.listeners.append(tls)
-            port = tls.port
+        agent.port = await _listen(agent, pki, dtls_options)
     except OSError as exc:
         await agent.close()
         raise ServeError(f"cannot listen on [{settings.bind}]:{settings.port}: "
@@ -280,13 +288,12 @@ async def serve(
     except BaseException:
         await agent.close()
         raise
-    agent.port = port
-    for host, client_port in settings.call_home:
+    for host, client_port in settings.call_home:  # RFC 9066 §5.1: the server dials
         agent.dialers.append(CallHomeDialer(server.node, host, client_port, pki,
                                             settings.transports))
     server.start()
     if settings.redirect is not None:
         server.redirect(settings.redirect)
-    log.info("DOTS server listening on [%s]:%d (%s)", settings.bind, port,
+    log.info("DOTS server listening on [%s]:%d (%s)", settings.bind, agent.port,
              "+".join(settings.transports))
     return agent

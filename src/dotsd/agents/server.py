@@ -31,8 +31,7 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Final
 
 from dotsd.agents.storewriter import StoreWriter
-from dotsd.coap.endpoint import error_response
-from dotsd.coap.message import Message
+from dotsd.coap.message import Message, error_response
 from dotsd.coap.numbers import Code
 from dotsd.coap.params import dots_defaults
 from dotsd.coap.site import IncomingRequest, Resource, Site
@@ -40,17 +39,10 @@ from dotsd.model import yang
 from dotsd.node import CoapNode
 from dotsd.signal.config import CONFIG_PATH, ConfigPolicy
 from dotsd.signal.heartbeat import HEARTBEAT_PATH
-from dotsd.signal.mitigation import (
-    AliasCheck,
-    Change,
-    ConflictInfo,
-    ConflictPolicy,
-    Counters,
-    Mitigation,
-    MitigationEvent,
-    MitigationTable,
-)
+from dotsd.signal.lifecycle import MitigationEvent
+from dotsd.signal.mitigation import AliasCheck, Change, ConflictPolicy, MitigationTable
 from dotsd.signal.policy import LAB, Policy, PolicySet
+from dotsd.signal.records import ConflictInfo, Counters, Mitigation
 from dotsd.signal.redirect import Redirection
 from dotsd.signal.server_core import (
     Changed,

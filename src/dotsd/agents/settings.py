@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from dotsd.coap.endpoint import EndpointConfig
+from dotsd.coap.exchange import EndpointConfig
 from dotsd.mitigate import registry
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigPolicy, ConfigSetKind
 from dotsd.signal.policy import LAB, ClientPolicy, Policy, PolicySet
@@ -34,7 +34,7 @@ __all__ = [
 DEFAULT_PORT: Final = 4646  # RFC 9132 §4.3 / registries.md: "dots-signal" UDP and TCP
 DEFAULT_BIND: Final = "::"
 TRANSPORTS: Final = ("dtls", "tls")  # RFC 9132 §4.3: DTLS over UDP, TLS over TCP
-# [limits] key -> EndpointConfig field (dotsd.coap.endpoint, where each rule is cited)
+# [limits] key -> EndpointConfig field (dotsd.coap.exchange, where each rule is cited)
 LIMIT_FIELDS: Final = {"max-observations": "max_observers_per_peer",
                         "max-uploads": "max_uploads_per_peer",
                         "max-upload-bytes": "max_upload_bytes_per_peer",

@@ -73,7 +73,7 @@ from dotsd.agents.settings import (
     MitigatorSettings,
     ServerSettings,
 )
-from dotsd.coap.endpoint import EndpointConfig
+from dotsd.coap.exchange import EndpointConfig
 from dotsd.errors import LocalError
 from dotsd.mitigate import registry
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigPolicy, ConfigSetKind

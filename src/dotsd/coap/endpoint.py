@@ -1,4 +1,4 @@
-"""The sans-IO CoAP endpoint: message layer, exchanges, Observe and Block-wise transfers.
+"""The sans-IO CoAP endpoint: the message layer and request matching.
 
 One object serves many peers. It never touches a socket or a clock: the layer below feeds it
 messages with ``receive(peer, msg, now)`` (or raw datagrams with ``receive_datagram``) and
@@ -10,31 +10,48 @@ get the RFC 7252 message layer: CON retransmission with exponential back-off, AC
 deduplication with the cached response replayed. Reliable peers (TCP, TLS; RFC 8323) skip
 it: no message IDs, no retransmission, no ACKs.
 
-Both roles run on every peer at once: either end of any link may send requests.
+Both roles run on every peer at once: either end of any link may send requests. The endpoint
+delegates block-wise transfers (RFC 7959) to :mod:`dotsd.coap.blockwise` and the server side
+of Observe (RFC 7641) to :mod:`dotsd.coap.observe`; what it keeps per peer and per exchange is
+:mod:`dotsd.coap.exchange`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
 import random
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from functools import partial
 
 from dotsd.coap import codec
+from dotsd.coap.blockwise import (
+    BlockwiseServer,
+    add_block2,
+    first_block1,
+    next_block1_part,
+    next_block2_request,
+    too_large,
+)
 from dotsd.coap.events import (
     Event,
     MessageRejected,
-    ObserverRemoved,
     PeerReset,
     RequestFailed,
     RequestReceived,
     ResponseReceived,
 )
-from dotsd.coap.message import Block, Message, decode_uint, encode_uint
+from dotsd.coap.exchange import (
+    ClientRequest,
+    DedupEntry,
+    EndpointConfig,
+    Exchange,
+    Observer,
+    Outgoing,
+    PeerState,
+    RepeatPolicy,
+)
+from dotsd.coap.message import Block, Message, copy_message, decode_uint, error_response
 from dotsd.coap.numbers import (
     KNOWN_OPTIONS,
     Code,
@@ -45,9 +62,12 @@ from dotsd.coap.numbers import (
     is_response,
     is_success,
 )
+from dotsd.coap.observe import ObserverRegistry, is_fresher, stamp_notification
 from dotsd.coap.params import TransmissionParameters
-from dotsd.coap.timers import TimerEntry, TimerHeap
+from dotsd.coap.timers import TimerHeap
 from dotsd.ratelog import RateLimitedLog
+
+__all__ = ["CoapEndpoint", "probing_rate_policy"]
 
 log = logging.getLogger("dotsd.coap")
 
@@ -56,14 +76,6 @@ NON = MessageType.NON
 ACK = MessageType.ACK
 RST = MessageType.RST
 
-_OBSERVE_MAX = 1 << 24  # RFC 7641 §4.4: 24-bit sequence numbers
-_OBSERVE_FRESH_WINDOW = 128.0  # RFC 7641 §3.4
-_BLOCK_CACHE_LIFETIME = 60.0
-
-RepeatPolicy = Callable[["ClientRequest", int, float | None], float | None]
-"""Given (request, attempts so far, RTT estimate or None), the delay before repeating a NON
-request, or None to stop repeating (the request still waits for its deadline)."""
-
 
 def probing_rate_policy(req: ClientRequest, attempts: int, rtt: float | None) -> float | None:
     """Default NON repetition: one per RTT (1 s without an estimate), but never faster than
@@ -71,209 +83,6 @@ def probing_rate_policy(req: ClientRequest, attempts: int, rtt: float | None) ->
     size = len(codec.encode(req.message))
     floor = size / req.params.probing_rate
     return max(rtt if rtt is not None else 1.0, floor)
-
-
-@dataclass(slots=True)
-class EndpointConfig:
-    max_message_size: int = 1152  # RFC 7252 §4.6
-    preferred_szx: int = 6  # 1024-byte blocks (RFC 7959 §2.2)
-    max_body_size: int = 1 << 20  # largest Block1 reassembly we accept (4.13 beyond)
-    dedup_entries_per_peer: int = 1024
-    separate_ack_delay: float = 0.5  # empty ACK for a CON request not answered by then
-    token_length: int = 4
-    reregister_margin: float = 5.0  # after Max-Age, before an observation is renewed
-    # Per-peer limits: one peer, authenticated but hostile or buggy, must not make us grow
-    # without bound. RFC 7641 §4.1: a server may decline to add an observer; beyond this many
-    # a GET with Observe=0 is served without registering and the response has no Observe.
-    # Re-registering a token already observed (RFC 7641 §3.3.1) is always accepted.
-    max_observers_per_peer: int = 64
-    # RFC 7959 §2.3 does not oblige a server to keep partial Block1 bodies, and §7.1 asks it
-    # to avoid exhaustion by state that peers create. A new upload beyond either limit gets
-    # 5.03 with Max-Age, the time to wait (RFC 7252 §5.9.3.4); uploads under way go on. An
-    # upload holds the larger of its Size1 (RFC 7959 §4) and the bytes received so far
-    # against the byte limit: one that outgrows its Size1 gets 5.03 too if there is no room.
-    max_uploads_per_peer: int = 4
-    max_upload_bytes_per_peer: int = 2 << 20  # at least max_body_size: one upload fits
-    # RFC 7959 §2.4: response bodies kept for their later blocks. Beyond this the oldest is
-    # dropped; a request for one of its blocks then reaches the application again.
-    max_block2_bodies_per_peer: int = 16
-
-    def __post_init__(self) -> None:
-        for name in ("max_observers_per_peer", "max_uploads_per_peer",
-                     "max_block2_bodies_per_peer"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
-        if self.max_upload_bytes_per_peer < self.max_body_size:
-            raise ValueError("max_upload_bytes_per_peer must be at least max_body_size")
-
-
-class Exchange:
-    """A request received from a peer, to be answered with ``CoapEndpoint.respond``."""
-
-    __slots__ = ("_ack_due", "_dedup", "acked", "asked_block2", "block1", "observe",
-                 "observe_key", "path", "peer", "query", "request", "responded")
-
-    def __init__(self, peer: Hashable, request: Message) -> None:
-        self.peer = peer
-        self.request = request
-        self.acked = False  # an empty ACK went out: the response will be separate
-        self.responded = False
-        self.block1: Block | None = None  # Block1 of the request (the last one, reassembled)
-        self.observe_key: Hashable | None = None
-        # Parsed once from the request's options (see CoapEndpoint._parse_request).
-        self.path: tuple[str, ...] = ()
-        self.query: tuple[str, ...] = ()
-        self.observe: int | None = None
-        self.asked_block2: Block | None = None
-        self._ack_due = 0.0
-        self._dedup: _DedupEntry | None = None
-
-    @property
-    def wants_observe(self) -> bool:
-        """RFC 7641 §2: a GET with Observe=0 asks for registration."""
-        return self.observe == 0 and self.request.code == Code.GET
-
-
-class ClientRequest:
-    """A request this endpoint sent; its answer arrives as events naming this object."""
-
-    __slots__ = ("_alias_tokens", "_block1_body", "_block1_num", "_block1_szx", "_block2_body",
-                 "_deadline_timer", "_internal", "_last_seq", "_last_seq_time", "_refresh_timer",
-                 "_repeat_timer",
-                 "attempts", "confirmable", "deadline", "done", "message", "observing",
-                 "params", "peer", "repeat", "response", "sent_at", "token")
-
-    def __init__(self, peer: Hashable, message: Message, confirmable: bool,
-                 params: TransmissionParameters) -> None:
-        self.peer = peer
-        self.message = message
-        self.token = message.token
-        self.confirmable = confirmable
-        self.params = params
-        self.observing = message.code == Code.GET and message.observe == 0
-        self.done = False
-        self.response: Message | None = None
-        self.deadline: float | None = None
-        self.repeat: RepeatPolicy | None = None
-        self.attempts = 0
-        self.sent_at = 0.0
-        self._internal = False
-        self._deadline_timer: TimerEntry | None = None
-        self._repeat_timer: TimerEntry | None = None
-        self._refresh_timer: TimerEntry | None = None
-        self._last_seq: int | None = None
-        self._last_seq_time = 0.0
-        self._block2_body: bytearray | None = None
-        self._block1_body: bytes | None = None
-        self._block1_num = 0
-        self._block1_szx = 6
-        self._alias_tokens: list[bytes] = []
-
-
-class _Outgoing:
-    """A CON message of ours awaiting its ACK (RFC 7252 §4.2)."""
-
-    __slots__ = ("attempts", "exchange", "message", "observer", "request", "sent_at", "timeout",
-                 "timer")
-
-    def __init__(self, message: Message, timeout: float, now: float) -> None:
-        self.message = message
-        self.timeout = timeout
-        self.attempts = 0
-        self.sent_at = now
-        self.timer: TimerEntry | None = None
-        self.request: ClientRequest | None = None
-        self.observer: _Observer | None = None
-        self.exchange: Exchange | None = None
-
-
-class _DedupEntry:
-    __slots__ = ("expires", "response")
-
-    def __init__(self, expires: float) -> None:
-        self.expires = expires
-        self.response: Message | None = None
-
-
-class _Upload:
-    """A Block1 body being reassembled (RFC 7959 §2.3)."""
-
-    __slots__ = ("body", "expires", "next_num", "reserved")
-
-    def __init__(self, expires: float, reserved: int) -> None:
-        self.expires = expires
-        self.body = bytearray()
-        self.next_num = 0
-        self.reserved = reserved  # counted against max_upload_bytes_per_peer
-
-
-class _Observer:
-    """A registration on our side as a server (RFC 7641 §4.1)."""
-
-    __slots__ = ("key", "last_mid", "peer", "request", "seq", "token")
-
-    def __init__(self, peer: Hashable, token: bytes, key: Hashable, request: Message) -> None:
-        self.peer = peer
-        self.token = token
-        self.key = key
-        self.request = request
-        self.seq = 1
-        self.last_mid = -1
-
-
-class PeerState:
-    """What the endpoint keeps per peer."""
-
-    __slots__ = ("_params", "block2", "con_in_flight", "con_queue", "dedup",
-                 "exchange_lifetime", "max_payload", "next_mid", "observers", "outgoing",
-                 "recent_non", "reliable", "rttvar", "srtt", "sweep", "upload_bytes", "uploads")
-
-    def __init__(self, params: TransmissionParameters, reliable: bool, first_mid: int) -> None:
-        self.params = params
-        self.reliable = reliable
-        self.next_mid = first_mid
-        # In arrival order; an OrderedDict, since a plain dict used as a queue gets slower to
-        # iterate from the front as entries are deleted there (measured: 0.8 → 0.3 µs).
-        self.dedup: OrderedDict[int, _DedupEntry] = OrderedDict()
-        self.outgoing: dict[int, _Outgoing] = {}
-        self.con_in_flight = 0
-        self.con_queue: deque[tuple[Message, ClientRequest]] = deque()
-        self.observers: dict[bytes, _Observer] = {}
-        self.recent_non: dict[int, ClientRequest | _Observer] = {}
-        self.srtt: float | None = None
-        self.rttvar = 0.0
-        # Largest request body sent whole; above it Block1 is used (RFC 7959 §2.5). On TCP
-        # the layer below raises it once the peer's CSM tells its Max-Message-Size.
-        self.max_payload = 1024
-        # Block-wise state, by resource key (_resource_key), each dict in expiry order (oldest
-        # first): partial Block1 bodies, and whole response bodies served in Block2 parts.
-        self.uploads: dict[bytes, _Upload] = {}
-        self.upload_bytes = 0  # the sum of the uploads' reservations
-        self.block2: dict[bytes, tuple[float, Message]] = {}
-        self.sweep: TimerEntry | None = None  # frees expired block-wise state
-
-    @property
-    def params(self) -> TransmissionParameters:
-        return self._params
-
-    @params.setter
-    def params(self, params: TransmissionParameters) -> None:
-        self._params = params
-        self.exchange_lifetime = params.exchange_lifetime  # cached: used per request
-
-    def new_mid(self) -> int:
-        mid = self.next_mid
-        self.next_mid = (mid + 1) & 0xFFFF
-        return mid
-
-    def rtt_sample(self, sample: float) -> None:
-        """Smoothed RTT as RFC 6298 §2 computes it."""
-        if self.srtt is None:
-            self.srtt = sample
-            self.rttvar = sample / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
-            self.srtt = 0.875 * self.srtt + 0.125 * sample
 
 
 class CoapEndpoint:
@@ -289,9 +98,10 @@ class CoapEndpoint:
         self._timers = TimerHeap()
         self._ack_queue: deque[Exchange] = deque()
         self._requests: dict[tuple[Hashable, bytes], ClientRequest] = {}
-        self._observers: dict[Hashable, dict[tuple[Hashable, bytes], _Observer]] = {}
         # Refusals under the per-peer limits: a flooding peer must not flood the log.
         self._log_limit = RateLimitedLog(log, "refusals under per-peer limits")
+        self._blocks = BlockwiseServer(self.config, self._timers, self._peers, self._log_limit)
+        self._observe = ObserverRegistry(self.config, self._peers, self._events, self._log_limit)
 
     # ------------------------------------------------------------------ peers
     def add_peer(self, peer: Hashable, reliable: bool = False,
@@ -343,7 +153,7 @@ class CoapEndpoint:
             if key[0] == peer:
                 self._fail(req, reason)
         for obs in list(state.observers.values()):
-            self._remove_observer(obs, reason, state)
+            self._observe.remove(obs, reason, state)
 
     @property
     def peer_count(self) -> int:
@@ -414,7 +224,7 @@ class CoapEndpoint:
         error = self._parse_request(exchange) if msg.options else None
         if error is None:
             if msg.payload and len(msg.payload) > self.config.max_message_size:
-                error = self._too_large()
+                error = too_large(self.config.max_body_size)
             elif (exchange.observe is None and exchange.block1 is None
                   and exchange.asked_block2 is None):
                 return exchange
@@ -438,16 +248,12 @@ class CoapEndpoint:
         self._events.append(MessageRejected(peer, exc.reason))
 
     def receive(self, peer: Hashable, msg: Message, now: float) -> None:
+        """Process a decoded message from ``peer``: its type and code class decide (RFC 7252
+        §4; a reliable peer has no message layer, RFC 8323 §2)."""
         state = self._peers.get(peer)
+        if state is None and (state := self._first_contact(peer, msg)) is None:
+            return
         code = msg.code
-        if state is None:
-            # Only a request creates state for an unknown peer; anything else from it cannot
-            # belong to an exchange of ours (a CON is rejected, the rest dropped).
-            if not is_request(code) or msg.mtype > NON:
-                if msg.mtype == CON:
-                    self._out.append((peer, Message(RST, 0, msg.mid)))
-                return
-            state = self.add_peer(peer)
         if state.reliable:
             if is_request(code):
                 self._on_request(state, peer, msg, now)
@@ -456,47 +262,64 @@ class CoapEndpoint:
             return
         mtype = msg.mtype
         if code == 0:
-            if mtype == ACK:
-                self._on_ack(state, peer, msg, now)
-            elif mtype == RST:
-                self._on_rst(state, peer, msg)
-            elif mtype == CON:
-                # RFC 7252 §4.3: an empty CON is a "CoAP ping", answered with RST.
-                self._out.append((peer, Message(RST, 0, msg.mid)))
+            self._on_empty(state, peer, msg, now)
             return
-        if is_request(code):
+        request = is_request(code)
+        if request:
             if mtype > NON:
                 return  # a request in an ACK or RST is a format error: ignore
-            entry = state.dedup.get(msg.mid)
-            if entry is not None and entry.expires > now:
-                # RFC 7252 §4.5: a duplicate CON gets the same answer again; NON is ignored.
-                if mtype == CON and entry.response is not None:
-                    self._out.append((peer, entry.response))
-                return
-            self._on_request(state, peer, msg, now)
-        elif is_response(code):
-            if mtype == ACK:
-                self._on_ack(state, peer, msg, now)
-                return
-            if mtype == RST:
-                return
-            entry = state.dedup.get(msg.mid)
-            if entry is not None and entry.expires > now:
-                if mtype == CON and entry.response is not None:
-                    self._out.append((peer, entry.response))
-                return
+        elif not is_response(code):
             if mtype == CON:
-                ack = Message(ACK, 0, msg.mid)
-                self._remember(state, msg.mid, now).response = ack
-                self._on_response(state, peer, msg, now, ack_with=ack)
-            else:
-                self._remember(state, msg.mid, now)
-                self._on_response(state, peer, msg, now)
+                # Reserved code class (1, 6, 7 on UDP): RFC 7252 §4.2 says reject.
+                self._out.append((peer, Message(RST, 0, msg.mid)))
+            return
+        elif mtype == ACK:
+            self._on_ack(state, peer, msg, now)  # a piggybacked response (§5.2.1)
+            return
+        elif mtype == RST:
+            return
+        entry = state.dedup.get(msg.mid)
+        if entry is not None and entry.expires > now:
+            self._on_duplicate(peer, msg, entry)
+            return
+        if request:
+            self._on_request(state, peer, msg, now)
         elif mtype == CON:
-            # Reserved code class (1, 6, 7 on UDP): RFC 7252 §4.2 says reject.
+            # A separate response (§5.2.2): acknowledged, the ACK replayed to a duplicate.
+            ack = Message(ACK, 0, msg.mid)
+            self._remember(state, msg.mid, now).response = ack
+            self._on_response(state, peer, msg, now, ack_with=ack)
+        else:
+            self._remember(state, msg.mid, now)
+            self._on_response(state, peer, msg, now)
+
+    def _first_contact(self, peer: Hashable, msg: Message) -> PeerState | None:
+        """A message from a peer without state. Only a request creates state for an unknown
+        peer; anything else from it cannot belong to an exchange of ours (a CON is rejected,
+        the rest dropped)."""
+        if not is_request(msg.code) or msg.mtype > NON:
+            if msg.mtype == CON:
+                self._out.append((peer, Message(RST, 0, msg.mid)))
+            return None
+        return self.add_peer(peer)
+
+    def _on_empty(self, state: PeerState, peer: Hashable, msg: Message, now: float) -> None:
+        """An empty message (RFC 7252 §4.1): the ACK or RST of a CON of ours, or a CON."""
+        mtype = msg.mtype
+        if mtype == ACK:
+            self._on_ack(state, peer, msg, now)
+        elif mtype == RST:
+            self._on_rst(state, peer, msg)
+        elif mtype == CON:
+            # RFC 7252 §4.3: an empty CON is a "CoAP ping", answered with RST.
             self._out.append((peer, Message(RST, 0, msg.mid)))
 
-    def _remember(self, state: PeerState, mid: int, now: float) -> _DedupEntry:
+    def _on_duplicate(self, peer: Hashable, msg: Message, entry: DedupEntry) -> None:
+        """RFC 7252 §4.5: a duplicate CON gets the same answer again; NON is ignored."""
+        if msg.mtype == CON and entry.response is not None:
+            self._out.append((peer, entry.response))
+
+    def _remember(self, state: PeerState, mid: int, now: float) -> DedupEntry:
         """Record a received MID for deduplication for EXCHANGE_LIFETIME (RFC 7252 §4.5)."""
         dedup = state.dedup
         # Entries are inserted in time order: cap the size, then expire from the front, at
@@ -510,7 +333,7 @@ class CoapEndpoint:
                 break
             if mid in dedup:
                 del dedup[mid]  # an expired entry of a reused MID: to the back
-        entry = dedup[mid] = _DedupEntry(now + state.exchange_lifetime)
+        entry = dedup[mid] = DedupEntry(now + state.exchange_lifetime)
         return entry
 
     # ------------------------------------------------------------------ server side
@@ -526,7 +349,7 @@ class CoapEndpoint:
         exchange._dedup = entry
         error = self._parse_request(exchange) if msg.options else None
         if error is None and len(msg.payload) > self.config.max_message_size:
-            error = self._too_large()
+            error = too_large(self.config.max_body_size)
         return exchange, error
 
     def _serve(self, state: PeerState, exchange: Exchange, error: Message | None,
@@ -540,13 +363,19 @@ class CoapEndpoint:
             # RFC 7641 §3.6: GET with Observe=1 deregisters, then is served normally.
             obs = state.observers.get(msg.token)
             if obs is not None:
-                self._remove_observer(obs, "deregistered", state)
-        if exchange.block1 is not None and not self._reassemble_block1(state, exchange, now):
-            return
+                self._observe.remove(obs, "deregistered", state)
+        if exchange.block1 is not None:
+            answer = self._blocks.reassemble_block1(state, exchange, now)  # RFC 7959 §2.3
+            if answer is not None:  # 2.31 Continue, or the error ending the upload
+                exchange.block1 = None
+                self.respond(exchange, answer, now)
+                return
         block2 = exchange.asked_block2
-        if block2 is not None and block2.num > 0 and self._serve_cached_block(state, exchange,
-                                                                               now):
-            return
+        if block2 is not None and block2.num > 0:
+            cached = self._blocks.cached_block(state, exchange, now)  # RFC 7959 §2.4
+            if cached is not None:
+                self.respond(exchange, cached, now)
+                return
         self.defer(exchange, now)
         self._events.append(RequestReceived(exchange))
 
@@ -570,7 +399,7 @@ class CoapEndpoint:
                     exchange.block1 = Block.decode(value)
                 elif number == 60:  # Size1
                     if decode_uint(value) > self.config.max_body_size:
-                        return self._too_large()
+                        return too_large(self.config.max_body_size)
                 elif number in (35, 39):  # Proxy-Uri, Proxy-Scheme
                     return error_response(Code.PROXYING_NOT_SUPPORTED, "not a proxy")
                 elif number & 1 and number not in KNOWN_OPTIONS:
@@ -584,159 +413,6 @@ class CoapEndpoint:
         if query is not None:
             exchange.query = tuple(query)
         return None
-
-    def _too_large(self) -> Message:
-        # RFC 7959 §4: 4.13 carries Size1, the largest body we accept.
-        err = error_response(Code.REQUEST_ENTITY_TOO_LARGE, "request body too large")
-        return err.add(OptionNumber.SIZE1, self.config.max_body_size)
-
-    def _reassemble_block1(self, state: PeerState, exchange: Exchange, now: float) -> bool:
-        """RFC 7959 §2.3: collect Block1 parts; True when the whole body is here."""
-        msg = exchange.request
-        block = exchange.block1
-        assert block is not None
-        key = _resource_key(msg)
-        upload = state.uploads.get(key)
-        if block.num == 0:
-            if upload is not None:
-                self._drop_upload(state, key)  # the client starts over
-            if not block.more:
-                msg.remove(OptionNumber.BLOCK1)
-                return True  # the whole body in one block
-            reserved = max(len(msg.payload), msg.size1 or 0)
-            refusal = self._upload_refusal(state, exchange.peer, reserved, now)
-            if refusal is not None:
-                return self._block1_failed(state, exchange, key,
-                                           self._busy(state, refusal, now), now)
-            upload = state.uploads[key] = _Upload(now + _BLOCK_CACHE_LIFETIME, reserved)
-            state.upload_bytes += reserved
-        elif upload is None or upload.next_num != block.num or upload.expires <= now:
-            return self._block1_failed(state, exchange, key, error_response(
-                Code.REQUEST_ENTITY_INCOMPLETE, f"block {block.num} out of sequence"), now)
-        if block.more and len(msg.payload) != block.size:
-            return self._block1_failed(state, exchange, key, error_response(
-                Code.BAD_REQUEST, "block size mismatch"), now)
-        body = upload.body
-        size = len(body) + len(msg.payload)
-        if size > self.config.max_body_size:
-            return self._block1_failed(state, exchange, key, self._too_large(), now)
-        if size > upload.reserved:
-            # More than its Size1 said (or it said none): hold more, if the peer has room.
-            more = size - upload.reserved
-            if state.upload_bytes + more > self.config.max_upload_bytes_per_peer:
-                self._log_limit(now, "block-wise upload stopped peer=%r: %d bytes held "
-                                "already", exchange.peer, state.upload_bytes)
-                return self._block1_failed(state, exchange, key, self._busy(
-                    state, "too many bytes in block-wise uploads at once", now), now)
-            state.upload_bytes += more
-            upload.reserved = size
-        body += msg.payload
-        if not block.more:
-            self._drop_upload(state, key)
-            msg.payload = bytes(body)
-            msg.remove(OptionNumber.BLOCK1)
-            return True
-        upload.next_num = block.num + 1
-        upload.expires = now + _BLOCK_CACHE_LIFETIME
-        del state.uploads[key]
-        state.uploads[key] = upload  # to the back: the dict stays in expiry order
-        self._arm_sweep(state, exchange.peer, upload.expires)
-        szx = min(block.szx, self.config.preferred_szx)
-        cont = Message(code=Code.CONTINUE).add(OptionNumber.BLOCK1,
-                                               Block(block.num, True, szx).encode())
-        exchange.block1 = None
-        self.respond(exchange, cont, now)
-        return False
-
-    def _upload_refusal(self, state: PeerState, peer: Hashable, reserved: int,
-                        now: float) -> str | None:
-        """Why a new Block1 upload holding ``reserved`` bytes would pass the peer's limits,
-        or None if it fits. Expired uploads are freed first: they do not count."""
-        self._purge_uploads(state, now)
-        config = self.config
-        if len(state.uploads) >= config.max_uploads_per_peer:
-            self._log_limit(now, "block-wise upload refused peer=%r: %d uploads under way",
-                            peer, len(state.uploads))
-            return "too many block-wise uploads at once"
-        if state.upload_bytes + reserved > config.max_upload_bytes_per_peer:
-            self._log_limit(now, "block-wise upload refused peer=%r: %d bytes held, %d more "
-                            "announced", peer, state.upload_bytes, reserved)
-            return "too many bytes in block-wise uploads at once"
-        return None
-
-    def _block1_failed(self, state: PeerState, exchange: Exchange, key: bytes,
-                       response: Message, now: float) -> bool:
-        """Abandon the upload to ``key``, answering with ``response`` (no Block1 option)."""
-        self._drop_upload(state, key)
-        exchange.block1 = None
-        self.respond(exchange, response, now)
-        return False
-
-    def _busy(self, state: PeerState, reason: str, now: float) -> Message:
-        """5.03 for an upload over the peer's limits; Max-Age (RFC 7252 §5.9.3.4) is when
-        the oldest upload under way expires, the latest time a slot frees up."""
-        wait = _BLOCK_CACHE_LIFETIME
-        for oldest in state.uploads.values():
-            wait = oldest.expires - now
-            break
-        return error_response(Code.SERVICE_UNAVAILABLE, f"{reason}; try again later").add(
-            OptionNumber.MAX_AGE, max(1, math.ceil(wait)))
-
-    def _drop_upload(self, state: PeerState, key: bytes) -> None:
-        upload = state.uploads.pop(key, None)
-        if upload is not None:
-            state.upload_bytes -= upload.reserved
-
-    def _purge_uploads(self, state: PeerState, now: float) -> None:
-        uploads = state.uploads
-        while uploads:
-            key, oldest = next(iter(uploads.items()))
-            if oldest.expires > now:
-                return
-            del uploads[key]
-            state.upload_bytes -= oldest.reserved
-
-    def _serve_cached_block(self, state: PeerState, exchange: Exchange, now: float) -> bool:
-        cached = state.block2.get(_resource_key(exchange.request))
-        if cached is None or cached[0] <= now:
-            return False
-        self.respond(exchange, _copy(cached[1]), now)
-        return True
-
-    def _keep_block2(self, state: PeerState, peer: Hashable, key: bytes, full: Message,
-                     now: float) -> None:
-        """Keep a whole response body for requests of its later blocks (RFC 7959 §2.4)."""
-        kept = state.block2
-        kept.pop(key, None)  # a newer body replaces it, at the back: expiry order
-        limit = self.config.max_block2_bodies_per_peer
-        while kept and len(kept) >= limit:
-            del kept[next(iter(kept))]  # the oldest goes
-        if limit > 0:
-            expires = now + _BLOCK_CACHE_LIFETIME
-            kept[key] = (expires, full)
-            self._arm_sweep(state, peer, expires)
-
-    def _arm_sweep(self, state: PeerState, peer: Hashable, when: float) -> None:
-        """One timer per peer with block-wise state, at its oldest entry's expiry: what a
-        peer abandons is freed even if it sends nothing more."""
-        if state.sweep is None:
-            state.sweep = self._timers.schedule(when, partial(self._sweep, state, peer))
-
-    def _sweep(self, state: PeerState, peer: Hashable, now: float) -> None:
-        state.sweep = None
-        if self._peers.get(peer) is not state:
-            return
-        self._purge_uploads(state, now)
-        kept = state.block2
-        while kept:
-            key = next(iter(kept))
-            if kept[key][0] > now:
-                break
-            del kept[key]
-        due = [upload.expires for upload in itertools.islice(state.uploads.values(), 1)]
-        due += [entry[0] for entry in itertools.islice(kept.values(), 1)]
-        if due:
-            self._arm_sweep(state, peer, min(due))
 
     def _send_due_acks(self, now: float) -> None:
         queue = self._ack_queue
@@ -774,22 +450,15 @@ class CoapEndpoint:
             response.set(OptionNumber.BLOCK1, Block(exchange.block1.num, False,
                                                     exchange.block1.szx).encode())
         if (observe_key is not None and exchange.wants_observe and is_success(response.code)
-                and self._may_observe(state, peer, req.token, now)):
-            old = state.observers.get(req.token)
-            obs = _Observer(peer, req.token, observe_key, req)
-            if old is not None:
-                # Re-registration (RFC 7641 §3.3.1): the sequence keeps growing.
-                self._remove_observer(old, "re-registered", state, notify=False)
-                obs.seq = (old.seq + 1) % _OBSERVE_MAX
-            state.observers[req.token] = obs
-            self._observers.setdefault(observe_key, {})[(peer, req.token)] = obs
+                and (obs := self._observe.register(state, peer, req, observe_key, now))
+                is not None):
             exchange.observe_key = observe_key
             response.set(OptionNumber.OBSERVE, obs.seq)
         elif exchange.observe is not None:
             response.remove(OptionNumber.OBSERVE)
         if (exchange.asked_block2 is not None
                 or len(response.payload) > 1 << (self.config.preferred_szx + 4)):
-            self._apply_block2(state, exchange, response, now)  # RFC 7959 §2.4
+            self._blocks.apply_block2(state, exchange, response, now)  # RFC 7959 §2.4
         if state.reliable:
             self._out.append((peer, response))
             return
@@ -807,57 +476,17 @@ class CoapEndpoint:
             response.mid = state.new_mid()
             self._out.append((peer, response))
 
-    def _apply_block2(self, state: PeerState, exchange: Exchange, response: Message,
-                      now: float) -> None:
-        """RFC 7959 §2.4: slice a body that does not fit into blocks; keep it for the rest."""
-        asked = exchange.asked_block2
-        preferred = self.config.preferred_szx
-        req = exchange.request
-        szx = min(asked.szx if asked else preferred, preferred)
-        size = 1 << (szx + 4)
-        body = response.payload
-        if len(body) <= size and (asked is None or asked.num == 0):
-            return
-        num = asked.num if asked else 0
-        if num * size >= len(body) and num > 0:
-            response.code = Code.BAD_OPTION
-            response.payload = b"block number out of range"
-            response.options = None
-            return
-        if num == 0 and len(body) > size:
-            full = _copy(response)
-            full.remove(OptionNumber.OBSERVE)
-            self._keep_block2(state, exchange.peer, _resource_key(req), full, now)
-        chunk = body[num * size:(num + 1) * size]
-        more = (num + 1) * size < len(body)
-        response.payload = chunk
-        response.set(OptionNumber.BLOCK2, Block(num, more, szx).encode())
-        if num == 0:
-            response.set(OptionNumber.SIZE2, len(body))
-
     # --- Observe, server side (RFC 7641 §4) --------------------------------------------
-    def _may_observe(self, state: PeerState, peer: Hashable, token: bytes,
-                     now: float) -> bool:
-        """Whether a registration is accepted: a re-registration always is (it replaces
-        the old one); a new one while the peer has fewer than max_observers_per_peer."""
-        if token in state.observers or len(state.observers) < self.config.max_observers_per_peer:
-            return True
-        self._log_limit(now, "observation declined peer=%r: %d observations already", peer,
-                        len(state.observers))
-        return False
-
     def observers(self, key: Hashable) -> list[Hashable]:
         """The peers observing ``key``."""
-        return [obs.peer for obs in self._observers.get(key, {}).values()]
+        return self._observe.peers(key)
 
     def observed_keys(self) -> list[Hashable]:
         """Every resource key with at least one observer."""
-        return [key for key, obs in self._observers.items() if obs]
+        return self._observe.keys()
 
     def observer_count(self, key: Hashable | None = None) -> int:
-        if key is None:
-            return sum(len(v) for v in self._observers.values())
-        return len(self._observers.get(key, {}))
+        return self._observe.count(key)
 
     def notify(self, key: Hashable, make: Callable[[Hashable, Message], Message | None],
                now: float, confirmable: bool = False) -> int:
@@ -868,7 +497,7 @@ class CoapEndpoint:
         observation (RFC 7641 §4.2). Returns the number of notifications sent.
         """
         sent = 0
-        for obs in list(self._observers.get(key, {}).values()):
+        for obs in self._observe.of_key(key):
             msg = make(obs.peer, obs.request)
             if msg is None:
                 continue
@@ -882,14 +511,10 @@ class CoapEndpoint:
         obs = state.observers.get(token) if state else None
         if state is None or obs is None:
             return
-        msg.token = token
-        success = is_success(msg.code)
-        if success:
-            obs.seq = (obs.seq + 1) % _OBSERVE_MAX
-            msg.set(OptionNumber.OBSERVE, obs.seq)
+        success = stamp_notification(obs, msg)
         exchange = Exchange(peer, obs.request)
         exchange.responded = True
-        self._apply_block2(state, exchange, msg, now)
+        self._blocks.apply_block2(state, exchange, msg, now)
         if state.reliable:
             self._out.append((peer, msg))
         elif confirmable:
@@ -903,21 +528,9 @@ class CoapEndpoint:
             self._out.append((peer, msg))
             self._note_non(state, msg.mid, obs)
         if not success:
-            self._remove_observer(obs, f"final notification {code_dotted(msg.code)}", state)
+            self._observe.remove(obs, f"final notification {code_dotted(msg.code)}", state)
 
-    def _remove_observer(self, obs: _Observer, reason: str, state: PeerState | None = None,
-                         notify: bool = True) -> None:
-        state = state or self._peers.get(obs.peer)
-        if state is not None and state.observers.get(obs.token) is obs:
-            del state.observers[obs.token]
-        by_key = self._observers.get(obs.key)
-        if by_key is not None and by_key.pop((obs.peer, obs.token), None) is not None:
-            if not by_key:
-                del self._observers[obs.key]
-            if notify:
-                self._events.append(ObserverRemoved(obs.peer, obs.key, reason))
-
-    def _note_non(self, state: PeerState, mid: int, ref: ClientRequest | _Observer) -> None:
+    def _note_non(self, state: PeerState, mid: int, ref: ClientRequest | Observer) -> None:
         """Remember recent NON MIDs so an RST can be matched (RFC 7641 §3.6, §4.2)."""
         recent = state.recent_non
         recent[mid] = ref
@@ -925,20 +538,20 @@ class CoapEndpoint:
             del recent[next(iter(recent))]
 
     # ------------------------------------------------------------------ message layer
-    def _send_con(self, state: PeerState, peer: Hashable, msg: Message, now: float) -> _Outgoing:
+    def _send_con(self, state: PeerState, peer: Hashable, msg: Message, now: float) -> Outgoing:
         """Send a CON message with retransmission (RFC 7252 §4.2)."""
         msg.mtype = CON
         msg.mid = state.new_mid()
         p = state.params
         timeout = self._rng.uniform(p.ack_timeout, p.ack_timeout * p.ack_random_factor)
-        out = _Outgoing(msg, timeout, now)
+        out = Outgoing(msg, timeout, now)
         state.outgoing[msg.mid] = out
         out.timer = self._timers.schedule(now + timeout,
                                           partial(self._retransmit, state, peer, out))
         self._out.append((peer, msg))
         return out
 
-    def _retransmit(self, state: PeerState, peer: Hashable, out: _Outgoing, now: float) -> None:
+    def _retransmit(self, state: PeerState, peer: Hashable, out: Outgoing, now: float) -> None:
         if state.outgoing.get(out.message.mid) is not out:
             return
         if out.attempts >= state.params.max_retransmit:
@@ -947,7 +560,7 @@ class CoapEndpoint:
             if out.request is not None:
                 self._fail(out.request, "timeout: no acknowledgement")
             elif out.observer is not None:
-                self._remove_observer(out.observer, "notification not acknowledged")
+                self._observe.remove(out.observer, "notification not acknowledged")
             return
         out.attempts += 1
         out.timeout *= 2
@@ -955,7 +568,7 @@ class CoapEndpoint:
                                           partial(self._retransmit, state, peer, out))
         self._out.append((peer, out.message))
 
-    def _con_finished(self, state: PeerState, peer: Hashable, out: _Outgoing,
+    def _con_finished(self, state: PeerState, peer: Hashable, out: Outgoing,
                       now: float) -> None:
         """NSTART accounting (RFC 7252 §4.7) for our CON requests."""
         if out.request is None:
@@ -993,11 +606,11 @@ class CoapEndpoint:
                 state.con_in_flight = max(0, state.con_in_flight - 1)
                 self._fail(out.request, "reset by peer")
             elif out.observer is not None:
-                self._remove_observer(out.observer, "reset by peer")
+                self._observe.remove(out.observer, "reset by peer")
             return
         ref = state.recent_non.pop(msg.mid, None)
-        if isinstance(ref, _Observer):
-            self._remove_observer(ref, "reset by peer")
+        if isinstance(ref, Observer):
+            self._observe.remove(ref, "reset by peer")
         elif isinstance(ref, ClientRequest):
             self._fail(ref, "reset by peer")
         else:
@@ -1031,26 +644,12 @@ class CoapEndpoint:
             timeout = state.params.max_transmit_wait
         req.deadline = now + timeout
         req._deadline_timer = self._timers.schedule(req.deadline, partial(self._expire, req))
-        wire = _copy(msg)
+        wire = copy_message(msg)
         if len(msg.payload) > state.max_payload:
             # RFC 7959 §2.5: send the body in Block1 parts, one exchange each.
-            req._block1_body = msg.payload
-            req._block1_szx = self.config.preferred_szx
-            wire = self._block1_part(req, 0)
+            wire = first_block1(req, self.config.preferred_szx)
         self._transmit_request(state, peer, req, wire, now)
         return req
-
-    def _block1_part(self, req: ClientRequest, num: int) -> Message:
-        body = req._block1_body or b""
-        size = 1 << (req._block1_szx + 4)
-        part = _copy(req.message)
-        part.payload = body[num * size:(num + 1) * size]
-        more = (num + 1) * size < len(body)
-        part.set(OptionNumber.BLOCK1, Block(num, more, req._block1_szx).encode())
-        if num == 0:
-            part.set(OptionNumber.SIZE1, len(body))
-        req._block1_num = num
-        return part
 
     def _transmit_request(self, state: PeerState, peer: Hashable, req: ClientRequest,
                           msg: Message, now: float) -> None:
@@ -1088,7 +687,7 @@ class CoapEndpoint:
         if req.done or self._peers.get(peer) is not state:
             return
         req.attempts += 1
-        again = _copy(msg)
+        again = copy_message(msg)
         again.mid = state.new_mid()
         self._note_non(state, again.mid, req)
         self._out.append((peer, again))
@@ -1096,16 +695,13 @@ class CoapEndpoint:
 
     def _on_response(self, state: PeerState, peer: Hashable, msg: Message, now: float,
                      ack_with: Message | None = None) -> None:
+        """A response from ``peer``, matched to our request by its token (RFC 7252 §5.3.2);
+        ``ack_with`` acknowledges a separate CON response. Then, in steps: the next Block1
+        part (RFC 7959 §2.3), the Block2 parts (§2.4), a notification (RFC 7641 §3.2), or
+        the final answer."""
         req = self._requests.get((peer, msg.token))
         if req is None or req.done:
-            # RFC 7641 §3.6 / RFC 7252 §4.2: reject what we cannot match.
-            if not state.reliable and (msg.mtype == CON or msg.observe is not None):
-                if ack_with is not None and state.dedup.get(msg.mid) is not None:
-                    state.dedup[msg.mid].response = Message(RST, 0, msg.mid)
-                self._out.append((peer, Message(RST, 0, msg.mid)))
-                return
-            if ack_with is not None:
-                self._out.append((peer, ack_with))
+            self._on_unmatched_response(state, peer, msg, ack_with)
             return
         if ack_with is not None:
             self._out.append((peer, ack_with))
@@ -1113,68 +709,22 @@ class CoapEndpoint:
             req._repeat_timer.cancel()
             req._repeat_timer = None
         if req.attempts == 0 and not req.confirmable and req.sent_at:
-            state.rtt_sample(now - req.sent_at)
-        # Block1 continuation (RFC 7959 §2.3).
+            state.rtt_sample(now - req.sent_at)  # a NON answered before any repetition
         if req._block1_body is not None:
-            blk = msg.block1
-            if msg.code == Code.CONTINUE and blk is not None and blk.more:
-                if blk.szx < req._block1_szx:
-                    # The server asked for smaller blocks: renumber from the bytes sent.
-                    sent = (req._block1_num + 1) << (req._block1_szx + 4)
-                    req._block1_szx = blk.szx
-                    next_num = sent >> (blk.szx + 4)
-                else:
-                    next_num = req._block1_num + 1
-                self._transmit_request(state, peer, req, self._block1_part(req, next_num), now)
+            part = next_block1_part(req, msg)
+            if part is not None:
+                self._transmit_request(state, peer, req, part, now)
                 return
-            req._block1_body = None
-        # Block2 (RFC 7959 §2.4): fetch the remaining blocks, then deliver the whole body.
         try:
             blk2 = msg.block2
         except ValueError:
             blk2 = None
-        if blk2 is not None and (blk2.more or req._block2_body is not None):
-            if blk2.num == 0:
-                req._block2_body = bytearray()
-            body = req._block2_body
-            if body is None or len(body) != blk2.offset:
-                req._block2_body = None
-                self._fail(req, "block-wise response out of order")
-                return
-            body += msg.payload
-            if blk2.more:
-                if len(body) > self.config.max_body_size:
-                    self._fail(req, "response body too large")
-                    return
-                self._fetch_next_block(state, peer, req, msg, blk2, now)
-                return
-            msg.payload = bytes(body)
-            req._block2_body = None
-            msg.remove(OptionNumber.BLOCK2)
-            msg.token = req.token
+        if (blk2 is not None and (blk2.more or req._block2_body is not None)
+                and self._collect_block2(state, peer, req, msg, blk2, now)):
+            return
         seq = msg.observe
         if req.observing and seq is not None and is_success(msg.code):
-            # RFC 7641 §3.4: drop notifications older than the newest one seen.
-            last = req._last_seq
-            if last is not None and not _is_fresher(seq, last, now - req._last_seq_time):
-                return
-            first = req.response is None
-            req._last_seq = seq
-            req._last_seq_time = now
-            req.response = msg
-            if req._deadline_timer is not None:
-                req._deadline_timer.cancel()
-                req._deadline_timer = None
-            # RFC 7641 §3.3.1: when the representation's Max-Age passes without a fresh
-            # notification, re-register (same token) to learn whether it is still observed.
-            if req._refresh_timer is not None:
-                req._refresh_timer.cancel()
-            max_age = msg.max_age
-            req._refresh_timer = self._timers.schedule(
-                now + (60 if max_age is None else max_age) + self.config.reregister_margin,
-                partial(self._refresh, req))
-            if not req._internal:
-                self._events.append(ResponseReceived(req, msg, notification=not first))
+            self._on_notification(req, msg, seq, now)
             return
         self._finish(req)
         req.response = msg
@@ -1182,12 +732,61 @@ class CoapEndpoint:
             self._events.append(ResponseReceived(req, msg, notification=req.observing and
                                                  req._last_seq is not None))
 
+    def _on_unmatched_response(self, state: PeerState, peer: Hashable, msg: Message,
+                               ack_with: Message | None) -> None:
+        """A response for no request of ours (late, cancelled, unknown). RFC 7641 §3.6 /
+        RFC 7252 §4.2: reject what we cannot match (a CON or a notification, with RST, also
+        to its duplicates); acknowledge and drop the rest."""
+        if not state.reliable and (msg.mtype == CON or msg.observe is not None):
+            if ack_with is not None and state.dedup.get(msg.mid) is not None:
+                state.dedup[msg.mid].response = Message(RST, 0, msg.mid)
+            self._out.append((peer, Message(RST, 0, msg.mid)))
+            return
+        if ack_with is not None:
+            self._out.append((peer, ack_with))
+
+    def _collect_block2(self, state: PeerState, peer: Hashable, req: ClientRequest,
+                        msg: Message, blk: Block, now: float) -> bool:
+        """RFC 7959 §2.4: add a Block2 part to the body and fetch the next one. False once the
+        body is whole (``msg`` then carries it, to be delivered); True while parts are still
+        to come, or when the transfer failed."""
+        failure = add_block2(req, msg, blk, self.config.max_body_size)
+        if failure is not None:
+            self._fail(req, failure)
+            return True
+        if blk.more:
+            self._fetch_next_block(state, peer, req, blk, now)
+            return True
+        return False
+
+    def _on_notification(self, req: ClientRequest, msg: Message, seq: int, now: float) -> None:
+        """A 2.xx response with Observe to an observation of ours: its first response or a
+        notification (RFC 7641 §3.2)."""
+        # RFC 7641 §3.4: drop notifications older than the newest one seen.
+        last = req._last_seq
+        if last is not None and not is_fresher(seq, last, now - req._last_seq_time):
+            return
+        first = req.response is None
+        req._last_seq = seq
+        req._last_seq_time = now
+        req.response = msg
+        if req._deadline_timer is not None:
+            req._deadline_timer.cancel()
+            req._deadline_timer = None
+        # RFC 7641 §3.3.1: when the representation's Max-Age passes without a fresh
+        # notification, re-register (same token) to learn whether it is still observed.
+        if req._refresh_timer is not None:
+            req._refresh_timer.cancel()
+        max_age = msg.max_age
+        req._refresh_timer = self._timers.schedule(
+            now + (60 if max_age is None else max_age) + self.config.reregister_margin,
+            partial(self._refresh, req))
+        if not req._internal:
+            self._events.append(ResponseReceived(req, msg, notification=not first))
+
     def _fetch_next_block(self, state: PeerState, peer: Hashable, req: ClientRequest,
-                          msg: Message, blk: Block, now: float) -> None:
-        nxt = _copy(req.message)
-        nxt.remove(OptionNumber.OBSERVE)
-        nxt.payload = b""
-        nxt.set(OptionNumber.BLOCK2, Block(blk.num + 1, False, blk.szx).encode())
+                          blk: Block, now: float) -> None:
+        nxt = next_block2_request(req, blk)
         if req.observing:
             # Fetch the rest of a notification under a token of its own (RFC 7959 §2.6).
             token = self.new_token(peer)
@@ -1223,7 +822,7 @@ class CoapEndpoint:
         was_observing = req.observing and req.response is not None
         self._fail(req, "cancelled")
         if was_observing and deregister and req.peer in self._peers:
-            msg = _copy(req.message)
+            msg = copy_message(req.message)
             msg.set(OptionNumber.OBSERVE, 1)
             msg.mid = 0
             dereg = self.send_request(req.peer, msg, now, confirmable=req.confirmable)
@@ -1243,32 +842,9 @@ class CoapEndpoint:
         state = self._peers.get(req.peer)
         if state is None:
             return
-        msg = _copy(req.message)
+        msg = copy_message(req.message)
         self._transmit_request(state, req.peer, req, msg, now)
 
     def pending_requests(self) -> int:
         return len({id(r) for r in self._requests.values()})
 
-
-def _is_fresher(v2: int, v1: int, elapsed: float) -> bool:
-    """RFC 7641 §3.4: is sequence number v2 newer than v1?"""
-    return (v1 < v2 and v2 - v1 < (1 << 23)) or (v1 > v2 and v1 - v2 > (1 << 23)) or \
-        elapsed > _OBSERVE_FRESH_WINDOW
-
-
-def _resource_key(msg: Message) -> bytes:
-    """Identifies a resource for block-wise state: Uri-Path and Uri-Query, raw."""
-    return b"\x00".join(v for n, v in (msg.options or ())
-                        if n in (OptionNumber.URI_PATH, OptionNumber.URI_QUERY))
-
-
-def _copy(msg: Message) -> Message:
-    return Message(msg.mtype, msg.code, msg.mid, msg.token,
-                   list(msg.options) if msg.options else None, msg.payload)
-
-
-def error_response(code: int, diagnostic: str) -> Message:
-    """An error response with a diagnostic payload (RFC 7252 §5.5.2), text/plain."""
-    msg = Message(code=code, payload=diagnostic.encode("utf-8"))
-    msg.add(OptionNumber.CONTENT_FORMAT, encode_uint(0))
-    return msg

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from dotsd.coap.message import Message
 
 if TYPE_CHECKING:
-    from dotsd.coap.endpoint import ClientRequest, Exchange
+    from dotsd.coap.exchange import ClientRequest, Exchange
 
 
 @dataclass(slots=True)

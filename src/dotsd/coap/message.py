@@ -171,3 +171,16 @@ class Message:
             f"<{mtype} {code_str(self.code)} mid={self.mid} token={self.token.hex()} "
             f"[{opts}] {len(self.payload)}B>"
         )
+
+
+def copy_message(msg: Message) -> Message:
+    """A copy of ``msg`` whose option list can change without changing ``msg``'s."""
+    return Message(msg.mtype, msg.code, msg.mid, msg.token,
+                   list(msg.options) if msg.options else None, msg.payload)
+
+
+def error_response(code: int, diagnostic: str) -> Message:
+    """An error response with a diagnostic payload (RFC 7252 §5.5.2), text/plain."""
+    msg = Message(code=code, payload=diagnostic.encode("utf-8"))
+    msg.add(OptionNumber.CONTENT_FORMAT, encode_uint(0))
+    return msg

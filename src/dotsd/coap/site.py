@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dotsd.coap.endpoint import Exchange, error_response
-from dotsd.coap.message import Message
+from dotsd.coap.exchange import Exchange
+from dotsd.coap.message import Message, error_response
 from dotsd.coap.numbers import Code
 
 if TYPE_CHECKING:

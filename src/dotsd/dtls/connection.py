@@ -413,21 +413,7 @@ class DtlsConnection:
         ssl = self._ssl
         assert ssl is not None
         if self._listen_pending:
-            # The ClientHello with the cookie (RFC 6347 §4.2.1). DTLSv1_listen verifies the
-            # cookie again and sets the handshake and record sequence numbers to follow it.
-            self._listen_pending = False
-            seq = handshake_message_seq(data, records[0])
-            try:
-                ssl.bio_write(data[records[0].start:records[0].end])
-                ssl.DTLSv1_listen()
-            except SSL.WantReadError:
-                self._close("ClientHello refused (cookie)")
-                return
-            except SSL.Error as exc:
-                self._close(f"ClientHello refused: {ssl_error_reason(exc)}")
-                return
-            self._peer_max_seq = seq if seq is not None else 0
-            self._advance(now)
+            self._receive_cookie_hello(ssl, data, records[0], now)
             return
         retransmission = False
         flights_before = self._our_max_msg_seq, self._sent_epoch1
@@ -462,6 +448,24 @@ class DtlsConnection:
                 and now - self._last_sent_at >= self._rto / 4):
             # RFC 6347 §4.2.4: the peer resent a flight we answered, so ours was lost.
             self._retransmit(now, by_peer=True)
+
+    def _receive_cookie_hello(self, ssl: SSL.Connection, data: bytes, record: Record,
+                              now: float) -> None:
+        """The ClientHello with the cookie (RFC 6347 §4.2.1). DTLSv1_listen verifies the
+        cookie again and sets the handshake and record sequence numbers to follow it."""
+        self._listen_pending = False
+        seq = handshake_message_seq(data, record)
+        try:
+            ssl.bio_write(data[record.start:record.end])
+            ssl.DTLSv1_listen()
+        except SSL.WantReadError:
+            self._close("ClientHello refused (cookie)")
+            return
+        except SSL.Error as exc:
+            self._close(f"ClientHello refused: {ssl_error_reason(exc)}")
+            return
+        self._peer_max_seq = seq if seq is not None else 0
+        self._advance(now)
 
     def _advance(self, now: float) -> None:
         """Run OpenSSL's handshake on what it was given; take its output."""

@@ -235,7 +235,7 @@ class FeedbackStatus(Enum):
 
     @property
     def signal_event(self) -> str:
-        """The value of the ``dotsd.signal.mitigation.MitigationEvent`` that moves a mitigation
+        """The value of the ``dotsd.signal.lifecycle.MitigationEvent`` that moves a mitigation
         to this status (its lifecycle table, RFC 9132 §4.4.2 Table 3)."""
         return _SIGNAL_EVENTS[self]
 

@@ -15,14 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 from dotsd.coap import codec
-from dotsd.coap.endpoint import (
-    ClientRequest,
-    CoapEndpoint,
-    EndpointConfig,
-    Exchange,
-    RepeatPolicy,
-    error_response,
-)
+from dotsd.coap.endpoint import CoapEndpoint
 from dotsd.coap.events import (
     MessageRejected,
     ObserverRemoved,
@@ -30,7 +23,8 @@ from dotsd.coap.events import (
     RequestReceived,
     ResponseReceived,
 )
-from dotsd.coap.message import Message
+from dotsd.coap.exchange import ClientRequest, EndpointConfig, Exchange, RepeatPolicy
+from dotsd.coap.message import Message, error_response
 from dotsd.coap.numbers import Code, code_str, is_request, is_success
 from dotsd.coap.params import TransmissionParameters
 from dotsd.coap.site import IncomingRequest, Site

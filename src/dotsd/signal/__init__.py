@@ -14,6 +14,12 @@ mitigator bridge), are in :mod:`dotsd.agents`.
 * :mod:`dotsd.signal.policy` — who may ask mitigation for what, and the lifetimes granted.
 * :mod:`dotsd.signal.targets` — an index of the targets of stored mitigations, for overlap
   checks.
+* :mod:`dotsd.signal.lifecycle` — a mitigation's statuses and the events that move them, as a
+  transition table (RFC 9132 §4.4.2 Table 3).
+* :mod:`dotsd.signal.scope` — the scope of a mitigation request: parsing and the overlap of two
+  scopes (RFC 9132 §4.4.1.1, §4.4.1.3).
+* :mod:`dotsd.signal.records` — a mitigation as the server holds it, with its conflict
+  information and counters, and their stored form.
 * :mod:`dotsd.signal.mitigation` — the mitigation rules of RFC 9132 §4.4 as a
   :class:`~dotsd.signal.mitigation.MitigationTable`.
 * :mod:`dotsd.signal.mids` — how a client chooses the 'mid' of a new request, with its

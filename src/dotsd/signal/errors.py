@@ -8,7 +8,7 @@ encoded as ``application/dots+cbor``: 4.09 (Conflict) carries ``conflict-informa
 
 The layer is a DOTS *server's*: these are a peer's mistakes (or the server's refusals of its
 requests), hence :class:`~dotsd.errors.PeerError`; never programming errors, which are
-:class:`~dotsd.errors.LocalError` (e.g. :class:`~dotsd.signal.mitigation.InvalidTransition`).
+:class:`~dotsd.errors.LocalError` (e.g. :class:`~dotsd.signal.lifecycle.InvalidTransition`).
 """
 
 from __future__ import annotations

@@ -8,11 +8,10 @@ so the caller can persist (``Mitigation.to_dict``), notify observers (RFC 9132 �
 drive the mitigator. Bodies are JSON-shaped (RFC 7951), as :func:`dotsd.model.codec.to_cbor`
 takes them.
 
-The status lifecycle (RFC 9132 §4.4.2 Table 3) is the explicit table :data:`TRANSITIONS`: one
-screen lists every status and every event that moves it (h11 style). Statuses 1-4 are an
-active mitigation, 5 is active but terminating (after the client's DELETE, RFC 9132 §4.4.4),
-7 withdrawn by the server and 8 a preconfigured request waiting for a signal loss (both
-inactive); 6 (terminated) is final: the record leaves the table.
+The parts it builds on have modules of their own: the status lifecycle (RFC 9132 §4.4.2
+Table 3) is the table of :mod:`dotsd.signal.lifecycle`; the request's scope, its parsing and the
+overlap of two scopes are :mod:`dotsd.signal.scope`; the records held (:class:`Mitigation`,
+:class:`ConflictInfo`, :class:`Counters`) are :mod:`dotsd.signal.records`.
 
 Reading of RFC 9132 §4.4.1.3 that this module implements, rule by rule:
 
@@ -29,773 +28,59 @@ Reading of RFC 9132 §4.4.1.3 that this module implements, rule by rule:
   'retry-timer' = the remaining lifetime of the active request);
 * a 'cuid' owned by another authenticated client is 4.09 conflict-cause 3 (Figure 11).
 
-"Overlap" here additionally requires the protocols and the port ranges to intersect (absent
-means all): RFC 9132 Figure 14 shows two active requests of one client with the same
-'target-prefix' and distinct 'target-protocol', which the plain wording would forbid. The strict
-wording is available with ``MitigationTable(..., match_ports_protocols=False)``.
+"Overlap" also requires the protocols and the port ranges to intersect (absent means all; see
+:mod:`dotsd.signal.scope` for why); the strict wording of RFC 9132 is available with
+``MitigationTable(..., match_ports_protocols=False)``.
 """
 
 from __future__ import annotations
 
-import bisect
-import functools
 import heapq
-import ipaddress
-import math
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from enum import Enum, IntEnum
-from typing import Any, Final, Self
+from enum import Enum
+from typing import Any, NamedTuple
 
 from dotsd.coap.numbers import Code
-from dotsd.errors import LocalError
-from dotsd.model import yang
-from dotsd.model.errors import ModelError
-from dotsd.signal.errors import (
-    BadRequest,
-    Conflict,
-    NotFound,
-    ServiceUnavailable,
-    from_model_error,
+from dotsd.signal.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from dotsd.signal.lifecycle import (
+    ACTIVE,
+    DEFAULT_ABT_MAX,
+    DEFAULT_ACTIVE_BUT_TERMINATING,
+    PRECONFIGURED_REPEATS,
+    TRANSITIONS,
+    ConflictCause,
+    ConflictStatus,
+    MitigationEvent,
+    Status,
+    transition,
 )
-from dotsd.signal.mids import ROLLOVER_MID
-from dotsd.signal.policy import INDEFINITE, LAB, IPNetwork, Policy
-from dotsd.signal.targets import TargetIndex, fqdn_key
+from dotsd.signal.policy import INDEFINITE, LAB, Policy
+from dotsd.signal.records import ConflictInfo, Counters, Mitigation
+from dotsd.signal.scope import (
+    MITIGATION_MEMBER,
+    MitigationRequest,
+    Scope,
+    common_targets,
+    mid_newer,
+    parse_request,
+)
+from dotsd.signal.targets import TargetIndex
 from dotsd.signal.uri import MAX_MID, Content
 
 __all__ = [
-    "ACTIVE",
-    "DEFAULT_ABT_MAX",
-    "DEFAULT_ACTIVE_BUT_TERMINATING",
-    "MITIGATION_MEMBER",
-    "RUNNING",
-    "TRANSITIONS",
-    "AttackStatus",
+    "AliasCheck",
     "Change",
-    "ConflictCause",
-    "ConflictInfo",
     "ConflictPolicy",
-    "ConflictStatus",
-    "Counters",
     "DeleteOutcome",
     "GetOutcome",
     "Ignored",
-    "InvalidTransition",
-    "Mitigation",
-    "MitigationEvent",
     "MitigationPutOutcome",
-    "MitigationRequest",
     "MitigationTable",
-    "PortRange",
     "Reason",
-    "Scope",
-    "Status",
-    "common_targets",
     "conflict_body",
-    "parse_request",
-    "transition",
 ]
-
-MITIGATION_MEMBER: Final = "ietf-dots-signal-channel:mitigation-scope"  # RFC 9132 §6 Table 5 key 1
-
-DEFAULT_ACTIVE_BUT_TERMINATING: Final = 120.0  # RFC 9132 §4.4.4 "SHOULD be ... 120 seconds"
-DEFAULT_ABT_MAX: Final = 300.0  # RFC 9132 §4.4.4 "up to a maximum of 300 seconds"
-PRECONFIGURED_REPEATS: Final = 4  # RFC 9132 §4.4.2 Table 3 "transmitted four times"
-
-
-# ---------------------------------------------------------------------------------------------
-# Vocabulary (iana-dots-signal-channel, RFC 9132 §5.2; labels as in RFC 9132 §10.6.2-10.6.5)
-
-
-class _Labelled(IntEnum):
-    @property
-    def label(self) -> str:
-        return self.name.lower().replace("_", "-")
-
-    @classmethod
-    def from_label(cls, label: str) -> Self:
-        return cls[label.upper().replace("-", "_")]
-
-
-class Status(_Labelled):
-    """RFC 9132 §4.4.2 Table 3."""
-
-    ATTACK_MITIGATION_IN_PROGRESS = 1
-    ATTACK_SUCCESSFULLY_MITIGATED = 2
-    ATTACK_STOPPED = 3
-    ATTACK_EXCEEDED_CAPABILITY = 4
-    DOTS_CLIENT_WITHDRAWN_MITIGATION = 5  # active but terminating (RFC 9132 §4.4.4)
-    ATTACK_MITIGATION_TERMINATED = 6
-    ATTACK_MITIGATION_WITHDRAWN = 7  # by the DOTS server
-    ATTACK_MITIGATION_SIGNAL_LOSS = 8  # preconfigured, triggered only on signal loss
-
-
-class AttackStatus(_Labelled):
-    """RFC 9132 §4.4.3 Table 4."""
-
-    UNDER_ATTACK = 1
-    ATTACK_SUCCESSFULLY_MITIGATED = 2
-
-
-class ConflictStatus(_Labelled):
-    """RFC 9132 §4.4.1.3 'conflict-status'."""
-
-    REQUEST_INACTIVE_OTHER_ACTIVE = 1
-    REQUEST_ACTIVE = 2
-    ALL_REQUESTS_INACTIVE = 3
-
-
-class ConflictCause(_Labelled):
-    """RFC 9132 §4.4.1.3 'conflict-cause' (1-3) and later registrations (extension points)."""
-
-    OVERLAPPING_TARGETS = 1
-    CONFLICT_WITH_ACCEPTLIST = 2
-    CUID_COLLISION = 3
-    REQUEST_REJECTED_LEGITIMATE_TRAFFIC = 4  # RFC 9066 §7.2 (Call Home)
-    OVERLAPPING_PIPES = 5  # RFC 9244 §13.2 (telemetry)
-
-
-ACTIVE: Final = frozenset(
-    {
-        Status.ATTACK_MITIGATION_IN_PROGRESS,
-        Status.ATTACK_SUCCESSFULLY_MITIGATED,
-        Status.ATTACK_STOPPED,
-        Status.ATTACK_EXCEEDED_CAPABILITY,
-    }
-)
-"""A mitigation running on behalf of a request the client maintains (status 1-4)."""
-
-RUNNING: Final = ACTIVE | {Status.DOTS_CLIENT_WITHDRAWN_MITIGATION}
-"""The mitigator should be mitigating (status 1-5): :data:`ACTIVE` and the active-but-
-terminating period after a withdrawal (RFC 9132 §4.4.4)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Lifecycle table
-
-
-class MitigationEvent(Enum):
-    """What moves a mitigation's status."""
-
-    MITIGATING = "mitigating"  # mitigator: attack traffic is being dropped
-    EXCEEDED = "exceeded"  # mitigator: attack exceeds its capability
-    ATTACK_STOPPED = "attack-stopped"  # mitigator: no more attack traffic
-    ATTACK_RESUMED = "attack-resumed"  # mitigator: attack traffic again
-    CLIENT_WITHDRAW = "client-withdraw"  # DELETE (RFC 9132 §4.4.4)
-    TERMINATING_ELAPSED = "terminating-elapsed"  # active-but-terminating period over (§4.4.4)
-    LIFETIME_EXPIRED = "lifetime-expired"  # RFC 9132 §4.4.1.1 lifetime
-    OVERRIDDEN = "overridden"  # higher overlapping 'mid' (RFC 9132 §4.4.1.3)
-    SERVER_WITHDRAW = "server-withdraw"  # RFC 9132 §4.4.1.3 / §4.4.2.1 (status 7)
-    REARM = "rearm"  # preconfigured, after 3 or 7 sent four times (Table 3)
-    SIGNAL_LOSS = "signal-loss"  # session lost: preconfigured request triggered (§4.4.1.3)
-
-
-S, E = Status, MitigationEvent
-TRANSITIONS: Final[Mapping[Status, Mapping[MitigationEvent, Status]]] = {
-    S.ATTACK_MITIGATION_IN_PROGRESS: {
-        E.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
-        E.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
-        E.ATTACK_STOPPED: S.ATTACK_STOPPED,
-        E.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-        E.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
-        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
-    },
-    S.ATTACK_SUCCESSFULLY_MITIGATED: {
-        E.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
-        E.ATTACK_STOPPED: S.ATTACK_STOPPED,
-        E.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-        E.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
-        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
-    },
-    S.ATTACK_STOPPED: {
-        E.ATTACK_RESUMED: S.ATTACK_MITIGATION_IN_PROGRESS,
-        E.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
-        E.EXCEEDED: S.ATTACK_EXCEEDED_CAPABILITY,
-        E.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-        E.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
-        E.REARM: S.ATTACK_MITIGATION_SIGNAL_LOSS,  # preconfigured only
-        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
-    },
-    S.ATTACK_EXCEEDED_CAPABILITY: {
-        E.MITIGATING: S.ATTACK_SUCCESSFULLY_MITIGATED,
-        E.ATTACK_STOPPED: S.ATTACK_STOPPED,
-        E.CLIENT_WITHDRAW: S.DOTS_CLIENT_WITHDRAWN_MITIGATION,
-        E.SERVER_WITHDRAW: S.ATTACK_MITIGATION_WITHDRAWN,
-        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
-    },
-    S.DOTS_CLIENT_WITHDRAWN_MITIGATION: {
-        E.TERMINATING_ELAPSED: S.ATTACK_MITIGATION_TERMINATED,
-        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-    },
-    S.ATTACK_MITIGATION_TERMINATED: {},
-    S.ATTACK_MITIGATION_WITHDRAWN: {
-        E.CLIENT_WITHDRAW: S.ATTACK_MITIGATION_TERMINATED,  # nothing left to terminate
-        E.REARM: S.ATTACK_MITIGATION_SIGNAL_LOSS,  # preconfigured only
-        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
-    },
-    S.ATTACK_MITIGATION_SIGNAL_LOSS: {
-        E.SIGNAL_LOSS: S.ATTACK_MITIGATION_IN_PROGRESS,
-        E.CLIENT_WITHDRAW: S.ATTACK_MITIGATION_TERMINATED,  # never active: no ABT period
-        E.LIFETIME_EXPIRED: S.ATTACK_MITIGATION_TERMINATED,
-        E.OVERRIDDEN: S.ATTACK_MITIGATION_TERMINATED,
-    },
-}
-del S, E
-
-
-class InvalidTransition(LocalError):
-    """An event not allowed in the current status (a caller's mistake, not a peer's)."""
-
-    def __init__(self, status: Status, event: MitigationEvent) -> None:
-        self.status = status
-        self.event = event
-        super().__init__(f"event {event.value!r} not allowed in status {status.label!r}")
-
-
-def transition(status: Status, event: MitigationEvent) -> Status:
-    """The status after ``event`` per :data:`TRANSITIONS`; raise :class:`InvalidTransition`."""
-    try:
-        return TRANSITIONS[status][event]
-    except KeyError:
-        raise InvalidTransition(status, event) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Scope and request parsing
-
-
-@dataclass(frozen=True, slots=True)
-class PortRange:
-    """A 'target-port-range' entry; ``upper`` None means the single port ``lower``."""
-
-    lower: int
-    upper: int | None = None
-
-    @property
-    def high(self) -> int:
-        return self.lower if self.upper is None else self.upper
-
-    def to_json(self) -> dict[str, int]:
-        out = {"lower-port": self.lower}
-        if self.upper is not None:
-            out["upper-port"] = self.upper
-        return out
-
-
-_INVALID_TARGETS: Final[tuple[IPNetwork, ...]] = (
-    ipaddress.ip_network("127.0.0.0/8"),  # loopback
-    ipaddress.ip_network("224.0.0.0/4"),  # multicast
-    ipaddress.ip_network("255.255.255.255/32"),  # limited broadcast
-    ipaddress.ip_network("::1/128"),  # loopback
-    ipaddress.ip_network("ff00::/8"),  # multicast
-)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _network(text: str) -> IPNetwork:
-    # Cached: every new request is compared with every stored scope (§4.4.1.3), whose
-    # prefixes would otherwise be parsed again each time. Bounded, networks are immutable.
-    return ipaddress.ip_network(text, strict=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """The configuration part of a mitigation request (RFC 9132 §4.4.1.1 Figure 6), in the
-    order the client sent it (echoed in GET responses, RFC 9132 §4.4.2)."""
-
-    target_prefix: tuple[str, ...] = ()
-    target_port_range: tuple[PortRange, ...] = ()
-    target_protocol: tuple[int, ...] = ()
-    target_fqdn: tuple[str, ...] = ()
-    target_uri: tuple[str, ...] = ()
-    alias_name: tuple[str, ...] = ()
-    trigger_mitigation: bool = True
-
-    @property
-    def networks(self) -> tuple[IPNetwork, ...]:
-        return tuple(_network(p) for p in self.target_prefix)
-
-    def canonical(self) -> tuple[Any, ...]:
-        """Order-insensitive identity, to tell whether a refresh repeats the request
-        (RFC 9132 §4.4.1.3, §4.4.3)."""
-        return (
-            frozenset(self.networks),
-            frozenset((r.lower, r.high) for r in self.target_port_range),
-            frozenset(self.target_protocol),
-            frozenset(fqdn_key(f) for f in self.target_fqdn),
-            frozenset(self.target_uri),
-            frozenset(self.alias_name),
-            self.trigger_mitigation,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.target_prefix:
-            out["target-prefix"] = list(self.target_prefix)
-        if self.target_port_range:
-            out["target-port-range"] = [r.to_json() for r in self.target_port_range]
-        if self.target_protocol:
-            out["target-protocol"] = list(self.target_protocol)
-        if self.target_fqdn:
-            out["target-fqdn"] = list(self.target_fqdn)
-        if self.target_uri:
-            out["target-uri"] = list(self.target_uri)
-        if self.alias_name:
-            out["alias-name"] = list(self.alias_name)
-        if not self.trigger_mitigation:
-            out["trigger-mitigation"] = False
-        return out
-
-    @classmethod
-    def from_json(cls, entry: Mapping[str, Any]) -> Scope:
-        return cls(
-            target_prefix=tuple(entry.get("target-prefix", ())),
-            target_port_range=tuple(
-                PortRange(int(r["lower-port"]), r.get("upper-port"))
-                for r in entry.get("target-port-range", ())
-            ),
-            target_protocol=tuple(int(p) for p in entry.get("target-protocol", ())),
-            target_fqdn=tuple(entry.get("target-fqdn", ())),
-            target_uri=tuple(entry.get("target-uri", ())),
-            alias_name=tuple(entry.get("alias-name", ())),
-            trigger_mitigation=bool(entry.get("trigger-mitigation", True)),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class MitigationRequest:
-    """A validated PUT body (RFC 9132 §4.4.1.1, §4.4.3)."""
-
-    scope: Scope
-    lifetime: int | None  # None: absent (allowed only in a refresh / efficacy update)
-    attack_status: AttackStatus | None = None
-
-
-# Nodes only a DOTS server sends (RFC 9132 §5.3 case server-to-client-only). The YANG
-# validation rejects them already; checked again so this rule does not hinge on the validator.
-_SERVER_ONLY: Final = frozenset(
-    {
-        "mid",
-        "mitigation-start",
-        "status",
-        "conflict-information",
-        "bytes-dropped",
-        "bps-dropped",
-        "pkts-dropped",
-        "pps-dropped",
-    }
-)
-_TARGETS: Final = ("target-prefix", "target-fqdn", "target-uri", "alias-name")
-
-
-def _check_not_empty(value: Any, path: str) -> None:
-    """RFC 9132 §4.4.1.1: "Attributes ... with empty values MUST NOT be present"."""
-    if value == "" or value == [] or value == {}:
-        raise BadRequest(f"{path} has an empty value", rule="RFC 9132 §4.4.1.1")
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            _check_not_empty(item, f"{path}/{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_not_empty(item, f"{path}/{index}")
-
-
-def parse_request(body: Mapping[str, Any]) -> MitigationRequest:
-    """Validate a mitigation PUT body (YANG, then the rules YANG cannot express).
-
-    Raises :class:`BadRequest` (or the 4.xx of a model error) per RFC 9132 §4.4.1.3: "If the
-    request is missing a mandatory attribute, ..., includes multiple 'scope' parameters, or
-    contains invalid or unknown parameters, the DOTS server MUST reply with 4.00".
-    """
-    try:
-        kind = yang.validate_request(body)
-    except ModelError as exc:
-        raise from_model_error(exc) from None
-    if kind is None or kind.member != MITIGATION_MEMBER:
-        raise BadRequest(f"the body of a mitigation request is {MITIGATION_MEMBER}",
-                         rule="RFC 9132 §4.4.1")
-    content = body[MITIGATION_MEMBER]
-    _check_not_empty(content, f"/{MITIGATION_MEMBER}")
-    scopes = content.get("scope")
-    if not isinstance(scopes, list) or len(scopes) != 1:
-        raise BadRequest(
-            "exactly one 'scope' entry is required", rule="RFC 9132 §4.4.1.1, §4.4.1.3"
-        )
-    (entry,) = scopes
-    forbidden = sorted(_SERVER_ONLY.intersection(entry))
-    if forbidden:
-        raise BadRequest(
-            f"{forbidden} are set by the DOTS server only ('cuid' and 'mid' are Uri-Path "
-            "parameters)",
-            rule="RFC 9132 §4.4.1.1, §5.3",
-        )
-    if not any(name in entry for name in _TARGETS):
-        raise BadRequest(
-            "at least one of 'target-prefix', 'target-fqdn', 'target-uri', 'alias-name' "
-            "MUST be present",
-            rule="RFC 9132 §4.4.1.1",
-        )
-    scope = Scope.from_json(entry)
-    for port_range in scope.target_port_range:
-        if port_range.high < port_range.lower:  # also a YANG 'must' (RFC 8783)
-            raise BadRequest(
-                f"upper-port {port_range.upper} < lower-port {port_range.lower}",
-                rule="RFC 9132 §4.4.1.1",
-            )
-    for prefix in scope.networks:
-        if any(prefix.overlaps(bad) for bad in _INVALID_TARGETS):
-            raise BadRequest(
-                f"target-prefix {prefix} includes broadcast, loopback or multicast addresses",
-                rule="RFC 9132 §4.4.1.1",
-            )
-    lifetime = entry.get("lifetime")
-    if lifetime is not None:
-        lifetime = int(lifetime)
-        if lifetime == 0:
-            raise BadRequest("'lifetime' 0 is invalid", rule="RFC 9132 §4.4.1.3")
-    attack_status = entry.get("attack-status")
-    return MitigationRequest(
-        scope=scope,
-        lifetime=lifetime,
-        attack_status=AttackStatus.from_label(attack_status) if attack_status else None,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Overlap
-
-
-def _common_prefixes(a: Sequence[IPNetwork], b: Sequence[IPNetwork]) -> list[IPNetwork]:
-    """For every overlapping pair (x of ``a``, y of ``b``), in the order of the pairs, the more
-    specific of the two, once. Two IP prefixes overlap only when one contains the other, so
-    the partners of x are found by lookup (its supernets in ``b``) and by range (the
-    prefixes of ``b`` starting inside x) instead of comparing every pair: a request naming
-    thousands of prefixes must not stall the server (it was O(len(a) x len(b)))."""
-    if not a or not b:
-        return []
-    exact: dict[tuple[int, int, int], list[int]] = {}  # (version, length, start) -> indexes
-    by_start: dict[int, list[tuple[int, int]]] = {4: [], 6: []}  # version -> (start, index)
-    for i, y in enumerate(b):
-        start = int(y.network_address)
-        exact.setdefault((y.version, y.prefixlen, start), []).append(i)
-        by_start[y.version].append((start, i))
-    lengths = {v: sorted({y.prefixlen for y in b if y.version == v}) for v in (4, 6)}
-    starts: dict[int, list[int]] = {}
-    indexes: dict[int, list[int]] = {}
-    for version, items in by_start.items():
-        items.sort()
-        starts[version] = [start for start, _ in items]
-        indexes[version] = [i for _, i in items]
-    common: list[IPNetwork] = []
-    seen: set[IPNetwork] = set()
-    for x in a:
-        version, bits = x.version, x.max_prefixlen
-        start, end = int(x.network_address), int(x.broadcast_address)
-        partners: list[int] = []
-        for length in lengths[version]:  # y contains x (or equals it)
-            if length > x.prefixlen:
-                break
-            mask = ((1 << length) - 1) << (bits - length)
-            partners.extend(exact.get((version, length, start & mask), ()))
-        low = bisect.bisect_left(starts[version], start)
-        high = bisect.bisect_right(starts[version], end)
-        partners.extend(i for i in indexes[version][low:high]  # x contains y
-                        if b[i].prefixlen > x.prefixlen)
-        for i in sorted(partners):
-            y = b[i]
-            smaller = x if x.prefixlen >= y.prefixlen else y
-            if smaller not in seen:
-                seen.add(smaller)
-                common.append(smaller)
-    return common
-
-
-def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for low, high in sorted(ranges):
-        if merged and low <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
-        else:
-            merged.append((low, high))
-    return merged
-
-
-def _common_ports(a: Scope, b: Scope) -> list[tuple[int, int]] | None:
-    """None: every port (neither names ports); [] : disjoint."""
-    if not a.target_port_range and not b.target_port_range:
-        return None
-    full = [PortRange(0, 65535)]
-    ra = a.target_port_range or full
-    rb = b.target_port_range or full
-    pairs = [
-        (max(x.lower, y.lower), min(x.high, y.high))
-        for x in ra
-        for y in rb
-        if max(x.lower, y.lower) <= min(x.high, y.high)
-    ]
-    return _merge(pairs)
-
-
-def _common_protocols(a: Scope, b: Scope) -> list[int] | None:
-    """None: every protocol ('target-protocol' absent on both sides, RFC 9132 §4.4.1.1)."""
-    if not a.target_protocol and not b.target_protocol:
-        return None
-    if not a.target_protocol:
-        return list(b.target_protocol)
-    if not b.target_protocol:
-        return list(a.target_protocol)
-    return [p for p in a.target_protocol if p in b.target_protocol]
-
-
-def common_targets(a: Scope, b: Scope, *, match_ports_protocols: bool = True) -> Scope | None:
-    """The overlap of two scopes (RFC 9132 §4.4.1.3: "a common IP address, IP prefix, FQDN,
-    URI, or alias"), as the content of a 'conflict-scope'; None if they do not overlap.
-
-    With ``match_ports_protocols`` the protocols and port ranges must intersect too (absent =
-    all). FQDNs / URIs / aliases are compared by name: resolving them is not sans-IO.
-    """
-    prefixes = _common_prefixes(a.networks, b.networks)
-    fqdns_b = {fqdn_key(f) for f in b.target_fqdn}
-    fqdns = [f for f in a.target_fqdn if fqdn_key(f) in fqdns_b]
-    uris = [u for u in a.target_uri if u in b.target_uri]
-    aliases = [n for n in a.alias_name if n in b.alias_name]
-    if not (prefixes or fqdns or uris or aliases):
-        return None
-    ports: list[tuple[int, int]] | None = None
-    protocols: list[int] | None = None
-    if match_ports_protocols:
-        ports = _common_ports(a, b)
-        protocols = _common_protocols(a, b)
-        if ports == [] or protocols == []:
-            return None
-    return Scope(
-        target_prefix=tuple(str(p) for p in prefixes),
-        target_port_range=tuple(
-            PortRange(low, None if high == low else high) for low, high in ports or ()
-        ),
-        target_protocol=tuple(protocols or ()),
-        target_fqdn=tuple(fqdns),
-        target_uri=tuple(uris),
-        alias_name=tuple(aliases),
-    )
-
-
-def _mid_newer(new: int, old: int) -> bool:
-    """RFC 9132 §4.4.1.1: 'mid' values increase monotonically and restart at 0 once they
-    reach 3/4 of 2^32 - 1; a small 'mid' after such a large one is the newer."""
-    if old >= ROLLOVER_MID and new < ROLLOVER_MID // 3:
-        return True
-    if new >= ROLLOVER_MID and old < ROLLOVER_MID // 3:
-        return False
-    return new > old
-
-
-# ---------------------------------------------------------------------------------------------
-# Records
-
-
-@dataclass(frozen=True, slots=True)
-class ConflictInfo:
-    """'conflict-information' (RFC 9132 §4.4.1.3, §5.3)."""
-
-    cause: ConflictCause
-    status: ConflictStatus | None = None
-    retry_timer: int | None = None
-    scope: Scope | None = None  # overlapping targets (cause 1)
-    mid: int | None = None  # conflicting 'mid' of the same client (cause 1)
-    acl_names: tuple[str, ...] = ()  # conflicting ACLs (cause 2)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.status is not None:
-            out["conflict-status"] = self.status.label
-        out["conflict-cause"] = self.cause.label
-        if self.retry_timer is not None:
-            out["retry-timer"] = self.retry_timer
-        conflict_scope: dict[str, Any] = self.scope.to_json() if self.scope else {}
-        conflict_scope.pop("trigger-mitigation", None)
-        if self.acl_names:
-            conflict_scope["acl-list"] = [{"acl-name": name} for name in self.acl_names]
-        if self.mid is not None:
-            conflict_scope["mid"] = self.mid
-        if conflict_scope:
-            out["conflict-scope"] = conflict_scope
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "cause": int(self.cause),
-            "status": None if self.status is None else int(self.status),
-            "retry_timer": self.retry_timer,
-            "scope": None if self.scope is None else self.scope.to_json(),
-            "mid": self.mid,
-            "acl_names": list(self.acl_names),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ConflictInfo:
-        return cls(
-            cause=ConflictCause(data["cause"]),
-            status=None if data.get("status") is None else ConflictStatus(data["status"]),
-            retry_timer=data.get("retry_timer"),
-            scope=None if data.get("scope") is None else Scope.from_json(data["scope"]),
-            mid=data.get("mid"),
-            acl_names=tuple(data.get("acl_names", ())),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Counters:
-    """Mitigator statistics (RFC 9132 §4.4.2: bytes-dropped, bps-dropped, pkts-, pps-)."""
-
-    bytes_dropped: int = 0
-    bps_dropped: int = 0
-    pkts_dropped: int = 0
-    pps_dropped: int = 0
-
-    def to_json(self) -> dict[str, str]:  # uint64 / counter64 are strings (RFC 7951 §6.1)
-        return {
-            "bytes-dropped": str(self.bytes_dropped % 2**64),  # "wraps around" (§4.4.2)
-            "bps-dropped": str(self.bps_dropped),
-            "pkts-dropped": str(self.pkts_dropped % 2**64),
-            "pps-dropped": str(self.pps_dropped),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Mitigation:
-    """One mitigation request as the server holds it. Plain data: :meth:`to_dict` /
-    :meth:`from_dict` give the form to store."""
-
-    cuid: str
-    mid: int
-    scope: Scope
-    lifetime: int  # granted lifetime (s), -1 = indefinite
-    expires_at: float | None  # None = indefinite
-    status: Status
-    created_at: float
-    cdid: str | None = None
-    owner: str | None = None  # authenticated client identity, for 'cuid' collisions
-    mitigation_start: float | None = None
-    attack_status: AttackStatus | None = None
-    conflict: ConflictInfo | None = None
-    terminating_until: float | None = None  # end of the active-but-terminating period
-    abt_period: float = DEFAULT_ACTIVE_BUT_TERMINATING
-    repeats: int = 0  # notifications sent in status 3/7 of a preconfigured request
-    counters: Counters | None = None
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.cuid, self.mid)
-
-    @property
-    def is_active(self) -> bool:
-        """The mitigator should be mitigating for it (status 1-5)."""
-        return self.status in RUNNING
-
-    @property
-    def preconfigured(self) -> bool:
-        return not self.scope.trigger_mitigation
-
-    def deadline(self) -> float | None:
-        """When the record ends by itself (lifetime or active-but-terminating period)."""
-        times = [t for t in (self.expires_at, self.terminating_until) if t is not None]
-        return min(times) if times else None
-
-    def expired(self, now: float) -> bool:
-        deadline = self.deadline()
-        return deadline is not None and deadline <= now
-
-    def remaining_lifetime(self, now: float) -> int:
-        """RFC 9132 §4.4.2 'lifetime' in status: the remaining lifetime (-1 = indefinite)."""
-        deadline = self.deadline()
-        if deadline is None:
-            return INDEFINITE
-        return max(0, math.ceil(deadline - now))
-
-    def status_entry(self, now: float, content: Content = Content.ALL) -> dict[str, Any]:
-        """The 'scope' entry of a GET response / notification (RFC 9132 §4.4.2 Figure 14).
-
-        ``content`` (RFC 9132 §4.4.2 Table 2): configuration nodes are those of the request
-        and 'lifetime', non-configuration nodes the status ones (the config / non-config split
-        of RFC 8782's module); 'mid', the list key, is always present.
-        """
-        entry: dict[str, Any] = {"mid": self.mid}
-        config = content in (Content.CONFIG, Content.ALL)
-        state = content in (Content.NON_CONFIG, Content.ALL)
-        if (
-            state
-            and self.mitigation_start is not None
-            and self.status is not Status.ATTACK_MITIGATION_SIGNAL_LOSS  # §4.4.2
-        ):
-            entry["mitigation-start"] = str(int(self.mitigation_start))
-        if config:
-            entry.update(self.scope.to_json())
-            entry["lifetime"] = self.remaining_lifetime(now)
-        if state:
-            entry["status"] = self.status.label
-            if self.conflict is not None:
-                entry["conflict-information"] = self.conflict.to_json()
-            if self.counters is not None:
-                entry.update(self.counters.to_json())
-        return entry
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "cuid": self.cuid,
-            "mid": self.mid,
-            "cdid": self.cdid,
-            "owner": self.owner,
-            "scope": self.scope.to_json(),
-            "lifetime": self.lifetime,
-            "expires_at": self.expires_at,
-            "status": int(self.status),
-            "created_at": self.created_at,
-            "mitigation_start": self.mitigation_start,
-            "attack_status": None if self.attack_status is None else int(self.attack_status),
-            "conflict": None if self.conflict is None else self.conflict.to_dict(),
-            "terminating_until": self.terminating_until,
-            "abt_period": self.abt_period,
-            "repeats": self.repeats,
-            "counters": None
-            if self.counters is None
-            else {
-                "bytes_dropped": self.counters.bytes_dropped,
-                "bps_dropped": self.counters.bps_dropped,
-                "pkts_dropped": self.counters.pkts_dropped,
-                "pps_dropped": self.counters.pps_dropped,
-            },
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Mitigation:
-        attack = data.get("attack_status")
-        conflict = data.get("conflict")
-        counters = data.get("counters")
-        return cls(
-            cuid=data["cuid"],
-            mid=int(data["mid"]),
-            cdid=data.get("cdid"),
-            owner=data.get("owner"),
-            scope=Scope.from_json(data["scope"]),
-            lifetime=int(data["lifetime"]),
-            expires_at=data.get("expires_at"),
-            status=Status(data["status"]),
-            created_at=float(data["created_at"]),
-            mitigation_start=data.get("mitigation_start"),
-            attack_status=None if attack is None else AttackStatus(attack),
-            conflict=None if conflict is None else ConflictInfo.from_dict(conflict),
-            terminating_until=data.get("terminating_until"),
-            abt_period=float(data.get("abt_period", DEFAULT_ACTIVE_BUT_TERMINATING)),
-            repeats=int(data.get("repeats", 0)),
-            counters=None if counters is None else Counters(**counters),
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -899,6 +184,15 @@ def _other_client_conflict(m: Mitigation) -> bool:
     info = m.conflict
     return (info is not None and info.cause is ConflictCause.OVERLAPPING_TARGETS
             and info.mid is None)  # same-client conflicts are never stored; be safe
+
+
+class _OwnOverlaps(NamedTuple):
+    """The same client's requests a new one overlaps (RFC 9132 §4.4.1.3), and the
+    active-but-terminating period it gets (§4.4.4)."""
+
+    overridden: list[Mitigation]  # lower 'mid', same 'trigger-mitigation' type: deleted
+    preempted: list[Mitigation]  # active preconfigured ones: withdrawn (status 7)
+    abt_period: float
 
 
 class MitigationTable:
@@ -1152,121 +446,21 @@ class MitigationTable:
         now: float,
         policy: Policy,
     ) -> MitigationPutOutcome:
+        """A new 'mid', or ``previous``: the same 'mid' active but terminating, requested
+        again. 2.01 (RFC 9132 §4.4.1.3) once every check below passes; a failed check (4.00,
+        4.09, 5.03) changes nothing."""
         if request.lifetime is None:
             raise BadRequest(
                 "'lifetime' is mandatory in a mitigation request", rule="RFC 9132 §4.4.1.1"
             )
         scope = request.scope
-        # RFC 9132 §4.4.1.1 / §10: targets within the client's domain.
-        policy.check_prefixes(scope.networks)
-        policy.check_fqdns(scope.target_fqdn)
-        policy.check_uris(scope.target_uri)
-        if self.alias_check is not None:
-            for alias in scope.alias_name:
-                if not self.alias_check(cuid, cdid, alias):
-                    raise BadRequest(
-                        f"alias {alias!r} was not created by this DOTS client",
-                        rule="RFC 9132 §4.4.1.3",
-                    )
-
-        limit = policy.max_mitigations_per_client
-        if (limit is not None and previous is None
-                and len(self._by_client.get(cuid, ())) >= limit):
-            # RFC 9132 §4.4.1.3: "A DOTS server MAY reject mitigation requests when it is
-            # near capacity or needs to rate-limit a particular client"; §9: 5.03 when
-            # "unable to handle the request".
-            raise ServiceUnavailable(
-                f"at most {limit} mitigations per DOTS client",
-                max_age=policy.retry_after,
-                rule="RFC 9132 §4.4.1.3, §9",
-            )
-
-        # Same client (RFC 9132 §4.4.1.3).
-        overridden: list[Mitigation] = []
-        preempted: list[Mitigation] = []
-        abt_period = self.abt_initial
-        for other in self._overlapping(scope):
-            if other.cuid != cuid or other.mid == mid:
-                continue
-            common = self._overlap(scope, other.scope)
-            if common is None:
-                continue
-            if other.status is Status.DOTS_CLIENT_WITHDRAWN_MITIGATION:
-                # §4.4.4: requested again within the active-but-terminating period.
-                abt_period = max(abt_period, min(2 * other.abt_period, self.abt_max))
-                continue
-            if other.scope.trigger_mitigation == scope.trigger_mitigation:
-                if not _mid_newer(mid, other.mid):
-                    raise Conflict(
-                        f"overlaps mitigation {other.mid} which has a higher 'mid'",
-                        body=conflict_body(
-                            ConflictInfo(
-                                ConflictCause.OVERLAPPING_TARGETS, scope=common, mid=other.mid
-                            )
-                        ),
-                        rule="RFC 9132 §4.4.1.3",
-                    )
-                overridden.append(other)
-            elif scope.trigger_mitigation and other.status in ACTIVE:
-                # Distinct 'trigger-mitigation' types: the active preconfigured request is
-                # withdrawn (7), later back to 8 (§4.4.1.3, Table 3).
-                preempted.append(other)
-        if previous is not None:  # same 'mid', active but terminating, requested again
-            abt_period = max(abt_period, min(2 * previous.abt_period, self.abt_max))
-
-        # Other clients (RFC 9132 §4.4.1.3): only active requests can conflict.
-        conflicts: list[tuple[Mitigation, Scope]] = []
-        if scope.trigger_mitigation:
-            for other in self._overlapping(scope):
-                if other.cuid == cuid or other.status not in ACTIVE:
-                    continue
-                common = self._overlap(scope, other.scope)
-                if common is not None:
-                    conflicts.append((other, common))
-        conflict: ConflictInfo | None = None
-        changes: list[Change] = []
-        if conflicts:
-            first, common = conflicts[0]
-            if self.conflict_policy is ConflictPolicy.REJECT:
-                remaining = first.remaining_lifetime(now)
-                # 'retry-timer' "SHOULD be equal to the lifetime of the active mitigation
-                # request resulting in the deactivation" (§4.4.1.3).
-                info = ConflictInfo(
-                    ConflictCause.OVERLAPPING_TARGETS,
-                    status=ConflictStatus.REQUEST_INACTIVE_OTHER_ACTIVE,
-                    retry_timer=None if remaining == INDEFINITE else remaining,
-                    scope=common,
-                )
-                raise Conflict(
-                    f"overlaps an active mitigation of another DOTS client (mid {first.mid})",
-                    body=conflict_body(info),
-                    rule="RFC 9132 §4.4.1.3",
-                )
-            conflict = ConflictInfo(
-                ConflictCause.OVERLAPPING_TARGETS,
-                status=ConflictStatus.REQUEST_ACTIVE,
-                scope=common,
-            )
-            for other, common_other in conflicts:  # §4.4.2.1: notify the other side too
-                after = replace(
-                    other,
-                    conflict=ConflictInfo(
-                        ConflictCause.OVERLAPPING_TARGETS,
-                        status=ConflictStatus.REQUEST_ACTIVE,
-                        scope=common_other,
-                    ),
-                )
-                self._store(after)
-                changes.append(Change(Reason.CONFLICT, after, before=other.status))
-
-        for other in overridden:
-            # "the overlapped lower numeric 'mid' MUST be automatically deleted and no longer
-            # available at the DOTS server" (§4.4.1.3).
-            changes.append(self._move(other, MitigationEvent.OVERRIDDEN, now, Reason.OVERRIDDEN))
-        for other in preempted:
-            changes.append(self._move(other, MitigationEvent.SERVER_WITHDRAW, now,
-                                      Reason.PREEMPTED))
-
+        self._check_domain(cuid, cdid, scope, policy)
+        self._check_capacity(cuid, previous, policy)
+        own = self._same_client_overlaps(cuid, mid, scope, previous)
+        conflict, changes = self._apply_conflict_policy(
+            self._other_client_conflicts(cuid, scope), now
+        )
+        changes += self._end_own_overlaps(own, now)
         lifetime = policy.grant_lifetime(request.lifetime)
         immediate = scope.trigger_mitigation
         m = Mitigation(
@@ -1286,15 +480,151 @@ class MitigationTable:
             mitigation_start=now if immediate else None,
             attack_status=request.attack_status,
             conflict=conflict,
-            abt_period=abt_period,
+            abt_period=own.abt_period,
         )
         self._store(m)
         changes.append(
             Change(Reason.CREATED, m, before=None if previous is None else previous.status)
         )
-        if overridden or preempted:
+        if own.overridden or own.preempted:
             changes.extend(self._resolve_conflicts())
         return MitigationPutOutcome(Code.CREATED, self._put_body(m), m, tuple(changes))
+
+    def _check_domain(self, cuid: str, cdid: str | None, scope: Scope, policy: Policy) -> None:
+        """RFC 9132 §4.4.1.1 / §10: the targets lie within the client's domain (4.00); and
+        §4.4.1.3: an 'alias-name' must be one this client created (4.00)."""
+        policy.check_prefixes(scope.networks)
+        policy.check_fqdns(scope.target_fqdn)
+        policy.check_uris(scope.target_uri)
+        if self.alias_check is not None:
+            for alias in scope.alias_name:
+                if not self.alias_check(cuid, cdid, alias):
+                    raise BadRequest(
+                        f"alias {alias!r} was not created by this DOTS client",
+                        rule="RFC 9132 §4.4.1.3",
+                    )
+
+    def _check_capacity(self, cuid: str, previous: Mitigation | None, policy: Policy) -> None:
+        """RFC 9132 §4.4.1.3: "A DOTS server MAY reject mitigation requests when it is near
+        capacity or needs to rate-limit a particular client"; §9: 5.03 when "unable to handle
+        the request". A request again within its active-but-terminating period adds none."""
+        limit = policy.max_mitigations_per_client
+        if (limit is not None and previous is None
+                and len(self._by_client.get(cuid, ())) >= limit):
+            raise ServiceUnavailable(
+                f"at most {limit} mitigations per DOTS client",
+                max_age=policy.retry_after,
+                rule="RFC 9132 §4.4.1.3, §9",
+            )
+
+    def _same_client_overlaps(
+        self, cuid: str, mid: int, scope: Scope, previous: Mitigation | None
+    ) -> _OwnOverlaps:
+        """What a new request does to the same client's overlapping ones (RFC 9132 §4.4.1.3):
+
+        * same 'trigger-mitigation' type: 4.09 (conflict-cause 1, conflict-scope with the
+          higher 'mid') if one has a higher 'mid', else the lower ones are overridden;
+        * distinct types: an active preconfigured request is withdrawn (7, later back to 8,
+          Table 3) in favour of the immediate one;
+        * one active but terminating (§4.4.4): "requested again" within that period, which
+          doubles the new request's period, up to the maximum.
+        """
+        overridden: list[Mitigation] = []
+        preempted: list[Mitigation] = []
+        abt_period = self.abt_initial
+        for other in self._overlapping(scope):
+            if other.cuid != cuid or other.mid == mid:
+                continue
+            common = self._overlap(scope, other.scope)
+            if common is None:
+                continue
+            if other.status is Status.DOTS_CLIENT_WITHDRAWN_MITIGATION:  # §4.4.4
+                abt_period = max(abt_period, min(2 * other.abt_period, self.abt_max))
+                continue
+            if other.scope.trigger_mitigation == scope.trigger_mitigation:
+                if not mid_newer(mid, other.mid):
+                    raise Conflict(
+                        f"overlaps mitigation {other.mid} which has a higher 'mid'",
+                        body=conflict_body(
+                            ConflictInfo(
+                                ConflictCause.OVERLAPPING_TARGETS, scope=common, mid=other.mid
+                            )
+                        ),
+                        rule="RFC 9132 §4.4.1.3",
+                    )
+                overridden.append(other)
+            elif scope.trigger_mitigation and other.status in ACTIVE:  # distinct types
+                preempted.append(other)
+        if previous is not None:  # same 'mid', active but terminating, requested again
+            abt_period = max(abt_period, min(2 * previous.abt_period, self.abt_max))
+        return _OwnOverlaps(overridden, preempted, abt_period)
+
+    def _end_own_overlaps(self, own: _OwnOverlaps, now: float) -> list[Change]:
+        """RFC 9132 §4.4.1.3: "the overlapped lower numeric 'mid' MUST be automatically
+        deleted and no longer available at the DOTS server"; an active preconfigured request
+        overlapped by an immediate one is withdrawn (status 7, Table 3)."""
+        changes = [self._move(other, MitigationEvent.OVERRIDDEN, now, Reason.OVERRIDDEN)
+                   for other in own.overridden]
+        changes += [self._move(other, MitigationEvent.SERVER_WITHDRAW, now, Reason.PREEMPTED)
+                    for other in own.preempted]
+        return changes
+
+    def _other_client_conflicts(self, cuid: str, scope: Scope) -> list[tuple[Mitigation, Scope]]:
+        """The other clients' requests a new one conflicts with, with the common targets of
+        each (RFC 9132 §4.4.1.3): only active requests can conflict, and only an immediate
+        request (a preconfigured one mitigates nothing yet)."""
+        conflicts: list[tuple[Mitigation, Scope]] = []
+        if scope.trigger_mitigation:
+            for other in self._overlapping(scope):
+                if other.cuid == cuid or other.status not in ACTIVE:
+                    continue
+                common = self._overlap(scope, other.scope)
+                if common is not None:
+                    conflicts.append((other, common))
+        return conflicts
+
+    def _apply_conflict_policy(
+        self, conflicts: list[tuple[Mitigation, Scope]], now: float
+    ) -> tuple[ConflictInfo | None, list[Change]]:
+        """RFC 9132 §4.4.1.3: "the DOTS server may return 2.01 (Created) or 4.09 (Conflict)"
+        for a request conflicting with another client's active one. REJECT: 4.09 with
+        conflict-status 1 and a 'retry-timer'. ACCEPT: both are maintained (conflict-status 2)
+        and the other side is told too (§4.4.2.1). Returns the new request's conflict
+        information and the changes of the others."""
+        changes: list[Change] = []
+        if not conflicts:
+            return None, changes
+        first, common = conflicts[0]
+        if self.conflict_policy is ConflictPolicy.REJECT:
+            remaining = first.remaining_lifetime(now)
+            # 'retry-timer' "SHOULD be equal to the lifetime of the active mitigation
+            # request resulting in the deactivation" (§4.4.1.3).
+            info = ConflictInfo(
+                ConflictCause.OVERLAPPING_TARGETS,
+                status=ConflictStatus.REQUEST_INACTIVE_OTHER_ACTIVE,
+                retry_timer=None if remaining == INDEFINITE else remaining,
+                scope=common,
+            )
+            raise Conflict(
+                f"overlaps an active mitigation of another DOTS client (mid {first.mid})",
+                body=conflict_body(info),
+                rule="RFC 9132 §4.4.1.3",
+            )
+        for other, common_other in conflicts:
+            after = replace(
+                other,
+                conflict=ConflictInfo(
+                    ConflictCause.OVERLAPPING_TARGETS,
+                    status=ConflictStatus.REQUEST_ACTIVE,
+                    scope=common_other,
+                ),
+            )
+            self._store(after)
+            changes.append(Change(Reason.CONFLICT, after, before=other.status))
+        conflict = ConflictInfo(
+            ConflictCause.OVERLAPPING_TARGETS, status=ConflictStatus.REQUEST_ACTIVE, scope=common
+        )
+        return conflict, changes
 
     # -- GET --------------------------------------------------------------------------------
 

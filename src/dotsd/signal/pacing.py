@@ -11,7 +11,7 @@ and SHOULD use an even less aggressive rate whenever possible (case 2 in Section
 * :class:`RttEstimator` — a smoothed RTT as RFC 6298 §2 computes it, fed from heartbeat round
   trips (:meth:`dotsd.signal.heartbeat.HeartbeatMonitor.on_heartbeat_response` returns the
   sample) and from earlier unambiguous exchanges (Karn's rule, RFC 6298 §3).
-* :class:`MitigationRepeatPolicy` — a :data:`dotsd.coap.endpoint.RepeatPolicy`: the delay
+* :class:`MitigationRepeatPolicy` — a :data:`dotsd.coap.exchange.RepeatPolicy`: the delay
   before repeating an unanswered NON request. With an estimate it is the estimator's RTO
   (never below the smoothed RTT, so at most one repetition per RTT); without one, 3 s or more.
   Unlike the endpoint's default policy it never looks at the probing rate.
@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from dotsd.coap.endpoint import ClientRequest
+    from dotsd.coap.exchange import ClientRequest
 
 __all__ = [
     "NO_ESTIMATE_INTERVAL",
@@ -92,7 +92,7 @@ class RttEstimator:
 class MitigationRepeatPolicy:
     """Repeat an unanswered NON mitigation request at regular intervals (RFC 9132 §4.4).
 
-    Callable as a :data:`~dotsd.coap.endpoint.RepeatPolicy`: ``policy(request, attempts,
+    Callable as a :data:`~dotsd.coap.exchange.RepeatPolicy`: ``policy(request, attempts,
     rtt)`` → delay before the next repetition, or None to stop repeating (only when
     ``max_repeats`` is set; by default the request repeats until answered or until the
     endpoint's deadline).

@@ -51,8 +51,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from dotsd.coap.endpoint import error_response
-from dotsd.coap.message import Message
+from dotsd.coap.message import Message, error_response
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
 from dotsd.coap.params import TransmissionParameters
 from dotsd.errors import PeerError
@@ -69,24 +68,24 @@ from dotsd.signal.errors import (
 )
 from dotsd.signal.heartbeat import check_heartbeat_path, parse_heartbeat_body
 from dotsd.signal.identity import ClientIdentity, client_identity
-from dotsd.signal.mitigation import (
+from dotsd.signal.lifecycle import (
     PRECONFIGURED_REPEATS,
+    ConflictCause,
+    MitigationEvent,
+    Status,
+)
+from dotsd.signal.mitigation import (
     AliasCheck,
     Change,
-    ConflictCause,
-    ConflictInfo,
     ConflictPolicy,
-    Counters,
     Ignored,
-    Mitigation,
-    MitigationEvent,
     MitigationTable,
     Reason,
-    Status,
     conflict_body,
 )
 from dotsd.signal.policy import LAB, Policy, PolicySet
 from dotsd.signal.ratelimit import RateLimiter
+from dotsd.signal.records import ConflictInfo, Counters, Mitigation
 from dotsd.signal.redirect import Redirection, redirect_body
 from dotsd.signal.server_session import ParamsChanged, ServerSession
 from dotsd.signal.session import SessionState

@@ -8,7 +8,7 @@ and O(N²) to fill a server: a table of 10,000 mitigations made each new one cos
 :class:`TargetIndex` keeps, for every stored request, its prefixes, FQDNs, URIs and aliases,
 and returns the keys of those that share at least one of them with a scope
 (:meth:`TargetIndex.candidates`); the caller then computes the exact overlap
-(:func:`dotsd.signal.mitigation.common_targets`) on those only. Two IP prefixes overlap only when
+(:func:`dotsd.signal.scope.common_targets`) on those only. Two IP prefixes overlap only when
 one contains the other, so the candidates of a prefix x are its supernets (one lookup per prefix
 length in use) and the prefixes starting inside x (a range of a sorted list). Names are compared
 as ``common_targets`` compares them: FQDNs case-insensitively without a trailing dot, URIs and
@@ -28,7 +28,7 @@ __all__ = ["Indexed", "TargetIndex", "fqdn_key"]
 
 
 class Indexed(Protocol):
-    """What the index reads of a scope (:class:`dotsd.signal.mitigation.Scope`)."""
+    """What the index reads of a scope (:class:`dotsd.signal.scope.Scope`)."""
 
     @property
     def networks(self) -> tuple[IPNetwork, ...]: ...
