@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from support.ports import free_port
 
 from dotsd.agents.client import ClientError
 from dotsd.agents.connect import ClientSettings, ConnectError, connect, new_client
@@ -156,21 +157,6 @@ async def test_answers_wait_for_the_commit_and_the_loop_keeps_serving(
         await agent.close()
 
 
-def _free_port() -> int:
-    """A loopback port free for UDP and TCP (bounded tries)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no free port")
-
-
 @pytest.mark.parametrize("transport", ["dtls", "tls"])
 async def test_call_home_is_a_configuration_of_the_same_agents(
         pki: PkiPaths, tmp_path: Path, transport: str) -> None:
@@ -180,7 +166,7 @@ async def test_call_home_is_a_configuration_of_the_same_agents(
     again by the server, and the client's session goes on over the new one."""
     # The client's certificate: one that serverAuth allows too (the client is the TLS server).
     issue_server(pki.directory, "home", force=True)
-    port = _free_port()
+    port = free_port(("127.0.0.1",))
     client_task = asyncio.create_task(connect(ClientSettings(
         "unused", pki=pki.directory, cert="home", transports=(transport,), timeout=10.0,
         listen=("127.0.0.1", port))))

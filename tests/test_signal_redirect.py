@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from support.loopback import ipv6_loopback
+from support.ports import free_port
 
 from dotsd.agents.client import Redirected, SessionMoved, SignalClient
 from dotsd.agents.connect import ClientSettings, new_client
@@ -135,24 +136,6 @@ async def serve(pki: PkiPaths, host: str, port: int, state: Path, *, dtls: bool 
         await agent.close()
 
 
-def _free_port() -> int:
-    """A port free for UDP and TCP on both loopback addresses (bounded tries)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        try:
-            for family, kind, host in ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1"),
-                                       (socket.AF_INET6, socket.SOCK_DGRAM, "::1"),
-                                       (socket.AF_INET6, socket.SOCK_STREAM, "::1")):
-                with socket.socket(family, kind) as probe:
-                    probe.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
-
-
 def make_client(pki: PkiPaths, host: str, port: int, *, dtls: bool = True, tls: bool = True,
                 follow: bool = True, addresses: tuple[str, ...] = ()
                 ) -> tuple[SignalClient, ServerDialer]:
@@ -171,7 +154,7 @@ def make_client(pki: PkiPaths, host: str, port: int, *, dtls: bool = True, tls: 
 async def test_client_follows_redirections(pki: PkiPaths, tmp_path: Path) -> None:
     """A redirects (response and unidirectional notification) to B on ::1; B's redirection
     back to A within five minutes is a loop and is not followed."""
-    port = _free_port()
+    port = free_port()
     state = tmp_path / "state"  # one database: the state synchronization §4.6 assumes
     async with serve(pki, "127.0.0.1", port, state) as a:
         client, dialer = make_client(pki, "127.0.0.1", port)
@@ -211,7 +194,7 @@ async def test_client_follows_redirections(pki: PkiPaths, tmp_path: Path) -> Non
 async def test_request_redirected_to_alternate(pki: PkiPaths, tmp_path: Path) -> None:
     """A mitigation request answered 5.03 is sent to the alternate, where it is created;
     without a redirect hook the 5.03 is an error naming the alternate."""
-    port = _free_port()
+    port = free_port()
     async with serve(pki, "127.0.0.1", port, tmp_path / "a") as a, \
             serve(pki, "127.0.0.2", port, tmp_path / "b") as b:
         a.server.redirect(Redirection("localhost", ("127.0.0.2",), 0))
@@ -240,7 +223,7 @@ async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -
     """UDP is black-holed (a socket that never answers): TLS starts after the attempt delay
     and wins well before a DTLS handshake would time out; the outcome is cached; once DTLS
     answers again, the probe moves the session to it."""
-    port = _free_port()
+    port = free_port()
     hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     hole.bind(("127.0.0.1", port))
     try:
@@ -316,7 +299,7 @@ async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -
 async def test_happy_eyeballs_ipv4_when_ipv6_refuses(pki: PkiPaths, tmp_path: Path) -> None:
     """The server 'localhost' is configured with ::1 and 127.0.0.1; only IPv4 serves: DTLS
     over IPv6 is refused, DTLS over IPv4 wins (before TLS over IPv6 is tried)."""
-    port = _free_port()
+    port = free_port()
     async with serve(pki, "127.0.0.1", port, tmp_path / "s"):
         client, dialer = make_client(pki, "localhost", port, addresses=("127.0.0.1", "::1"))
         try:
@@ -328,7 +311,7 @@ async def test_happy_eyeballs_ipv4_when_ipv6_refuses(pki: PkiPaths, tmp_path: Pa
 
 @pytest.mark.network
 async def test_nothing_listening_is_a_dial_error(pki: PkiPaths) -> None:
-    port = _free_port()
+    port = free_port()
     client, dialer = make_client(pki, "127.0.0.1", port)
     dialer.timeout = 1.0
     try:
