@@ -400,3 +400,51 @@ async def test_psk_client_commands(pki: PkiPaths, tmp_path: Path) -> None:
         key_file.write_text("ab" * 32)
         code, _, err = await cli(*psk, "status")
         assert code == 3, err
+
+
+@pytest.mark.network
+async def test_mitigate_asks_no_mids_it_knows_and_reports_a_lost_201_as_created(
+        pki: PkiPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dotsd client mitigate` without --mid: the 'mid' file knows the last one, so the PUT
+    goes first, with no GET of the client's mitigations before it (a round trip that can be
+    lost during an attack); and a new 'mid' answered 2.04 (its 2.01 was lost, a repetition
+    found the request created) is reported as created."""
+    from dotsd.agents.connect import ClientSettings, new_client
+    from dotsd.cli.client import MID_FILE, Session, op_mitigate
+
+    async with serve(pki, "127.0.0.1", 0, tmp_path / "server") as agent:
+        seen: list[tuple[str, int]] = []
+        answer = agent.server.serve
+
+        def counting(resource: str, req: Any) -> Any:
+            seen.append((resource, int(req.message.code)))
+            return answer(resource, req)
+
+        monkeypatch.setattr(agent.server, "serve", counting)
+        client = new_client(ClientSettings("127.0.0.1", agent.port, pki=pki.directory,
+                                           transports=("dtls",), heartbeat=(0.0, 3)))
+        await client.start()
+        try:
+            mids = MidFile(tmp_path / "client" / MID_FILE)
+            session = Session(client, client.dialer, mids, f"127.0.0.1:{agent.port}")  # type: ignore[arg-type]
+            scope = {"target-prefix": ["2001:db8:6401::9/128"], "lifetime": 600}
+            first = await op_mitigate(session, {"scope": scope})  # a new state directory:
+            assert seen == [("mitigate", 1), ("mitigate", 3)]  # GET, then PUT
+            seen.clear()
+            second = await op_mitigate(session, {"scope": scope})
+            assert seen == [("mitigate", 3)]  # the PUT alone
+            assert (first.data["mid"], second.data["mid"]) == (1, 2)
+
+            put = client.mitigate
+
+            async def lost_201(scope: Any, mid: int | None = None) -> Any:
+                await put(scope, mid=mid)  # created; pretend its 2.01 never came back
+                return await put(scope, mid=mid)  # the repetition: 2.04
+
+            monkeypatch.setattr(client, "mitigate", lost_201)
+            third = await op_mitigate(session, {"scope": scope})
+            assert third.data["code"] == "2.04" and third.data["result"] == "created"
+            again = await op_mitigate(session, {"scope": scope, "mid": 3})
+            assert again.data["result"] == "updated"  # an existing 'mid' given: an update
+        finally:
+            await client.close()

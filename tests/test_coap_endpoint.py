@@ -431,3 +431,34 @@ def test_fuzz_mutated_datagrams_into_endpoint() -> None:
         ep.handle_timer(i * 0.001)
     assert garbage_peers > 1000
     assert all(p[0] != "garbage" for p in ep._peers)
+
+
+def drive(ep: CoapEndpoint, until: float) -> list[Message]:
+    """Fire the endpoint's timers up to ``until``; what it sent meanwhile."""
+    sent = [m for _, m in ep.messages_to_send()]
+    for _ in range(1000):
+        due = ep.get_timer()
+        if due is None or due > until:
+            break
+        ep.handle_timer(due)
+        sent += [m for _, m in ep.messages_to_send()]
+    return sent
+
+
+def test_a_request_given_up_frees_its_nstart_slot() -> None:
+    """RFC 7252 §4.7: a CON request that timed out or was cancelled is not retransmitted any
+    more and does not hold the peer's NSTART slot: the next request goes at once (it used to
+    wait for the dead one's 30-45 s of retransmissions)."""
+    ep = CoapEndpoint()  # NSTART 1; the peer never answers
+    lost = ep.send_request("p", get("/lost"), 0.0, timeout=2.0)
+    assert [m.uri_path for m in drive(ep, 2.0)] == [("lost",)]  # its deadline comes first
+    assert isinstance(ep.next_event(), RequestFailed) and lost.done
+    ep.send_request("p", get("/next"), 2.0)
+    sent = drive(ep, 2.0)
+    assert [m.uri_path for m in sent] == [("next",)]  # at once
+    later = drive(ep, 60.0)
+    assert ("lost",) not in [m.uri_path for m in later]  # the dead one is not retransmitted
+    cancelled = ep.send_request("p", get("/cancelled"), 60.0)
+    assert drive(ep, 60.0) == []  # queued behind /next, which is still retransmitted
+    ep.cancel(cancelled, 60.0)
+    assert cancelled.done

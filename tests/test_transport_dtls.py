@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import socket
 from typing import Any
@@ -221,6 +222,40 @@ async def test_connect_timeout_when_nobody_answers(cctx: DtlsContext) -> None:
         # the attempt ended at its timeout: not at the handshake's own deadline (60 s),
         # nor at dtls_connect's backstop one second later (two more ClientHellos).
         assert received == 3
+
+
+async def test_an_abandoned_dial_leaves_no_unretrieved_exception(cctx: DtlsContext) -> None:
+    """A DTLS attempt cancelled while its handshake runs (TLS won the Happy Eyeballs race,
+    RFC 9132 §4.3) ends quietly: asyncio used to report "Future exception was never
+    retrieved ... DtlsHandshakeError" before the client's success line."""
+    reports: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reports.append(context))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as black_hole:
+            black_hole.bind(("127.0.0.1", 0))
+            port = black_hole.getsockname()[1]
+            attempt = asyncio.create_task(
+                dtls_connect(Node(), ("127.0.0.1", port), cctx, timeout=5.0))
+            await wait_until(lambda: _pending(black_hole), STEP, what="the ClientHello")
+            attempt.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await attempt
+            for _ in range(3):
+                await asyncio.sleep(0)
+            gc.collect()  # an unretrieved exception is reported when its future goes away
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert [r.get("message") for r in reports] == []
+
+
+def _pending(sock: socket.socket) -> bool:
+    try:
+        sock.recv(2048, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    return True
 
 
 async def recv(sock: socket.socket) -> bytes:

@@ -128,6 +128,22 @@ def test_tcp_request_response(host: str) -> None:
     run(main())
 
 
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this host")
+def test_tcp_on_any_address_takes_ipv4_too() -> None:
+    """``::`` means every address: an IPv4 client reaches it (asyncio alone makes the socket
+    IPv6-only, and a DOTS client over IPv4 could never fall back to TLS)."""
+    async def main() -> None:
+        server_node, client_node = Node("server"), Node("client")
+        async with await serve(server_node, "::") as server:
+            link = await connect_tcp(client_node, "127.0.0.1", server.port)
+            assert await client_node.get(link, "/v4", b"\x04") == "server:/v4"
+            link6 = await connect_tcp(client_node, "::1", server.port)
+            assert await client_node.get(link6, "/v6", b"\x06") == "server:/v6"
+            link.close()
+            link6.close()
+    run(main())
+
+
 def test_tcp_server_close_takes_links_down() -> None:
     async def main() -> None:
         server_node, client_node = Node("server"), Node("client")

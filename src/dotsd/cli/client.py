@@ -56,7 +56,7 @@ from dotsd.coap.numbers import Code, code_dotted, code_str
 from dotsd.model.errors import ModelError
 from dotsd.signal.client_session import ReturnToProvisioned
 from dotsd.signal.config import Attribute, ConfigSetKind, ServerConfig
-from dotsd.signal.mids import MidStateError
+from dotsd.signal.mids import ROLLOVER_MID, MidStateError
 from dotsd.signal.session import SessionState, StateChanged
 
 if TYPE_CHECKING:
@@ -445,6 +445,18 @@ def _scope_text(scope: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+async def _server_mids(session: Session) -> list[int]:
+    """The active 'mid' values that matter to choose a new one (RFC 9132 §4.4.1.1). The 'mid'
+    file knows the last one used, so the server is asked only when the file knows none (a
+    new state directory) or the rollover point is near (all must be withdrawn to restart
+    at 0): one round trip fewer, that could be lost, before a request under attack."""
+    client = session.client
+    last = session.mids.last(session.server, client.cuid)
+    if last is not None and last < ROLLOVER_MID - 1:
+        return list(client.active_mids)
+    return await _active_mids(session)
+
+
 async def _active_mids(session: Session) -> list[int]:
     try:
         reply = await session.client.status()
@@ -458,13 +470,16 @@ async def _active_mids(session: Session) -> list[int]:
 async def op_mitigate(session: Session, params: dict[str, Any]) -> Outcome:
     client = session.client
     mid = params.get("mid")
+    fresh = mid is None
     if mid is None:
         mid = session.mids.allocate(session.server, client.cuid,
-                                    await _active_mids(session), attack=client.mitigating)
+                                    await _server_mids(session), attack=client.mitigating)
     else:
         session.mids.seen(session.server, client.cuid, mid)
     reply = await client.mitigate(params["scope"], mid=mid)
-    verb = "created" if reply.code == Code.CREATED else "updated"
+    # A new 'mid' answered 2.04: a repetition found the request its lost 2.01 had created
+    # (RFC 9132 §4.4.1): it is still this command that created it.
+    verb = "created" if reply.code == Code.CREATED or fresh else "updated"
     lifetime = reply.lifetime
     granted = ("indefinite" if lifetime == -1 else f"{lifetime} s") if lifetime is not None \
         else "?"

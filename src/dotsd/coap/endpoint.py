@@ -663,7 +663,9 @@ class CoapEndpoint:
                 state.con_queue.append((msg, req))
                 return
             state.con_in_flight += 1
-            self._send_con(state, peer, msg, now).request = req
+            out = self._send_con(state, peer, msg, now)
+            out.request = req
+            req._outgoing = out
             return
         msg.mtype = NON
         msg.mid = state.new_mid()
@@ -726,7 +728,7 @@ class CoapEndpoint:
         if req.observing and seq is not None and is_success(msg.code):
             self._on_notification(req, msg, seq, now)
             return
-        self._finish(req)
+        self._finish(req, now)
         req.response = msg
         if not req._internal:
             self._events.append(ResponseReceived(req, msg, notification=req.observing and
@@ -752,7 +754,7 @@ class CoapEndpoint:
         to come, or when the transfer failed."""
         failure = add_block2(req, msg, blk, self.config.max_body_size)
         if failure is not None:
-            self._fail(req, failure)
+            self._fail(req, failure, now)
             return True
         if blk.more:
             self._fetch_next_block(state, peer, req, blk, now)
@@ -795,7 +797,7 @@ class CoapEndpoint:
             nxt.token = token
         self._transmit_request(state, peer, req, nxt, now)
 
-    def _finish(self, req: ClientRequest) -> None:
+    def _finish(self, req: ClientRequest, now: float | None = None) -> None:
         req.done = True
         for timer in (req._deadline_timer, req._repeat_timer, req._refresh_timer):
             if timer is not None:
@@ -803,14 +805,30 @@ class CoapEndpoint:
         self._requests.pop((req.peer, req.token), None)
         for token in req._alias_tokens:
             self._requests.pop((req.peer, token), None)
+        self._abandon(req, req.sent_at if now is None else now)
+
+    def _abandon(self, req: ClientRequest, now: float) -> None:
+        """A finished request's CON still unacknowledged (it timed out, was cancelled, or its
+        response came separately) is not retransmitted any more and frees its NSTART slot
+        (RFC 7252 §4.7): a lost request must not hold back the ones after it."""
+        out, req._outgoing = req._outgoing, None
+        if out is None:
+            return
+        state = self._peers.get(req.peer)
+        if state is None or state.outgoing.get(out.message.mid) is not out:
+            return  # acknowledged, reset or given up already
+        del state.outgoing[out.message.mid]
+        if out.timer is not None:
+            out.timer.cancel()
+        self._con_finished(state, req.peer, out, now)
 
     def _expire(self, req: ClientRequest, now: float) -> None:
-        self._fail(req, "timeout: no response")
+        self._fail(req, "timeout: no response", now)
 
-    def _fail(self, req: ClientRequest, reason: str) -> None:
+    def _fail(self, req: ClientRequest, reason: str, now: float | None = None) -> None:
         if req.done:
             return
-        self._finish(req)
+        self._finish(req, now)
         if not req._internal:
             self._events.append(RequestFailed(req, reason))
 
@@ -820,7 +838,7 @@ class CoapEndpoint:
         if req.done:
             return
         was_observing = req.observing and req.response is not None
-        self._fail(req, "cancelled")
+        self._fail(req, "cancelled", now)
         if was_observing and deregister and req.peer in self._peers:
             msg = copy_message(req.message)
             msg.set(OptionNumber.OBSERVE, 1)

@@ -101,8 +101,8 @@ class ClientRequest:
     """A request this endpoint sent; its answer arrives as events naming this object."""
 
     __slots__ = ("_alias_tokens", "_block1_body", "_block1_num", "_block1_szx", "_block2_body",
-                 "_deadline_timer", "_internal", "_last_seq", "_last_seq_time", "_refresh_timer",
-                 "_repeat_timer",
+                 "_deadline_timer", "_internal", "_last_seq", "_last_seq_time", "_outgoing",
+                 "_refresh_timer", "_repeat_timer",
                  "attempts", "confirmable", "deadline", "done", "message", "observing",
                  "params", "peer", "repeat", "response", "sent_at", "token")
 
@@ -122,6 +122,7 @@ class ClientRequest:
         self.sent_at = 0.0
         self._internal = False
         self._deadline_timer: TimerEntry | None = None
+        self._outgoing: Outgoing | None = None  # the CON carrying it, until acknowledged
         self._repeat_timer: TimerEntry | None = None
         self._refresh_timer: TimerEntry | None = None
         self._last_seq: int | None = None

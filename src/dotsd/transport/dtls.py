@@ -552,6 +552,11 @@ class DtlsClient(_DtlsProtocol):
             self._transport.close()
 
 
+def _retrieve(future: asyncio.Future[DtlsLink]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 async def dtls_connect(handler: LinkHandler, remote_addr: tuple[str, int] | Address,
                        context: DtlsContext, *, timeout: float = DEFAULT_CONNECT_TIMEOUT,
                        server_hostname: str | None = None,
@@ -584,4 +589,11 @@ async def dtls_connect(handler: LinkHandler, remote_addr: tuple[str, int] | Addr
         return await asyncio.wait_for(asyncio.shield(proto.ready), timeout + 1.0)
     except BaseException:
         proto.abort()
+        ready = proto.ready
+        if ready.done() and not ready.cancelled():
+            # Abandoned (e.g. TLS won the Happy Eyeballs race): its outcome is no news;
+            # retrieved here so that asyncio does not report it as never retrieved.
+            ready.exception()
+        else:
+            ready.add_done_callback(_retrieve)
         raise

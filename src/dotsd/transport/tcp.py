@@ -387,10 +387,33 @@ async def serve_tcp(handler: LinkHandler, host: str | Sequence[str] | None, port
     """
     server = TcpServer(handler, ssl_context, handshake_timeout)
     loop = asyncio.get_running_loop()
-    server._server = await loop.create_server(
-        server._factory, host, port, reuse_port=reuse_port or None, backlog=backlog)
+    if host == "::" and socket.has_ipv6:
+        # "::" means every address, IPv4 too; asyncio would set IPV6_V6ONLY on its socket and
+        # leave IPv4 clients without TLS (the DTLS socket is dual-stack, transport/udp.py).
+        server._server = await loop.create_server(
+            server._factory, sock=_dual_stack_listener(port, reuse_port), backlog=backlog)
+    else:
+        server._server = await loop.create_server(
+            server._factory, host, port, reuse_port=reuse_port or None, backlog=backlog)
     server._addresses = [cast(Address, tuple(s.getsockname())) for s in server._server.sockets]
     return server
+
+
+def _dual_stack_listener(port: int, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to [::]:``port`` that takes IPv4 connections too."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("::", port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def connect_tcp(handler: LinkHandler, host: str, port: int,
