@@ -10,6 +10,7 @@ import io
 import json
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,18 @@ async def _events(proc: asyncio.subprocess.Process, until: str) -> list[dict[str
                 return seen
 
 
+async def _modules_loaded(argv: list[str]) -> set[str]:
+    """The modules a `dotsd` process imports to run ``argv`` (python -X importtime)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-X", "importtime", "-m", "dotsd.cli.main", *argv,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert json.loads(out)["via"] == "dotsd client run"
+    return {line.rsplit("|", 1)[-1].strip() for line in err.decode().splitlines()
+            if line.startswith("import time:")}
+
+
 @pytest.mark.network
 async def test_run_serves_commands_on_its_session(pki: PkiPaths, tmp_path: Path) -> None:
     state = tmp_path / "client"
@@ -210,6 +223,14 @@ async def test_run_serves_commands_on_its_session(pki: PkiPaths, tmp_path: Path)
         cli = Cli(pki, server.port, state)
         made = await cli.json("mitigate", "--target-prefix", "2001:db8::5")
         assert made["via"] == "dotsd client run"  # the warm session, no new handshake
+        # Through the running client a command loads only the command line: no event loop,
+        # no TLS, no CBOR, no YANG (it used to load all of dotsd, ~0.4 s of CPU, before
+        # sending anything; a detector calls it during an attack).
+        loaded = await _modules_loaded([*cli.base, "status", "--json"])
+        heavy = {m for m in loaded if m.split(".")[0] in (
+            "asyncio", "ssl", "cryptography", "OpenSSL", "cbor2", "yangson")
+            or m.startswith(("dotsd.agents", "dotsd.transport", "dotsd.node"))}
+        assert not heavy, sorted(heavy)
         # The run client observes its mitigations and prints the status changes.
         notes = await _events(proc, "attack-successfully-mitigated")
         assert any(m.get("mid") == made["mid"] for n in notes
@@ -410,7 +431,8 @@ async def test_mitigate_asks_no_mids_it_knows_and_reports_a_lost_201_as_created(
     lost during an attack); and a new 'mid' answered 2.04 (its 2.01 was lost, a repetition
     found the request created) is reported as created."""
     from dotsd.agents.connect import ClientSettings, new_client
-    from dotsd.cli.client import MID_FILE, Session, op_mitigate
+    from dotsd.cli.client import MID_FILE
+    from dotsd.cli.client_ops import Session, op_mitigate
 
     async with serve(pki, "127.0.0.1", 0, tmp_path / "server") as agent:
         seen: list[tuple[str, int]] = []

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from dotsd.coap.exchange import EndpointConfig
+from dotsd.defaults import DEFAULT_BIND, DEFAULT_PORT
 from dotsd.mitigate import registry
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigPolicy, ConfigSetKind
 from dotsd.signal.policy import LAB, ClientPolicy, Policy, PolicySet
@@ -31,8 +32,6 @@ __all__ = [
     "ServerSettings",
 ]
 
-DEFAULT_PORT: Final = 4646  # RFC 9132 §4.3 / registries.md: "dots-signal" UDP and TCP
-DEFAULT_BIND: Final = "::"
 TRANSPORTS: Final = ("dtls", "tls")  # RFC 9132 §4.3: DTLS over UDP, TLS over TCP
 # [limits] key -> EndpointConfig field (dotsd.coap.exchange, where each rule is cited)
 LIMIT_FIELDS: Final = {"max-observations": "max_observers_per_peer",

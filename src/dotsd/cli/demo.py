@@ -10,7 +10,6 @@ printed as it happens (``--json``: one report at the end). Exit 0 when all of it
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import sys
@@ -18,19 +17,13 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from dotsd.agents.client import ClientError, Reply
-from dotsd.agents.connect import ClientSettings, new_client
-from dotsd.agents.serve import ServeError, serve
-from dotsd.agents.server import SignalServer
-from dotsd.agents.settings import ServerSettings
 from dotsd.cli import CommandError, Subparsers
-from dotsd.coap.numbers import code_str
-from dotsd.mitigate.base import Feedback
-from dotsd.pki import init_pki
-from dotsd.signal.config import ConfigSetKind
-from dotsd.signal.mitigation import Change
+
+if TYPE_CHECKING:  # the rest of dotsd is loaded when the demo runs, not to parse its options
+    from dotsd.agents.client import Reply
+    from dotsd.agents.server import SignalServer
 
 SCOPE: Final[dict[str, Any]] = {  # RFC 9132 Figure 7, trimmed: a documentation prefix
     "target-prefix": ["2001:db8:6401::1/128"],
@@ -71,6 +64,11 @@ class _Reporter:
 @contextlib.asynccontextmanager
 async def _server(report: _Reporter, directory: Path) -> AsyncIterator[tuple[SignalServer,
                                                                               int]]:
+    from dotsd.agents.serve import ServeError, serve
+    from dotsd.agents.settings import ServerSettings
+    from dotsd.mitigate.base import Feedback
+    from dotsd.signal.mitigation import Change
+
     settings = ServerSettings(bind="127.0.0.1", port=0, pki=directory / "pki",
                               state=directory / "state")
     try:
@@ -100,6 +98,8 @@ async def _server(report: _Reporter, directory: Path) -> AsyncIterator[tuple[Sig
 
 
 async def _next(notes: AsyncIterator[Reply]) -> Reply:
+    import asyncio
+
     try:
         return await asyncio.wait_for(anext(notes), STEP_TIMEOUT)
     except (TimeoutError, StopAsyncIteration):
@@ -107,6 +107,12 @@ async def _next(notes: AsyncIterator[Reply]) -> Reply:
 
 
 async def _demo(args: argparse.Namespace, report: _Reporter, directory: Path) -> None:
+    from dotsd.agents.client import ClientError
+    from dotsd.agents.connect import ClientSettings, new_client
+    from dotsd.coap.numbers import code_str
+    from dotsd.pki import init_pki
+    from dotsd.signal.config import ConfigSetKind
+
     pki = init_pki(directory / "pki")
     report("demo", f"temporary PKI in {pki.directory}: private CA, server and client "
                    "certificates (ECDSA P-256)")
@@ -153,6 +159,8 @@ async def _demo(args: argparse.Namespace, report: _Reporter, directory: Path) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     report = _Reporter(args.json)
     with tempfile.TemporaryDirectory(prefix="dotsd-demo-") as tmp:
         try:

@@ -8,17 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dotsd.cli import EXIT_OK, CommandError, Subparsers, emit
-from dotsd.pki import (
-    DEFAULT_HOSTNAMES,
-    DEFAULT_IPS,
-    PkiError,
-    PkiExistsError,
-    init_pki,
-    issue_client,
-    issue_server,
-    load_certificate,
-    summarize,
-)
 
 
 def register(subparsers: Subparsers) -> None:
@@ -78,6 +67,8 @@ def _add_force(parser: argparse.ArgumentParser) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
+    from dotsd.pki import init_pki
+
     with _pki_errors():
         paths = init_pki(args.directory, force=args.force)
     return _report(args, paths.directory, paths.files(),
@@ -85,12 +76,16 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _issue_client(args: argparse.Namespace) -> int:
+    from dotsd.pki import issue_client
+
     with _pki_errors():
         issued = issue_client(args.directory, args.name, force=args.force)
     return _report(args, issued.directory, issued.files(), [issued.cert])
 
 
 def _show(args: argparse.Namespace) -> int:
+    from dotsd.pki import PkiError, load_certificate
+
     with _pki_errors():
         for path in args.files:
             try:
@@ -101,6 +96,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _issue_server(args: argparse.Namespace) -> int:
+    from dotsd.pki import DEFAULT_HOSTNAMES, DEFAULT_IPS, issue_server
+
     dns, ips = args.dns, args.ip
     if not dns and not ips:
         dns, ips = list(DEFAULT_HOSTNAMES), list(DEFAULT_IPS)
@@ -112,6 +109,8 @@ def _issue_server(args: argparse.Namespace) -> int:
 @contextmanager
 def _pki_errors() -> Iterator[None]:
     """Turn library errors into CLI errors, with the CLI's wording for --force."""
+    from dotsd.pki import PkiError, PkiExistsError
+
     try:
         yield
     except PkiExistsError as exc:
@@ -124,6 +123,8 @@ def _pki_errors() -> Iterator[None]:
 
 def _report(args: argparse.Namespace, directory: Path | None, written: Sequence[Path],
             certs: Sequence[Path]) -> int:
+    from dotsd.pki import load_certificate, summarize
+
     summaries = [(path, summarize(load_certificate(path))) for path in certs]
     data: dict[str, object] = {
         "certificates": [{"path": str(p), **s.to_json()} for p, s in summaries],

@@ -17,27 +17,19 @@ Exit codes: 0 clean stop, 1 start failure (one ``dotsd: error:`` line), 2 usage.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dotsd import _speedups as speedups
-from dotsd.agents.serve import ServeError, ServerAgent, check_pki, make_mitigator, serve
 from dotsd.cli import CommandError, Subparsers, emit
-from dotsd.cli import settings as server_config
-from dotsd.cli.settings import (
-    DEFAULT_BIND,
-    DEFAULT_PORT,
-    ConfigFileError,
-    MitigatorSettings,
-    ServerSettings,
-)
-from dotsd.mitigate import registry
-from dotsd.pki import PkiPaths
+from dotsd.defaults import DEFAULT_BIND, DEFAULT_MITIGATOR, DEFAULT_PORT
+
+if TYPE_CHECKING:  # the rest of dotsd is loaded when the command runs, not to parse it
+    from dotsd.agents.serve import ServerAgent
+    from dotsd.agents.settings import ServerSettings
 
 log = logging.getLogger("dotsd.server")
 
@@ -68,7 +60,7 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--port", type=_port,
                         help=f"UDP and TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument("--mitigator", metavar="NAME",
-                        help=f"mitigator plugin (default {registry.DEFAULT}); the file's "
+                        help=f"mitigator plugin (default {DEFAULT_MITIGATOR}); the file's "
                              "[mitigator] options apply only to the plugin it names")
     parser.add_argument("--no-tls", action="store_true", default=None,
                         help="serve DTLS only (no TLS over TCP)")
@@ -88,6 +80,9 @@ def _port(text: str) -> int:
 def _settings(args: argparse.Namespace) -> ServerSettings:
     """The file's settings (or the defaults) with every flag given on the command line
     applied over them; ``--pki`` and ``--state`` must come from one or the other."""
+    from dotsd.agents.settings import MitigatorSettings, ServerSettings
+    from dotsd.cli import settings as server_config
+    from dotsd.cli.settings import ConfigFileError
     try:
         settings = server_config.load(args.config) if args.config else ServerSettings()
     except ConfigFileError as exc:
@@ -120,6 +115,9 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
 
 def _check(args: argparse.Namespace, settings: ServerSettings) -> int:
     """``--check``: everything that can be validated without listening or writing."""
+    from dotsd.agents.serve import ServeError, check_pki, make_mitigator
+    from dotsd.cli import settings as server_config
+    from dotsd.pki import PkiPaths
     assert settings.pki is not None
     try:
         check_pki(PkiPaths.of(settings.pki))
@@ -145,6 +143,12 @@ def _say(args: argparse.Namespace, text: str, **fields: Any) -> None:
 
 
 async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
+    import asyncio
+
+    from dotsd import _speedups as speedups
+    from dotsd.agents.serve import ServeError, serve
+    from dotsd.cli import settings as server_config
+
     try:
         agent = await serve(settings)
     except ServeError as exc:
@@ -188,6 +192,7 @@ def _reload(args: argparse.Namespace, agent: ServerAgent) -> None:
     """SIGHUP: read the configuration again and apply what can change while serving — the
     policy, the session configuration bounds (for new sessions) and the redirection (RFC 9132
     §4.6); the rest needs a restart. A bad file changes nothing."""
+    from dotsd.cli import settings as server_config
     try:
         new = _settings(args)
     except CommandError as exc:
@@ -205,6 +210,8 @@ def _reload(args: argparse.Namespace, agent: ServerAgent) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     settings = _settings(args)
     if args.check:
         return _check(args, settings)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Final
 
+from dotsd.defaults import DEFAULT_MITIGATOR
 from dotsd.errors import LocalError
 from dotsd.mitigate.base import FeedbackSink, Mitigator, MitigatorError
 
@@ -40,7 +41,7 @@ __all__ = [
 _log = logging.getLogger("dotsd.mitigate")
 
 GROUP: Final = "dotsd.mitigators"
-DEFAULT: Final = "log"
+DEFAULT: Final = DEFAULT_MITIGATOR
 BUILTIN: Final[Mapping[str, str]] = {
     "log": "dotsd.mitigate.log:LogMitigator",
 }

@@ -1,26 +1,7 @@
 """DOTS data model: the signal channel CBOR key table (:mod:`.cbor_keys`), the JSON <-> CBOR
-codec (:mod:`.codec`, RFC 9132 §6) and YANG validation (:mod:`.yang`, imported on demand
-because it loads yangson and the modules).
+codec (:mod:`.codec`, RFC 9132 §6), its errors (:mod:`.errors`) and YANG validation
+(:mod:`.yang`, which loads yangson and the modules).
+
+Submodules are imported explicitly; importing this package loads nothing else (the command
+line reads :mod:`.errors` without paying for the codec).
 """
-
-from dotsd.model.codec import decode, from_cbor, to_cbor
-from dotsd.model.errors import (
-    EncodeError,
-    MalformedError,
-    ModelError,
-    TypeMismatchError,
-    UnknownKeyError,
-    ValidationError,
-)
-
-__all__ = [
-    "EncodeError",
-    "MalformedError",
-    "ModelError",
-    "TypeMismatchError",
-    "UnknownKeyError",
-    "ValidationError",
-    "decode",
-    "from_cbor",
-    "to_cbor",
-]
