@@ -242,11 +242,13 @@ async def test_other_client_cannot_touch(pki: PkiPaths, tmp_path: Path) -> None:
     other = CoapNode()
     lo, _ = cert_links(other, env.server.node, other_cert)
     path = mitigate_path(env.cuid, 123)
-    for msg in (request(Code.GET, path), request(Code.DELETE, path),
-                request(Code.PUT, path, FIG7)):
+    for msg, code in ((request(Code.GET, path), Code.UNAUTHORIZED),
+                      (request(Code.DELETE, path), Code.UNAUTHORIZED),
+                      # RFC 9132 §4.4.1.3, Figure 11: a PUT naming a cuid not its own.
+                      (request(Code.PUT, path, FIG7), Code.CONFLICT)):
         resp = await env.ask(msg, lo, other)
-        assert resp.code == Code.UNAUTHORIZED, msg
-        assert resp.payload  # diagnostic
+        assert resp.code == code, msg
+        assert resp.payload  # diagnostic, or the conflict information
     assert (await env.get(123)).code == Code.CONTENT  # untouched
     # Its own derived cuid works.
     own = mitigate_path(cuid_of(other_cert), 1)

@@ -482,6 +482,9 @@ class ServerCore:
 
     def _heartbeat(self, req: Request, mono: float, wall: float) -> Reply:
         check_heartbeat_path(req.message.uri_path)
+        if not req.message.payload:  # RFC 9132 §4.7: 'peer-hb-status' is mandatory
+            raise SignalError(Code.BAD_REQUEST, "a heartbeat carries 'peer-hb-status' "
+                              "(RFC 9132 §4.7, Figure 27)", rule="RFC 9132 §4.7")
         status = parse_heartbeat_body(_decode(req.message))
         ident = self._authorize(req, mono)[0]
         session = self._session(ident, req, mono)
@@ -600,6 +603,8 @@ class ServerCore:
     def _check_cuid(self, ident: ClientIdentity, cuid: str, method: Code) -> None:
         """The client may only use its own 'cuid' (module docstring)."""
         if self.strict_cuid and cuid != ident.cuid:
+            if method == Code.PUT:  # RFC 9132 §4.4.1.3, Figure 11: a 'cuid' not its own
+                raise collision_error(cuid)
             raise Unauthorized(f"cuid {cuid!r} is not the one derived from the client's "
                                f"credentials ({ident.cuid})", rule="RFC 9132 §4.4.1.1")
         owner = self.bindings.get(cuid)
