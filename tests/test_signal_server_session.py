@@ -83,3 +83,25 @@ def test_moving_to_a_new_link_reapplies_the_parameters() -> None:
     events = drain(session)
     assert session.peer == "link-2"
     assert [type(e) for e in events] == [ParamsChanged]
+
+
+def test_over_tls_a_client_heard_less_often_than_the_interval_is_not_lost() -> None:
+    """Over TLS (heartbeat-interval 15 here), a client whose heartbeats come every 17 s, each
+    answered, used to be declared lost every 17 s, and its trigger-mitigation false requests
+    activated on a live connection (RFC 9132 §4.7: not while its traffic arrives). The server,
+    which sends no heartbeats of its own, now waits 'missing-hb-allowed' intervals of
+    silence, over TLS as over DTLS."""
+    body = {"ietf-dots-signal-channel:signal-config": {
+        "idle-config": {"heartbeat-interval": {"current-value": 15}}}}
+    config = SessionConfig(ConfigPolicy(), reliable=True)
+    config.put(1, body)
+    session = ServerSession(CLIENT, config, "tls-link", 0.0, reliable=True, mitigating=False)
+    drain(session)
+    for t in range(17, 600, 17):
+        session.heard(float(t))
+        assert fire(session, float(t)) == []
+    assert session.state is SessionState.ESTABLISHED
+    silent_from = 595.0
+    allowance = 15 * session.effective().missing_hb_allowed
+    assert fire(session, silent_from + allowance - 1) == []
+    assert [e.new for e in fire(session, silent_from + allowance)] == [SessionState.LOST]

@@ -30,7 +30,8 @@ Counting rules, as read from RFC 9132:
 * 'heartbeat-interval' 0 disables the mechanism (§4.5.1): nothing is sent or checked;
 * over a reliable transport (TCP/TLS), 'missing-hb-allowed' is not negotiated (§4.5) and the
   sender "has to allow up to 'heartbeat-interval' seconds when waiting for a heartbeat reply"
-  (§4.7): one reply missing after that long is a failure.
+  (§4.7): one reply missing after that long is a failure. A pure observer waits for no reply:
+  it keeps the 'missing-hb-allowed' span of silence there too.
 """
 
 from __future__ import annotations
@@ -209,8 +210,13 @@ class HeartbeatMonitor:
 
     @property
     def threshold(self) -> int:
-        """Missing heartbeats that exhaust the allowance (1 over a reliable transport)."""
-        return 1 if self.reliable else self._missing_allowed
+        """Missing heartbeats that exhaust the allowance: 1 for a sender waiting for its
+        reply over a reliable transport (RFC 9132 §4.7: "allow up to 'heartbeat-interval'
+        seconds when waiting for a heartbeat reply"), else 'missing-hb-allowed'. A pure
+        observer (a server not sending heartbeats) waits for no reply: over TCP too, the
+        session is lost only after 'missing-hb-allowed' intervals without any traffic (the
+        client paces its own heartbeats; a silence of one interval proves nothing)."""
+        return 1 if self.reliable and self._sending else self._missing_allowed
 
     @property
     def missed(self) -> int:
