@@ -685,3 +685,25 @@ async def test_a_client_over_its_request_rate_gets_503(pki: PkiPaths) -> None:
     assert (await env.ask(request(Code.GET, own), lo, other)).code == Code.NOT_FOUND
     env.clock.now += 1.0
     assert (await env.put(2)).code == Code.CREATED
+
+
+async def test_configuration_has_a_max_age_and_can_be_observed(pki: PkiPaths) -> None:
+    """RFC 9132 §4.5.3: configuration responses carry a Max-Age (else every client refreshes
+    each 60 s), and "if an Observe Option set to 0 is included in the configuration request,
+    the DOTS server sends notifications of any configuration change"."""
+    env = make_env(pki)
+    obs = env.client.observe(env.link, request(Code.GET, config_path()), timeout=TIMEOUT)
+    first = await obs.next(TIMEOUT)
+    assert first.code == Code.CONTENT and first.max_age == 3600
+    assert first.observe is not None  # registered
+    body = {"ietf-dots-signal-channel:signal-config": {
+        "idle-config": {"heartbeat-interval": {"current-value": 90}}}}
+    assert (await env.ask(request(Code.PUT, config_path(1), body))).code == Code.CREATED
+    note = await obs.next(TIMEOUT)
+    idle = from_cbor(note.payload)["ietf-dots-signal-channel:signal-config"]["idle-config"]
+    assert idle["heartbeat-interval"]["current-value"] == 90
+    assert (await env.ask(request(Code.DELETE, config_path(1)))).code == Code.DELETED
+    back = await obs.next(TIMEOUT)
+    idle = from_cbor(back.payload)["ietf-dots-signal-channel:signal-config"]["idle-config"]
+    assert idle["heartbeat-interval"]["current-value"] == 30  # the defaults again (§4.5.4)
+    obs.cancel()

@@ -39,6 +39,7 @@ from dotsd.model import yang
 from dotsd.node import CoapNode
 from dotsd.signal.config import CONFIG_PATH, ConfigPolicy
 from dotsd.signal.heartbeat import HEARTBEAT_PATH
+from dotsd.signal.identity import client_identity
 from dotsd.signal.lifecycle import MitigationEvent
 from dotsd.signal.mitigation import AliasCheck, Change, ConflictPolicy, MitigationTable
 from dotsd.signal.policy import LAB, Policy, PolicySet
@@ -58,6 +59,7 @@ from dotsd.signal.server_core import (
     SetParams,
     cbor_response,
     collision_error,
+    config_key,
     error_message,
     no_data_channel,
     observe_key,
@@ -207,7 +209,8 @@ class SignalServer:
         self.site = self.node.site
         self.site.add("/" + "/".join(MITIGATE_PATH), _CoreResource(self, "mitigate", True),
                       prefix=True)
-        self.site.add("/" + "/".join(CONFIG_PATH), _CoreResource(self, "config"), prefix=True)
+        self.site.add("/" + "/".join(CONFIG_PATH), _CoreResource(self, "config", True),
+                      prefix=True)
         self.site.add("/" + "/".join(HEARTBEAT_PATH), _CoreResource(self, "hb"), prefix=True)
         self._timer: asyncio.TimerHandle | None = None  # the one timer, while running
         self._running = False
@@ -470,5 +473,8 @@ class _CoreResource(Resource):
         return self.server.serve(self.name, request)
 
     def observe_key(self, request: IncomingRequest) -> Hashable:
+        if self.name == "config":  # RFC 9132 §4.5.3: the client's configuration
+            ident = client_identity(request.peer)
+            return config_key(ident.cuid if ident is not None else "")
         # RFC 9132 §4.4.2.1: one mitigation (Figure 13) or all of the client's (Figure 12).
         return observe_key(request.message)

@@ -627,8 +627,8 @@ def describe(settings: ServerSettings) -> list[str]:
         lines.append(f"session-config {kind.value.removesuffix('-config')}: "
                      + ", ".join(_range(bounds, attr) for attr in Attribute)
                      + ("" if bounds.allow_heartbeat_disable else "; heartbeats always on"))
-    lines.append("session-config max-age "
-                 + ("(not sent)" if session.max_age is None else f"{session.max_age} s"))
+    lines.append(f"session-config max-age {session.response_max_age} s"
+                 + (" (default)" if session.max_age is None else ""))
     endpoint = settings.endpoint
     lines.append(f"limits per peer: {endpoint.max_observers_per_peer} observations, "
                  f"{endpoint.max_uploads_per_peer} block-wise uploads holding at most "

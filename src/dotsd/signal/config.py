@@ -225,6 +225,9 @@ class ConfigBounds:
         return self.minimum.get(attr) <= value <= self.maximum.get(attr)
 
 
+DEFAULT_CONFIG_MAX_AGE: Final = 3600  # s: clients refresh hourly, not every minute (§4.5.3)
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigPolicy:
     """The server's operator-settable configuration policy, one :class:`ConfigBounds` per set
@@ -233,8 +236,15 @@ class ConfigPolicy:
     mitigating: ConfigBounds = field(default_factory=ConfigBounds)
     idle: ConfigBounds = field(default_factory=ConfigBounds)
     max_age: int | None = None
-    """Max-Age (s) to send with configuration responses (RFC 9132 §4.5.3 SHOULD; None: omit).
-    0 is NOT RECOMMENDED; 2**32-1 means an infinite lifetime."""
+    """Max-Age (s) to send with configuration responses (RFC 9132 §4.5.3: SHOULD be returned;
+    "RECOMMENDED ... in GET responses", else clients refresh every 60 s); None: the default,
+    :data:`DEFAULT_CONFIG_MAX_AGE`. 0 is NOT RECOMMENDED; 2**32-1 means an infinite
+    lifetime."""
+
+    @property
+    def response_max_age(self) -> int:
+        """The Max-Age configuration responses carry."""
+        return DEFAULT_CONFIG_MAX_AGE if self.max_age is None else self.max_age
 
     def bounds(self, kind: ConfigSetKind) -> ConfigBounds:
         return self.mitigating if kind is ConfigSetKind.MITIGATING else self.idle

@@ -104,6 +104,7 @@ __all__ = [
     "Request",
     "ServerCore",
     "SetParams",
+    "config_key",
     "error_message",
     "no_data_channel",
     "observe_key",
@@ -279,6 +280,12 @@ def _decode(msg: Message) -> dict[str, Any]:
         return codec.from_cbor(msg.payload)
     except ModelError as exc:
         raise from_model_error(exc) from None
+
+
+def config_key(cuid: str) -> Hashable:
+    """What a GET of ``/config`` with Observe observes: the client's configuration
+    (RFC 9132 §4.5.3: "notifications of any configuration change")."""
+    return ("config", cuid)
 
 
 def observe_key(message: Message) -> Hashable:
@@ -457,8 +464,7 @@ class ServerCore:
         sid, session = self._config_session(req, mono)
         body = session.config.get(sid)  # RFC 9132 §4.5.1 discovery / §4.5.2 with 'sid'
         msg = cbor_response(Code.CONTENT, body)
-        if self.config_policy.max_age is not None:  # RFC 9132 §4.5.3
-            msg.add(OptionNumber.MAX_AGE, self.config_policy.max_age)
+        msg.add(OptionNumber.MAX_AGE, self.config_policy.response_max_age)  # RFC 9132 §4.5.3
         return Reply(msg)
 
     def _put_config(self, req: Request, mono: float, wall: float) -> Reply:
@@ -503,6 +509,8 @@ class ServerCore:
             session = self.sessions.get(keep.identity)
             if session is not None:
                 self._apply_session_params(session, mono, force=True)
+                # RFC 9132 §4.5.3: observers of the configuration are told of any change.
+                self._events.append(Notify((config_key(keep.cuid),), session.config.get()))
 
     def lost(self, keep: Keep) -> None:
         """``keep`` could not be stored: the agent reloads the state from the store; a
