@@ -320,6 +320,27 @@ def test_block2_large_response() -> None:
     assert len([m for m in net.sent["a"] if m.code == Code.GET]) == 3
 
 
+def test_block2_parts_carry_one_etag_and_the_client_echoes_it() -> None:
+    """RFC 9132 §4.4.2: a response sent block-wise carries an ETag in every block (RFC 7959
+    §2.4: the same one), and the client sends it back when asking for the later blocks."""
+    body = bytes(range(256)) * 12
+    net = Net()
+    echo_server(net, body)
+    net.eps["a"].send_request("b", get("/big"), 0.0)
+    net.run(20.0)
+    assert responses(net)[0].response.payload == body
+    blocks = [m for m in net.sent["b"] if m.code == Code.CONTENT]
+    tags = {m.opt(OptionNumber.ETAG) for m in blocks}
+    assert len(blocks) == 3 and len(tags) == 1 and None not in tags
+    later = [m for m in net.sent["a"] if m.code == Code.GET][1:]
+    assert [m.opt(OptionNumber.ETAG) for m in later] == [tags.pop()] * 2
+    echo_server(net, body + b"!")  # another representation: another ETag
+    net.eps["a"].send_request("b", get("/big"), net.now)
+    net.run(net.now + 20.0)
+    assert len({m.opt(OptionNumber.ETAG) for m in net.sent["b"]
+                if m.code == Code.CONTENT}) == 2
+
+
 def test_block2_with_smaller_size_asked() -> None:
     body = b"z" * 300
     net = Net()

@@ -16,6 +16,7 @@ Sans-IO: ``now`` is an argument; time is the endpoint's timer heap.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Hashable, Mapping
@@ -200,6 +201,11 @@ class BlockwiseServer:
             response.options = None
             return
         if num == 0 and len(body) > size:
+            if response.opt(OptionNumber.ETAG) is None:
+                # RFC 9132 §4.4.2: a body sent block-wise carries an ETag, the same in every
+                # block (RFC 7959 §2.4), so that a client can tell the parts of one
+                # representation from those of the next (statuses change between blocks).
+                response.set(OptionNumber.ETAG, entity_tag(body))
             full = copy_message(response)
             full.remove(OptionNumber.OBSERVE)
             self._keep_block2(state, exchange.peer, resource_key(req), full, now)
@@ -308,11 +314,20 @@ def add_block2(req: ClientRequest, response: Message, blk: Block,
     return None
 
 
-def next_block2_request(req: ClientRequest, blk: Block) -> Message:
+def next_block2_request(req: ClientRequest, blk: Block, etag: bytes | None = None
+                        ) -> Message:
     """The request for the Block2 part after ``blk`` (RFC 7959 §2.4): the request again,
-    without Observe or payload."""
+    without Observe or payload, with the ETag of the parts so far (RFC 9132 §4.4.2: "The
+    DOTS client MUST include the same ETag value in subsequent GET requests")."""
     nxt = copy_message(req.message)
     nxt.remove(OptionNumber.OBSERVE)
     nxt.payload = b""
     nxt.set(OptionNumber.BLOCK2, Block(blk.num + 1, False, blk.szx).encode())
+    if etag is not None:
+        nxt.set(OptionNumber.ETAG, etag)
     return nxt
+
+
+def entity_tag(body: bytes) -> bytes:
+    """An ETag (RFC 7252 §5.10.6, 1-8 opaque bytes) for a representation: its digest."""
+    return hashlib.blake2s(body, digest_size=8).digest()

@@ -757,7 +757,7 @@ class CoapEndpoint:
             self._fail(req, failure, now)
             return True
         if blk.more:
-            self._fetch_next_block(state, peer, req, blk, now)
+            self._fetch_next_block(state, peer, req, blk, now, msg.opt(OptionNumber.ETAG))
             return True
         return False
 
@@ -787,8 +787,8 @@ class CoapEndpoint:
             self._events.append(ResponseReceived(req, msg, notification=not first))
 
     def _fetch_next_block(self, state: PeerState, peer: Hashable, req: ClientRequest,
-                          blk: Block, now: float) -> None:
-        nxt = next_block2_request(req, blk)
+                          blk: Block, now: float, etag: bytes | None = None) -> None:
+        nxt = next_block2_request(req, blk, etag)
         if req.observing:
             # Fetch the rest of a notification under a token of its own (RFC 7959 §2.6).
             token = self.new_token(peer)
