@@ -85,15 +85,26 @@ def test_with_estimate_one_per_rtt_at_most() -> None:
     est = RttEstimator(min_rto=0.0)
     est.sample(0.5)
     policy = MitigationRepeatPolicy(est)
-    assert policy.delay(0) == pytest.approx(0.5 + 4 * 0.25)
+    assert policy.delay(0) == pytest.approx(0.5)  # one per (smoothed) RTT
     # The endpoint's own (larger) RTT is never undercut.
     assert policy.delay(0, rtt=3.5) == pytest.approx(3.5)
-    # A steady RTT makes RTTVAR shrink; the interval never falls below SRTT.
-    for _ in range(200):
-        est.sample(0.5)
+    est.sample(1.5)
     delay = policy.delay(0)
-    assert delay is not None and est.srtt is not None and delay >= est.srtt
-    assert policy.delay(0) == pytest.approx(0.5 + est.granularity, abs=1e-6)
+    assert delay is not None and est.srtt is not None and delay == pytest.approx(est.srtt)
+
+
+def test_repeats_follow_the_rtt_not_the_one_second_rto() -> None:
+    """RFC 9132 §4.4 allows one NON request per RTT on average: at a 50 ms RTT that is 20 a
+    second, and at 75 % loss each way every try counts (a round trip then succeeds 6 % of the
+    time: 5 tries give 27 %, 80 give 99 %). The RTO (never under 1 s, RFC 6298 §2.4) used to
+    pace the repetitions, one a second."""
+    est = RttEstimator()  # the RFC 6298 minimum RTO of 1 s
+    for _ in range(10):
+        est.sample(0.05)
+    assert est.rto == 1.0
+    policy = MitigationRepeatPolicy(est, min_interval=0.02)
+    assert policy.delay(0) == pytest.approx(0.05)
+    assert sum(1 for _ in range(100) if policy.delay(_) == pytest.approx(0.05)) == 100
 
 
 def test_endpoint_rtt_used_without_own_estimate() -> None:
@@ -125,10 +136,10 @@ def test_probing_rate_is_ignored() -> None:
 
 def test_repeats_with_endpoint_in_fake_time() -> None:
     """Unanswered NON request: repeated every 3 s without an estimate; with an estimate from
-    heartbeats, once per RTO."""
-    for est, expected in ((None, 3.0), (RttEstimator(), 1.0)):
+    heartbeats, once per RTT."""
+    for est, expected in ((None, 3.0), (RttEstimator(), 0.1)):
         if est is not None:
-            est.sample(0.1)  # RTO rounds up to RFC 6298's 1 s minimum
+            est.sample(0.1)  # one per RTT, not per RTO (RFC 6298's 1 s minimum)
         ep = CoapEndpoint()
         msg = Message(code=Code.PUT, payload=b"{}").set_path("/.well-known/dots/mitigate")
         ep.send_request("srv", msg, 0.0, confirmable=False, timeout=30.0,

@@ -116,12 +116,12 @@ SessionLostHook = Callable[[str], object]
 RedirectHook = Callable[[Redirection], tuple[bool, str]]
 """Asked whether to follow a redirection (RFC 9132 §4.6); answers (follow, reason)."""
 
-MIN_REPEAT_INTERVAL: Final = 0.25
+MIN_REPEAT_INTERVAL: Final = 0.05
 """Least time between two sends of one unanswered NON mitigation request. RFC 9132 §4.4 caps
-the rate at one datagram per RTT; the RTT a fresh session knows is that of a cheap exchange
-(well under a millisecond on a LAN), while the server needs longer to answer a mitigation
-request (validation, a durable commit): repeating at the bare RTT sent each request ten
-times over loopback and would multiply a busy server's load during an attack."""
+the rate at one datagram per RTT; the RTT a fresh session knows may be that of a cheap
+exchange (well under a millisecond on a LAN), while the server needs a few milliseconds to
+answer a mitigation request (validation, a durable commit): without a floor each request went
+out ten times over loopback. 50 ms keeps one per RTT on a WAN (20 a second at a 50 ms RTT)."""
 
 
 # ---------------------------------------------------------------------------------------------

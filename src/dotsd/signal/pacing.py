@@ -12,8 +12,8 @@ and SHOULD use an even less aggressive rate whenever possible (case 2 in Section
   trips (:meth:`dotsd.signal.heartbeat.HeartbeatMonitor.on_heartbeat_response` returns the
   sample) and from earlier unambiguous exchanges (Karn's rule, RFC 6298 §3).
 * :class:`MitigationRepeatPolicy` — a :data:`dotsd.coap.exchange.RepeatPolicy`: the delay
-  before repeating an unanswered NON request. With an estimate it is the estimator's RTO
-  (never below the smoothed RTT, so at most one repetition per RTT); without one, 3 s or more.
+  before repeating an unanswered NON request. With an estimate it is the smoothed RTT (one
+  repetition per RTT, what RFC 9132 §4.4 allows on average); without one, 3 s or more.
   Unlike the endpoint's default policy it never looks at the probing rate.
 """
 
@@ -97,9 +97,9 @@ class MitigationRepeatPolicy:
     ``max_repeats`` is set; by default the request repeats until answered or until the
     endpoint's deadline).
 
-    The interval is, with an RTT estimate, ``estimator.rto`` — or the endpoint's own smoothed
-    RTT (the ``rtt`` argument) when the estimator has none — never below that RTT nor below
-    ``min_interval``, so no more than one repetition per RTT. Without any estimate it is
+    The interval is, with an RTT estimate, the estimator's smoothed RTT — or the endpoint's
+    own (the ``rtt`` argument) when the estimator has none — never below the endpoint's RTT
+    nor below ``min_interval``: one repetition per RTT, no more. Without any estimate it is
     ``no_estimate_interval`` (at least 3 s; choose more to be "even less aggressive").
     ``backoff`` > 1 multiplies the interval per repetition (capped by ``max_interval``); the
     default 1.0 keeps the "regular intervals" of RFC 9132 §4.4. The message size and the
@@ -137,9 +137,10 @@ class MitigationRepeatPolicy:
         floor = max(self.min_interval, rtt or 0.0)  # never more than one per RTT
         est = self.estimator
         if est is not None and est.srtt is not None:
-            rto = est.rto
-            assert rto is not None
-            return max(rto, est.srtt, floor)
+            # RFC 9132 §4.4: "not more than one UDP datagram per RTT ... on average": the
+            # smoothed RTT, not the RTO (RFC 6298's 1 s floor made it one a second, 20 times
+            # fewer tries than allowed at 50 ms, when every try counts under loss).
+            return max(est.srtt, floor)
         if rtt is not None and rtt > 0:
             return floor
         return max(self.no_estimate_interval, self.min_interval)
