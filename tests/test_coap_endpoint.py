@@ -483,3 +483,27 @@ def test_a_request_given_up_frees_its_nstart_slot() -> None:
     assert drive(ep, 60.0) == []  # queued behind /next, which is still retransmitted
     ep.cancel(cancelled, 60.0)
     assert cancelled.done
+
+
+def test_a_request_ignored_gets_only_its_empty_ack() -> None:
+    """A request the application ignores (RFC 9132 §4.4.3 "silently ignored"): a CON one gets
+    an empty ACK so that it is not retransmitted, a duplicate the same ACK again (RFC 7252
+    §4.5); a NON one gets nothing."""
+    ep = CoapEndpoint()
+    con = Message(mtype=MessageType.CON, code=Code.PUT, mid=7, token=b"t").set_path("/x")
+    ep.receive_datagram("p", codec.encode(con), 0.0)
+    ev = ep.next_event()
+    assert isinstance(ev, RequestReceived)
+    ep.ignore(ev.exchange, 0.0)
+    [(_, ack)] = ep.messages_to_send()
+    assert (ack.mtype, ack.code, ack.mid, ack.payload) == (MessageType.ACK, 0, 7, b"")
+    ep.receive_datagram("p", codec.encode(con), 1.0)  # its retransmission
+    assert ep.next_event() is None
+    assert [(m.mtype, m.code, m.mid) for _, m in ep.messages_to_send()] == [
+        (MessageType.ACK, 0, 7)]
+    non = Message(mtype=MessageType.NON, code=Code.PUT, mid=8, token=b"u").set_path("/x")
+    ep.receive_datagram("p", codec.encode(non), 2.0)
+    ev = ep.next_event()
+    assert isinstance(ev, RequestReceived)
+    ep.ignore(ev.exchange, 2.0)
+    assert ep.messages_to_send() == []

@@ -20,7 +20,7 @@ from dotsd.coap.message import Message
 from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
 from dotsd.link import LinkHandler, cuid_from_psk_identity, make_peer_info, spki_sha256
 from dotsd.model.codec import from_cbor, to_cbor
-from dotsd.node import CoapNode, Observation
+from dotsd.node import CoapNode, Observation, RequestError
 from dotsd.pki import PkiPaths, load_certificate
 from dotsd.signal.config import config_path
 from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
@@ -214,9 +214,11 @@ async def test_observe_efficacy_withdraw(pki: PkiPaths) -> None:
     resp = await env.ask(update)
     assert resp.code == Code.CHANGED, resp.payload
     assert entry(resp)["lifetime"] == 3600
-    # Unknown mid with If-Match: not created.
+    # Unknown mid with If-Match: "silently ignored" (RFC 9132 §4.4.3): no answer, nothing made.
     update.set_path("/".join(mitigate_path(env.cuid, 5)))
-    assert (await env.ask(update)).code == Code.PRECONDITION_FAILED
+    with pytest.raises(RequestError, match="timeout"):
+        await env.client.request(env.link, update, timeout=0.5)
+    assert env.server.table.lookup(env.cuid, 5) is None
 
     # Withdraw: 2.02, status 5 (active but terminating), then removal (§4.4.4).
     resp = await env.ask(request(Code.DELETE, mitigate_path(env.cuid, 123)))

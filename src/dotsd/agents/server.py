@@ -201,7 +201,7 @@ class SignalServer:
         self.clock = clock  # wall: mitigation lifetimes and times on the wire only
         self.monotonic = monotonic  # sessions and heartbeats (RFC 9132 §4.7): NTP cannot step it
         self._listeners: list[ChangeHook] = [] if on_change is None else [on_change]
-        self._writes: set[asyncio.Task[Message]] = set()
+        self._writes: set[asyncio.Task[Message | None]] = set()
         self.core = ServerCore(mono=monotonic(), policy=policy, config_policy=config_policy,
                                conflict_policy=conflict_policy, strict_cuid=strict_cuid,
                                alias_check=alias_check, **self._stored())
@@ -284,7 +284,8 @@ class SignalServer:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def serve(self, resource: str, req: IncomingRequest) -> Message | Awaitable[Message]:
+    def serve(self, resource: str, req: IncomingRequest
+              ) -> Message | Awaitable[Message | None] | None:
         """Answer a request through the core: at once when nothing is to be kept, else once
         it is kept (an awaitable when the writer thread keeps it)."""
         reply = self.core.handle(resource, Request(req.message, req.peer, req.link),
@@ -311,7 +312,7 @@ class SignalServer:
         self._pump()
         return None
 
-    async def _keep_then(self, keep: Keep, response: Message) -> Message:
+    async def _keep_then(self, keep: Keep, response: Message | None) -> Message | None:
         assert self.writer is not None
         try:
             await self.writer.submit(_work(keep, self.clock()))
@@ -469,7 +470,7 @@ class _CoreResource(Resource):
         self.name = name
         self.observable = observable
 
-    def handle(self, request: IncomingRequest) -> Message | Awaitable[Message]:
+    def handle(self, request: IncomingRequest) -> Message | Awaitable[Message | None] | None:
         return self.server.serve(self.name, request)
 
     def observe_key(self, request: IncomingRequest) -> Hashable:

@@ -476,6 +476,22 @@ class CoapEndpoint:
             response.mid = state.new_mid()
             self._out.append((peer, response))
 
+    def ignore(self, exchange: Exchange, now: float) -> None:
+        """Answer nothing (a request the application must "silently ignore", e.g. RFC 9132
+        §4.4.3): a CON request still gets its empty ACK, so that the peer stops
+        retransmitting it (RFC 7252 §4.2), and so does a duplicate of it (§4.5)."""
+        if exchange.responded:
+            raise codec.LocalProtocolError("request already answered")
+        exchange.responded = True
+        req = exchange.request
+        state = self._peers.get(exchange.peer)
+        if state is None or state.reliable or req.mtype != CON or exchange.acked:
+            return
+        ack = Message(ACK, 0, req.mid)
+        self._out.append((exchange.peer, ack))
+        if exchange._dedup is not None:
+            exchange._dedup.response = ack
+
     # --- Observe, server side (RFC 7641 §4) --------------------------------------------
     def observers(self, key: Hashable) -> list[Hashable]:
         """The peers observing ``key``."""

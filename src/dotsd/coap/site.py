@@ -19,7 +19,8 @@ from dotsd.coap.numbers import Code
 if TYPE_CHECKING:
     from dotsd.link import Link, PeerInfo
 
-Reply = Message | Awaitable[Message]
+Reply = Message | None | Awaitable[Message | None]
+"""The response, or None to answer nothing (the request is silently ignored)."""
 
 
 @dataclass(slots=True)

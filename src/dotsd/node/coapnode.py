@@ -343,6 +343,9 @@ class CoapNode:
             self.endpoint.respond(exchange, error_response(
                 Code.INTERNAL_SERVER_ERROR, f"internal error: {type(exc).__name__}"), now)
             return
+        if reply is None:  # silently ignored (an empty ACK for a CON request)
+            self.endpoint.ignore(exchange, now)
+            return
         if not isinstance(reply, Message) and inspect.isawaitable(reply):
             task = asyncio.ensure_future(self._finish_async(resource, request, reply))
             self._tasks.add(task)
@@ -354,7 +357,7 @@ class CoapNode:
             self._answer(resource, request, reply, now)
 
     async def _finish_async(self, resource: Any, request: IncomingRequest,
-                            reply: Awaitable[Message]) -> None:
+                            reply: Awaitable[Message | None]) -> None:
         try:
             response = await reply
         except Exception as exc:
@@ -363,7 +366,10 @@ class CoapNode:
                                       f"internal error: {type(exc).__name__}")
         if request.exchange.responded:
             return
-        self._answer(resource, request, response, self.loop.time())
+        if response is None:
+            self.endpoint.ignore(request.exchange, self.loop.time())
+        else:
+            self._answer(resource, request, response, self.loop.time())
         self._pump()
 
     def _answer(self, resource: Any, request: IncomingRequest, response: Message,

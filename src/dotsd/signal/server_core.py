@@ -169,9 +169,10 @@ Keep = KeepChanges | KeepConfig | ForgetConfig
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The response to send, once ``keep`` (if any) is durably stored."""
+    """The response to send, once ``keep`` (if any) is durably stored (None: answer nothing,
+    the request is silently ignored)."""
 
-    response: Message
+    response: Message | None
     keep: Keep | None = None
 
 
@@ -424,9 +425,10 @@ class ServerCore:
         outcome = self.table.put(uri.cuid, uri.mid, None, body, wall, identity=ident.identity,
                                  if_match=if_match, policy=policy)
         if isinstance(outcome, Ignored):
-            # RFC 9132 §4.4.3 "silently ignored"; a CoAP request still gets an answer: the
-            # precondition failed (RFC 7252 §5.10.8.1).
-            raise SignalError(Code.PRECONDITION_FAILED, outcome.reason)
+            # RFC 9132 §4.4.3: an efficacy update (If-Match) for a 'mid' the server does not
+            # have "is silently ignored": no answer (a CON one gets its empty ACK).
+            log.info("%s ignored: %s", msg.path_str, outcome.reason)
+            return Reply(None)
         self.bindings.setdefault(uri.cuid, ident.identity)  # kept with the changes
         return Reply(cbor_response(outcome.code, outcome.body),
                      KeepChanges(tuple(outcome.changes), (uri.cuid, ident.identity)))
