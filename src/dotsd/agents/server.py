@@ -294,7 +294,7 @@ class SignalServer:
         if keep is None:
             self._pump()
             return reply.response
-        if self.writer is None or self.store is None:
+        if self.writer is None:
             failure = self._keep_now(keep)
             return reply.response if failure is None else failure
         return self._keep_then(keep, reply.response)
@@ -308,8 +308,7 @@ class SignalServer:
                     _work(keep, wall)(self.store)
             except (Collision, StoreError) as exc:
                 return self._failed(keep, exc)
-        self.core.kept(keep, self.monotonic(), self.clock())
-        self._pump()
+        self._publish(keep)
         return None
 
     async def _keep_then(self, keep: Keep, response: Message | None) -> Message | None:
@@ -319,9 +318,13 @@ class SignalServer:
         except (Collision, StoreError) as exc:
             await self.writer.drain()  # the writes queued before it are done
             return self._failed(keep, exc)
+        self._publish(keep)
+        return response
+
+    def _publish(self, keep: Keep) -> None:
+        """``keep`` is stored: the core publishes it, the events are carried out."""
         self.core.kept(keep, self.monotonic(), self.clock())
         self._pump()
-        return response
 
     def _failed(self, keep: Keep, exc: Exception) -> Message:
         """A write failed: memory goes back to what the store holds (nothing that was not
@@ -373,12 +376,12 @@ class SignalServer:
     def _persist(self, keep: KeepChanges) -> None:
         """Keep timer, mitigator or notification changes, then publish them (nobody waits
         for an answer: with a writer, the write is queued)."""
-        if self.writer is None or self.store is None:
+        if self.writer is None:
             failure = self._keep_now(keep)
             if failure is not None:
                 log.error("%d change(s) not kept", len(keep.changes))
             return
-        task = asyncio.get_running_loop().create_task(self._keep_then(keep, Message()))
+        task = asyncio.get_running_loop().create_task(self._keep_then(keep, None))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -44,8 +43,6 @@ EXIT_UNREACHABLE: Final = 3
 EXIT_REFUSED: Final = 4
 CONTROL_SOCKET: Final = "client.sock"
 MID_FILE: Final = "mids.json"
-
-log = logging.getLogger("dotsd.client")
 
 PROTOCOLS: Final = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132,
                     "dccp": 33, "gre": 47, "esp": 50, "ah": 51}

@@ -605,7 +605,10 @@ class CoapEndpoint:
             state.rtt_sample(now - out.sent_at)  # Karn: only unambiguous samples
         self._con_finished(state, peer, out, now)
         req = out.request
-        if req is None or req.done:
+        if req is None:
+            return
+        req._outgoing = None  # acknowledged: nothing left to abandon
+        if req.done:
             return
         if msg.code == 0:
             return  # empty ACK: a separate response will follow (RFC 7252 §5.2.2)

@@ -158,7 +158,6 @@ class ClientSession:
         self._next_delay = redial_delay
         self._return_at: float | None = None  # the redirection's end, while on an alternate
         self._probe_at: float | None = None
-        self._now = now
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -208,7 +207,6 @@ class ClientSession:
         ``redirect_until``: the end of the redirection the link's server was reached by
         (RFC 9132 §4.6; None: the provisioned server, or no end); ``tls_fallback``: TLS was
         used although DTLS is configured (RFC 9132 §4.3: DTLS is probed again later)."""
-        self._now = now
         self._reliable = reliable
         self._change(SessionEvent.LINK_UP, "link up")
         self.lost_reason = None
@@ -355,7 +353,6 @@ class ClientSession:
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
-        self._now = now
         if self.state is SessionState.LOST:
             if self._redial_at is not None and now >= self._redial_at:
                 self._start_redial("redial")
