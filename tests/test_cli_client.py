@@ -136,6 +136,11 @@ async def test_commands(pki: PkiPaths, tmp_path: Path) -> None:
         # 'mid' values keep increasing across runs: the next one is 3.
         third = await cli.json("mitigate", "--target-prefix", "198.51.100.7")
         assert third["mid"] == 3
+        # Each run left its RTT and Happy Eyeballs winner for the next (dotsd.agents.paths).
+        paths = json.loads((tmp_path / "client" / "paths.json").read_text())
+        (entry,) = paths["servers"].values()
+        assert 0 < entry["srtt"] < 1 and entry["winner"]["transport"] == "dtls"
+        assert (tmp_path / "client" / "paths.json").stat().st_mode & 0o077 == 0
 
 
 @pytest.mark.network

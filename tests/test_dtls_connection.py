@@ -545,6 +545,42 @@ def test_timers_from_rtt(cctx: DtlsContext) -> None:
     assert timer is not None and 0.5 < timer <= 1.0  # OpenSSL's own 1 s timer
 
 
+def test_handshake_round_trip_sets_the_later_timers(cctx: DtlsContext,
+                                                    sctx: DtlsContext) -> None:
+    """A flight answered without retransmission is a round-trip sample (Karn's rule): the
+    next flights start at max(2 RTT, floor) instead of 1 s; a resent flight gives none."""
+    jar = CookieJar(b"j" * 32)
+    addr = ("192.0.2.1", 999)
+    client = DtlsConnection(cctx, 0.0, server_hostname="localhost")
+    (hello,) = client.datagrams_to_send()
+    check = jar.check(hello, addr, 0.025)
+    assert check.reply is not None
+    client.receive_datagram(check.reply, 0.06)  # HelloVerifyRequest after 60 ms
+    assert client.rtt == pytest.approx(0.06)
+    assert client.get_timer() == pytest.approx(0.06 + 0.12)  # 2 RTT, not 1 s
+    hello2 = client.datagrams_to_send()
+    check = jar.check(hello2[0], addr, 0.085)
+    assert check.hello is not None
+    server = DtlsConnection(sctx, 0.085, cookie=check.hello.cookie)
+    server.receive_datagram(hello2[0], 0.085)
+    flight = server.datagrams_to_send()
+    assert server.get_timer() == pytest.approx(0.085 + 1.0)  # no sample yet
+    client.handle_timer(0.18)  # the server's flight is late: the client resends its own
+    assert client.datagrams_to_send() == hello2
+    for d in flight:
+        client.receive_datagram(d, 0.2)
+    assert client.rtt == pytest.approx(0.06)  # the resent flight gave no sample
+    for d in client.datagrams_to_send():
+        server.receive_datagram(d, 0.25)
+    assert server.rtt == pytest.approx(0.165)
+    untuned = DtlsConnection(cctx, 0.0, server_hostname="localhost",
+                             timers=HandshakeTimers(learn_rtt=False))
+    untuned.receive_datagram(jar.check(untuned.datagrams_to_send()[0], addr, 0.0).reply
+                             or b"", 0.06)
+    assert untuned.rtt == pytest.approx(0.06)
+    assert untuned.get_timer() == pytest.approx(1.06)
+
+
 def test_lost_server_flight_is_resent_when_the_client_repeats(cctx: DtlsContext,
                                                               sctx: DtlsContext) -> None:
     """RFC 6347 §4.2.4: a retransmitted ClientHello tells the server its flight was lost;
@@ -659,13 +695,18 @@ def test_handshakes_complete_under_heavy_loss_in_fake_time(cctx: DtlsContext,
     n = 40
     fast = [lossy_handshake(cctx, sctx, seed, HandshakeTimers.from_rtt(0.02))
             for seed in range(n)]
-    slow = [lossy_handshake(cctx, sctx, seed, HandshakeTimers()) for seed in range(n)]
+    learning = [lossy_handshake(cctx, sctx, seed, HandshakeTimers()) for seed in range(n)]
+    slow = [lossy_handshake(cctx, sctx, seed, HandshakeTimers(learn_rtt=False))
+            for seed in range(n)]
     done_fast = sum(t is not None for t in fast)
+    done_learning = sum(t is not None for t in learning)
     done_slow = sum(t is not None for t in slow)
-    print(f"within 5 s at 50% loss: {done_fast}/{n} (initial 0.1 s), "
-          f"{done_slow}/{n} (initial 1 s)")
+    print(f"within 5 s at 50% loss: {done_fast}/{n} (initial 0.1 s), {done_learning}/{n} "
+          f"(initial 1 s, then from the measured RTT), {done_slow}/{n} (1 s throughout)")
     assert done_fast >= n // 2
     assert done_fast >= 2 * done_slow
+    # The round trip measured on the first flight sets the timers of the later ones.
+    assert done_learning >= done_slow * 3 // 2
     assert all(t is not None for t in (lossy_handshake(cctx, sctx, s, HandshakeTimers.from_rtt(
         0.02), loss=0.0) for s in range(3)))
 

@@ -18,7 +18,14 @@ from support.ports import free_port
 
 from dotsd.agents.client import Redirected, SessionMoved, SignalClient
 from dotsd.agents.connect import ClientSettings, new_client
-from dotsd.agents.dial import AttemptCache, Candidate, DialError, ServerDialer, order_candidates
+from dotsd.agents.dial import (
+    CACHED_HEAD_START,
+    AttemptCache,
+    Candidate,
+    DialError,
+    ServerDialer,
+    order_candidates,
+)
 from dotsd.agents.serve import ServerAgent
 from dotsd.agents.serve import serve as serve_agent
 from dotsd.agents.settings import MitigatorSettings, ServerSettings
@@ -292,6 +299,95 @@ async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -
                 await client.close()
     finally:
         hole.close()
+
+
+def record_attempts(dialer: ServerDialer) -> list[tuple[str, str]]:
+    """How each of ``dialer``'s attempts ends, in order."""
+    ended: list[tuple[str, str]] = []
+    attempt = dialer._attempt
+
+    async def recorded(cand: Candidate, server_name: str) -> Link:
+        try:
+            link = await attempt(cand, server_name)
+        except asyncio.CancelledError:
+            ended.append((cand.transport, "cancelled"))
+            raise
+        except Exception as exc:
+            ended.append((cand.transport, f"failed: {exc!r}"))
+            raise
+        ended.append((cand.transport, "up"))
+        return link
+
+    dialer._attempt = recorded  # type: ignore[method-assign]
+    return ended
+
+
+@pytest.mark.network
+async def test_cached_winner_does_not_hold_back_the_race(pki: PkiPaths, tmp_path: Path) -> None:
+    """DTLS won and is cached (RFC 9132 §4.3); then UDP is black-holed. The redial tries DTLS
+    first and alone for a head start, then TLS joins the race and wins, long before the
+    DTLS attempt's own timeout (5 s); the DTLS handshake measured a round trip."""
+    port = free_port()
+    async with serve(pki, "127.0.0.1", port, tmp_path / "s"):
+        client, dialer = make_client(pki, "127.0.0.1", port)
+        try:
+            await asyncio.wait_for(client.start(), 10)
+            assert dialer.current == Candidate("dtls", "127.0.0.1", port)
+            assert client.link is not None and client.link.info.rtt is not None
+            assert 0 < client.link.info.rtt < 1.0
+        finally:
+            await client.close()
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hole.bind(("127.0.0.1", port))
+    try:
+        async with serve(pki, "127.0.0.1", port, tmp_path / "s", dtls=False):
+            again, redialer = make_client(pki, "127.0.0.1", port)
+            redialer.cache = dialer.cache
+            ended = record_attempts(redialer)
+            loop = asyncio.get_running_loop()
+            try:
+                started = loop.time()
+                await asyncio.wait_for(again.start(), 10)
+                took = loop.time() - started
+                assert ended == [("tls", "up"), ("dtls", "cancelled")], ended
+                assert redialer.current == Candidate("tls", "127.0.0.1", port)
+                assert CACHED_HEAD_START <= took < redialer.timeout
+            finally:
+                await again.close()
+    finally:
+        hole.close()
+
+
+@pytest.mark.network
+async def test_rtt_hint_sets_the_first_handshake_timer(pki: PkiPaths) -> None:
+    """With an RTT estimate the ClientHello is resent after 2 RTT (RFC 6347 §4.2.4.1 asks for
+    1 s only without one): a server that never answers sees it three times in 0.5 s
+    (0, 0.1, 0.3 s) instead of once."""
+    seen: dict[str, int] = {}
+    for label, hint in (("hint", 0.05), ("none", None)):
+        hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        hole.bind(("127.0.0.1", 0))
+        hole.setblocking(False)
+        port = hole.getsockname()[1]
+        try:
+            client, dialer = make_client(pki, "127.0.0.1", port, tls=False)
+            dialer.rtt = lambda hint=hint: hint  # type: ignore[misc]
+            dialer.timeout = 0.5
+            try:
+                with pytest.raises(DialError):
+                    await asyncio.wait_for(client.start(), 5)
+            finally:
+                await client.close()
+            count = 0
+            with contextlib.suppress(BlockingIOError):
+                for _ in range(100):
+                    hole.recv(4096)
+                    count += 1
+            seen[label] = count
+        finally:
+            hole.close()
+    assert seen["none"] == 1, seen
+    assert seen["hint"] >= 3, seen
 
 
 @pytest.mark.network

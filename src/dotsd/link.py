@@ -44,6 +44,9 @@ class PeerInfo:
     certificate: x509.Certificate | None = None
     psk_identity: bytes | None = None
     spki_sha256: bytes | None = field(default=None, compare=False)
+    # A round trip measured while the link came up (the DTLS handshake), seconds: a first
+    # RTT estimate for what runs over the link.
+    rtt: float | None = field(default=None, compare=False)
 
     @property
     def reliable(self) -> bool:
@@ -64,9 +67,9 @@ def spki_sha256(cert: x509.Certificate) -> bytes:
 
 def make_peer_info(address: Address, transport: str, initiator: bool,
                    certificate: x509.Certificate | None = None,
-                   psk_identity: bytes | None = None) -> PeerInfo:
+                   psk_identity: bytes | None = None, rtt: float | None = None) -> PeerInfo:
     return PeerInfo(address, transport, initiator, certificate, psk_identity,
-                    spki_sha256(certificate) if certificate is not None else None)
+                    spki_sha256(certificate) if certificate is not None else None, rtt)
 
 
 class Link(Protocol):

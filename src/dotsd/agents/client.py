@@ -480,6 +480,10 @@ class SignalClient:
         self.link = link
         dialer = self.dialer
         now = self._now()
+        if link.info.rtt is not None and not self.estimator.has_estimate:
+            # RFC 9132 §4.4: a first RTT estimate (the handshake's) paces the repetitions of
+            # the first requests, instead of one every 3 s.
+            self.estimator.sample(link.info.rtt)
         self.session.link_up(
             now, reliable=link.info.reliable,
             redirect_until=dialer.redirect_expiry() if dialer is not None else None,

@@ -121,7 +121,8 @@ def new_client(settings: ClientSettings) -> SignalClient:
     client.use_dialer(ServerDialer(client.node, settings.host, settings.port, dtls=dtls,
                                    tls=tls, addresses=settings.addresses,
                                    timeout=settings.timeout,
-                                   attack=lambda: client.mitigating))
+                                   attack=lambda: client.mitigating,
+                                   rtt=lambda: client.estimator.srtt))
     return client
 
 

@@ -12,7 +12,8 @@ RFC 9132 §4.3 rules applied:
   failed; the first link up wins and the others are abandoned;
 * "the DOTS client MUST cache information regarding the outcome of each connection attempt for
   a specific time period ... on the order of few minutes (e.g., 10 min)": within that time a
-  redial tries the winner first, alone, and races the others only if it fails;
+  redial tries the winner first, alone for ``CACHED_HEAD_START`` (1 s), then races the others
+  behind it (at once if it fails);
 * a session that fell back to TLS probes DTLS again, at most every 5 minutes ("MUST NOT be
   done more frequently than every 5 minutes"): the
   :class:`~dotsd.signal.client_session.ClientSession` times it, :meth:`ServerDialer.probe_dtls`
@@ -57,6 +58,10 @@ TRANSPORTS: Final[tuple[Transport, ...]] = ("dtls", "tls")
 DEFAULT_ATTEMPT_DELAY: Final = 0.25  # RFC 8305 §5: recommended Connection Attempt Delay
 ATTACK_ATTEMPT_DELAY: Final = 0.1  # RFC 9132 §4.3: "during an attack ... 100 ms"
 CACHE_TIME: Final = 600.0  # RFC 9132 §4.3: "e.g., 10 min"
+# The cached winner is tried first and alone for this long, then the other candidates join
+# the race (one Connection Attempt Delay apart): a path that worked a minute ago is not
+# "thrashed", but a DTLS handshake stuck in loss does not hold TLS back for a whole timeout.
+CACHED_HEAD_START: Final = 1.0
 
 
 class DialError(PeerError, ConnectionError):
@@ -120,15 +125,20 @@ class AttemptCache:
     def forget(self, server: str) -> None:
         self._winners.pop(server, None)
 
+    def entries(self) -> dict[str, tuple[Candidate, float]]:
+        """What is cached: server → (winner, when), on the caller's clock."""
+        return dict(self._winners)
+
 
 Attempt = Callable[[Candidate], Coroutine[Any, Any, Link]]
 
 
-async def race(candidates: Sequence[Candidate], attempt: Attempt, delay: float
-               ) -> tuple[Candidate, Link]:
+async def race(candidates: Sequence[Candidate], attempt: Attempt, delay: float,
+               first_delay: float | None = None) -> tuple[Candidate, Link]:
     """Happy Eyeballs (RFC 8305 §5, RFC 9132 §4.3): start the attempts in order, the next one
-    ``delay`` seconds after the previous or as soon as it failed; the first link up wins, the
-    others are cancelled (a link that still comes up is closed). Raises :class:`DialError`."""
+    ``delay`` seconds after the previous (``first_delay`` after the first, when given) or as
+    soon as it failed; the first link up wins, the others are cancelled (a link that still
+    comes up is closed). Raises :class:`DialError`."""
     if not candidates:
         raise DialError("?", [])
     loop = asyncio.get_running_loop()
@@ -138,10 +148,13 @@ async def race(candidates: Sequence[Candidate], attempt: Attempt, delay: float
     winner: tuple[Candidate, Link] | None = None
     try:
         while winner is None and (queue or pending):
+            wait = delay
             if queue:
+                if first_delay is not None and len(queue) == len(candidates):
+                    wait = first_delay
                 cand = queue.pop(0)
                 pending[loop.create_task(attempt(cand))] = cand
-            done, _ = await asyncio.wait(pending, timeout=delay if queue else None,
+            done, _ = await asyncio.wait(pending, timeout=wait if queue else None,
                                          return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 cand = pending.pop(task)
@@ -194,14 +207,17 @@ class ServerDialer:
     check;
     ``dtls``/``tls``: the client's contexts (None leaves that transport out); ``timeout``: per
     attempt; ``attack``: a callable telling whether an attack is ongoing (shorter attempt
-    delay, redirection kept past its TTL).
+    delay, redirection kept past its TTL); ``rtt``: a callable giving the client's smoothed
+    RTT to the server, if it has one: the DTLS handshake's first retransmission timeout is
+    then 2 RTT instead of the blind 1 s (RFC 6347 §4.2.4.1).
     """
 
     def __init__(self, node: LinkHandler, host: str, port: int, *,
                  dtls: DtlsContext | None, tls: ssl.SSLContext | None,
                  addresses: Sequence[str] = (), timeout: float = 10.0,
                  attack: Callable[[], bool] = lambda: False,
-                 cache: AttemptCache | None = None) -> None:
+                 cache: AttemptCache | None = None,
+                 rtt: Callable[[], float | None] = lambda: None) -> None:
         if dtls is None and tls is None:
             raise ValueError("at least one of DTLS and TLS is needed")
         self.node = node
@@ -212,6 +228,7 @@ class ServerDialer:
         self.tls = tls
         self.timeout = timeout
         self.attack = attack
+        self.rtt = rtt
         self.cache = cache if cache is not None else AttemptCache()
         self.redirects = RedirectState(host)
         self.current: Candidate | None = None
@@ -257,19 +274,17 @@ class ServerDialer:
             return await self._attempt(cand, name)
 
         cached = self.cache.lookup(key, now)
-        winner: tuple[Candidate, Link] | None = None
+        first_delay: float | None = None
         if cached is not None and cached in candidates:
-            try:  # RFC 9132 §4.3: the cached outcome avoids "thrashing the network"
-                winner = (cached, await attempt(cached))
-            except Exception as exc:
-                log.info("cached candidate %s failed (%s); racing all", cached, _reason(exc))
-                self.cache.forget(key)
-        if winner is None:
-            try:
-                winner = await race(candidates, attempt, delay)
-            except DialError as exc:
-                raise DialError(name, failures + exc.failures) from None
-        cand, link = winner
+            # RFC 9132 §4.3: the cached outcome goes first, alone for a while, to avoid
+            # "thrashing the network"; the race goes on behind it if it is slow.
+            candidates = [cached, *(c for c in candidates if c != cached)]
+            first_delay = max(delay, CACHED_HEAD_START)
+        try:
+            cand, link = await race(candidates, attempt, delay, first_delay)
+        except DialError as exc:
+            self.cache.forget(key)
+            raise DialError(name, failures + exc.failures) from None
         now = self._now()
         self.cache.remember(key, cand, now)
         self.redirects.contacted(name, now)
@@ -284,11 +299,15 @@ class ServerDialer:
         from dotsd.transport.tcp import connect_tcp
 
         if cand.transport == "dtls":
+            from dotsd.dtls.connection import HandshakeTimers
+
             assert self.dtls is not None
             session = self._sessions.get(cand)
+            rtt = self.rtt()
             link = await dtls_connect(self.node, (cand.address, cand.port), self.dtls,
                                       timeout=self.timeout, server_hostname=server_name,
-                                      session=session)
+                                      session=session, timers=None if rtt is None
+                                      else HandshakeTimers.from_rtt(rtt))
             if link.session is not None:
                 self._sessions[cand] = link.session  # RFC 9132 §7.2: resumption on redial
             return link

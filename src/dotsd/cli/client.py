@@ -43,6 +43,7 @@ EXIT_UNREACHABLE: Final = 3
 EXIT_REFUSED: Final = 4
 CONTROL_SOCKET: Final = "client.sock"
 MID_FILE: Final = "mids.json"
+PATH_FILE: Final = "paths.json"
 
 PROTOCOLS: Final = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132,
                     "dccp": 33, "gre": 47, "esp": 50, "ah": 51}

@@ -32,12 +32,14 @@ from dotsd.agents.client import (
 from dotsd.agents.connect import ClientSettings, ConnectError, new_client
 from dotsd.agents.dial import DialError, ServerDialer
 from dotsd.agents.mids import MidFile
+from dotsd.agents.paths import PathMemory
 from dotsd.cli import EXIT_USAGE, CommandError
 from dotsd.cli.client import (
     CONTROL_SOCKET,
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
     MID_FILE,
+    PATH_FILE,
     PROTOCOLS,
     REQUEST_KEYS,
     Outcome,
@@ -152,6 +154,12 @@ async def open_session(args: argparse.Namespace, *, heartbeats: bool) -> AsyncIt
     assert client.dialer is not None
     session = Session(client, client.dialer, MidFile(_state_dir(args) / MID_FILE),
                       f"{settings.host}:{settings.port}")
+    # The RTT and Happy Eyeballs outcome of earlier runs: a cold start paces its handshake
+    # and its requests from them (dotsd.agents.paths).
+    paths = PathMemory(_state_dir(args) / PATH_FILE)
+    loop = asyncio.get_running_loop()
+    paths.restore(session.server, client.estimator, client.dialer, wall=time.time(),
+                  mono=loop.time())
     try:
         try:
             await client.start()
@@ -161,6 +169,8 @@ async def open_session(args: argparse.Namespace, *, heartbeats: bool) -> AsyncIt
             raise
         yield session
     finally:
+        paths.save(session.server, client.estimator, client.dialer, wall=time.time(),
+                   mono=loop.time())
         await client.close()
 
 

@@ -86,6 +86,9 @@ class HandshakeTimers:
     # Keep the doubled timeout for the next flight after a loss (RFC 6347 §4.2.4.1 SHOULD).
     # Off by default: under heavy loss it stretches every later flight (see tests).
     keep_backoff: bool = False
+    # Measure the round trip of each flight answered without a retransmission and start the
+    # later flights at max(2 RTT, floor) (see DtlsConnection._rtt_sample).
+    learn_rtt: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.initial <= self.maximum:
@@ -170,12 +173,12 @@ class DtlsConnection:
 
     __slots__ = (
         "_answered_seq", "_context", "_deadline", "_early", "_events", "_final_flight",
-        "_final_until", "_flight", "_last_sent_at", "_listen_pending", "_mode", "_mtu",
-        "_offload", "_ossl_timer_at", "_our_max_msg_seq", "_out", "_peer_max_seq", "_prot",
-        "_retention", "_retransmitted", "_rto", "_sent_epoch1", "_ssl", "_state", "_timer_at",
-        "_timers", "_write_seq1", "certificate", "cipher", "close_reason", "expected_cookie",
-        "psk_identity", "psk_identity_seen", "resumed", "retransmissions", "server_side",
-        "session",
+        "_final_until", "_flight", "_flight_at", "_last_sent_at", "_listen_pending", "_mode",
+        "_mtu", "_offload", "_ossl_timer_at", "_our_max_msg_seq", "_out", "_peer_max_seq",
+        "_prot", "_resent", "_retention", "_retransmitted", "_rto", "_sent_epoch1", "_ssl",
+        "_state", "_timer_at", "_timers", "_write_seq1", "certificate", "cipher",
+        "close_reason", "expected_cookie", "psk_identity", "psk_identity_seen", "resumed",
+        "retransmissions", "rtt", "server_side", "session",
     )
 
     def __init__(self, context: DtlsContext, now: float, *, cookie: bytes | None = None,
@@ -200,7 +203,9 @@ class DtlsConnection:
         self._deadline = now + self._timers.deadline
         self._ossl_timer_at: float | None = None
         self._retransmitted = False  # the current flight was sent more than once
+        self._resent = False  # ... by our timer or because the peer repeated its own
         self._last_sent_at = now
+        self._flight_at: float | None = None  # when the current flight was first sent
         self._flight: list[bytes] = []
         self._our_max_msg_seq = -1  # highest message_seq we sent (epoch 0)
         self._peer_max_seq = -1  # highest message_seq received from the peer (epoch 0)
@@ -220,6 +225,7 @@ class DtlsConnection:
         self.session: SSL.Session | None = None
         self.close_reason: str | None = None
         self.retransmissions = 0
+        self.rtt: float | None = None  # the smallest unambiguous handshake round trip
 
         ssl = SSL.Connection(context.ssl_context)
         ssl.set_app_data(self)
@@ -482,6 +488,8 @@ class DtlsConnection:
             self._close(f"handshake failed: {ssl_error_reason(exc)}")
             return
         datagrams, new_flight = self._collect()
+        if new_flight or done:
+            self._rtt_sample(now)
         if datagrams:
             self._out.extend(datagrams)
             self._last_sent_at = now
@@ -497,12 +505,14 @@ class DtlsConnection:
                 # a flight gets through without loss.
                 if not (self._retransmitted and self._timers.keep_backoff):
                     self._rto = self._timers.initial
-                self._retransmitted = False
+                self._retransmitted = self._resent = False
                 self._flight = datagrams
+                self._flight_at = now
                 self._answered_seq = self._peer_max_seq
                 self._timer_at = now + self._rto
             elif any(d[0] == CT_HANDSHAKE for d in datagrams):
                 self._flight = datagrams  # OpenSSL resent the flight itself
+                self._resent = True
         if self._mode is Retransmit.OPENSSL and not done:
             timeout = ssl.DTLSv1_get_timeout()
             self._ossl_timer_at = None if timeout is None else now + float(timeout)
@@ -559,10 +569,25 @@ class DtlsConnection:
         self._out.extend(datagrams)
         self.retransmissions += 1
         self._last_sent_at = now
+        self._resent = True
         if not by_peer:
             self._retransmitted = True
             self._rto = min(self._rto * 2.0, self._timers.maximum)
         self._timer_at = now + self._rto
+
+    def _rtt_sample(self, now: float) -> None:
+        """The peer answered our current flight. If that flight went out once, the time
+        since is a round trip (Karn's rule, RFC 6298 §3; the peer's processing included):
+        the flights still to come start at max(2 RTT, floor) instead of the blind default
+        (RFC 6347 §4.2.4.1 asks for 1 s only "initially")."""
+        if self._flight_at is None or self._resent:
+            return
+        sample = now - self._flight_at
+        self._flight_at = None
+        if self.rtt is None or sample < self.rtt:
+            self.rtt = sample
+            if self._mode is Retransmit.DOTSD and self._timers.learn_rtt:
+                self._timers = self._timers.with_rtt(sample)
 
     def _run_openssl_timer(self, ssl: SSL.Connection) -> list[bytes] | None:
         """Let OpenSSL handle its timer; the datagrams it made, or None if it failed."""
@@ -582,6 +607,7 @@ class DtlsConnection:
             return
         if datagrams:
             self.retransmissions += 1
+            self._resent = True
             self._out.extend(datagrams)
         timeout = ssl.DTLSv1_get_timeout()
         self._ossl_timer_at = None if timeout is None else now + float(timeout)

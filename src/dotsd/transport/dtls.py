@@ -175,7 +175,8 @@ class _DtlsProtocol(DatagramProtocolBase, abc.ABC):
 
     def _handshake_done(self, peer: _Peer, event: HandshakeCompleted) -> None:
         info = make_peer_info(peer.addr, "dtls", self._initiator,
-                              certificate=event.certificate, psk_identity=event.psk_identity)
+                              certificate=event.certificate, psk_identity=event.psk_identity,
+                              rtt=peer.conn.rtt)
         link = DtlsLink(self, peer, info)
         peer.link = link
         self._link_up(peer, link)

@@ -1,0 +1,114 @@
+"""What a DOTS client learnt of the path to its server, kept across runs.
+
+A one-shot ``dotsd client mitigate`` starts a new session, often in the middle of an attack.
+Two things learnt by earlier runs make that cold start faster, within the rules:
+
+* the smoothed RTT (RFC 9132 §4.4: with "an RTT estimate" Non-confirmable requests may be
+  repeated once per RTT instead of once every 3 s; RFC 6347 §4.2.4.1: the DTLS handshake's
+  first retransmission timeout then starts at 2 RTT instead of the blind 1 s). Kept
+  :data:`RTT_TTL` (a day): the path to a provisioned server changes little, and a too-short
+  value only costs a few early retransmissions, doubled away;
+* the outcome of the last Happy Eyeballs (RFC 9132 §4.3: "the DOTS client MUST cache
+  information regarding the outcome of each connection attempt ... (e.g., 10 min)"), so that
+  a new process also tries the winner first. Kept as long as the dialer's cache
+  (:data:`~dotsd.agents.dial.CACHE_TIME`).
+
+The file is :class:`~dotsd.agents.statefile.JsonStateFile` (0600, atomic, locked); its times
+are wall-clock times, turned into the loop's clock when loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from dotsd.agents.dial import CACHE_TIME, TRANSPORTS, Candidate, ServerDialer
+from dotsd.agents.statefile import JsonStateFile, StateFileError
+from dotsd.signal.pacing import RttEstimator
+
+__all__ = ["RTT_TTL", "PathMemory"]
+
+log = logging.getLogger("dotsd.client.paths")
+
+RTT_TTL: Final = 86400.0
+_MAX_RTT: Final = 60.0  # anything above is not an RTT worth starting from
+
+
+@dataclass(frozen=True, slots=True)
+class _Clocks:
+    wall: float
+    mono: float
+
+    def to_mono(self, wall: float) -> float:
+        return self.mono - (self.wall - wall)
+
+
+class PathMemory:
+    """Per server ("HOST:PORT"), in ``path``: its RTT and its Happy Eyeballs winner."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = JsonStateFile(path, lambda: {"servers": {}},
+                                   lambda d: isinstance(d.get("servers"), dict))
+
+    def restore(self, server: str, estimator: RttEstimator, dialer: ServerDialer, *,
+                wall: float, mono: float) -> None:
+        """Seed ``estimator`` and ``dialer``'s cache with what is still fresh. A damaged or
+        unreadable file is logged and ignored: it only ever saves time."""
+        try:
+            entry = self._file.read()["servers"].get(server)
+        except StateFileError as exc:
+            log.warning("path memory ignored: %s", exc)
+            return
+        if not isinstance(entry, dict):
+            return
+        clocks = _Clocks(wall, mono)
+        rtt, at = _number(entry.get("srtt")), _number(entry.get("srtt_at"))
+        if (rtt is not None and at is not None and 0 < rtt <= _MAX_RTT
+                and 0 <= wall - at < RTT_TTL and not estimator.has_estimate):
+            estimator.sample(rtt)
+        cand, at = _candidate(entry.get("winner")), _number(entry.get("winner_at"))
+        if cand is not None and at is not None and 0 <= wall - at < CACHE_TIME:
+            dialer.cache.remember(_cache_key(dialer), cand, clocks.to_mono(at))
+
+    def save(self, server: str, estimator: RttEstimator, dialer: ServerDialer, *,
+             wall: float, mono: float) -> None:
+        """Record the estimator's RTT and the dialer's winner (if any) for ``server``."""
+        clocks = _Clocks(wall, mono)
+        cached = dialer.cache.entries().get(_cache_key(dialer))
+        try:
+            with self._file.locked(replace_damaged=True) as data:  # only a cache
+                entry = data["servers"].setdefault(server, {})
+                if not isinstance(entry, dict):
+                    entry = data["servers"][server] = {}
+                if estimator.srtt is not None:
+                    entry["srtt"], entry["srtt_at"] = round(estimator.srtt, 6), wall
+                if cached is not None:
+                    cand, at = cached
+                    entry["winner"] = {"transport": cand.transport, "address": cand.address,
+                                       "port": cand.port}
+                    entry["winner_at"] = wall - (clocks.mono - at)
+        except StateFileError as exc:
+            log.warning("path memory not saved: %s", exc)
+
+
+def _cache_key(dialer: ServerDialer) -> str:
+    return f"{dialer.host}:{dialer.port}"  # the provisioned server, as ServerDialer.dial keys it
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _candidate(value: Any) -> Candidate | None:
+    if not isinstance(value, dict):
+        return None
+    transport, address, port = value.get("transport"), value.get("address"), value.get("port")
+    if (transport not in TRANSPORTS or not isinstance(address, str)
+            or not isinstance(port, int) or not 0 < port < 65536):
+        return None
+    return Candidate(transport, address, port)
