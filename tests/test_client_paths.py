@@ -12,7 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dotsd.agents.dial import CACHE_TIME, Candidate, ServerDialer
-from dotsd.agents.paths import RTT_TTL, PathMemory
+from dotsd.agents.paths import RTT_TTL, SESSION_TTL, PathMemory
+from dotsd.dtls import DtlsConfig, DtlsConnection, DtlsContext, client_context, server_context
+from dotsd.pki import PkiPaths
 from dotsd.signal.pacing import RttEstimator
 
 SERVER = "dots.example:4646"
@@ -24,8 +26,9 @@ class _Node:
     def link_down(self, link: Any, reason: str | None) -> None: ...
 
 
-def dialer() -> ServerDialer:
-    return ServerDialer(_Node(), "dots.example", 4646, dtls=None, tls=object())  # type: ignore[arg-type]
+def dialer(dtls: DtlsContext | None = None) -> ServerDialer:
+    return ServerDialer(_Node(), "dots.example", 4646, dtls=dtls,
+                        tls=None if dtls is not None else object())  # type: ignore[arg-type]
 
 
 def test_round_trip_and_freshness(tmp_path: Path) -> None:
@@ -68,6 +71,49 @@ def test_save_without_anything_learnt_keeps_the_rest(tmp_path: Path) -> None:
     assert entry == {"srtt": 0.03, "srtt_at": 1.0}
 
 
+def test_dtls_session_is_kept_for_the_next_run(pki: PkiPaths, tmp_path: Path) -> None:
+    """A session of this run resumes in the next one (RFC 9132 §7.1); it keeps its first date,
+    and is dropped once older than SESSION_TTL."""
+    sctx = server_context(DtlsConfig.from_pki(pki))
+    cctx = client_context(DtlsConfig.from_pki(pki, client=True))
+    client = DtlsConnection(cctx, 0.0, server_hostname="localhost")
+    server = DtlsConnection(sctx, 0.0)
+    for _ in range(10):
+        for d in client.datagrams_to_send():
+            server.receive_datagram(d, 0.0)
+        for d in server.datagrams_to_send():
+            client.receive_datagram(d, 0.0)
+    assert client.session is not None
+    where = Candidate("dtls", "2001:db8::1", 4646)
+    memory = PathMemory(tmp_path / "paths.json")
+    first = dialer(cctx)
+    first._sessions[where] = client.session
+    memory.save(SERVER, RttEstimator(), first, wall=1000.0, mono=0.0)
+
+    nextctx = client_context(DtlsConfig.from_pki(pki, client=True))
+    rekeyed = dialer(nextctx)
+    rekeyed._credentials = "0" * 64  # the operator replaced the client's key
+    memory.restore(SERVER, RttEstimator(), rekeyed, wall=1001.0, mono=0.0)
+    assert rekeyed.sessions == {}
+    second = dialer(nextctx)
+    memory.restore(SERVER, RttEstimator(), second, wall=1000.0 + SESSION_TTL - 1, mono=0.0)
+    session = second.sessions[where]
+    again = DtlsConnection(nextctx, 0.0, server_hostname="localhost", session=session)
+    server = DtlsConnection(sctx, 0.0)
+    for _ in range(10):
+        for d in again.datagrams_to_send():
+            server.receive_datagram(d, 0.0)
+        for d in server.datagrams_to_send():
+            again.receive_datagram(d, 0.0)
+    assert again.handshake_complete and again.resumed
+    memory.save(SERVER, RttEstimator(), second, wall=2000.0, mono=0.0)  # the same session
+    (item,) = json.loads((tmp_path / "paths.json").read_text())["servers"][SERVER]["sessions"]
+    assert item["at"] == 1000.0  # not made younger by being resumed
+    third = dialer(nextctx)
+    memory.restore(SERVER, RttEstimator(), third, wall=1000.0 + SESSION_TTL, mono=0.0)
+    assert third.sessions == {}
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
@@ -81,7 +127,10 @@ json_values = st.recursive(
     json_values.map(json.dumps),
     st.fixed_dictionaries({"servers": st.dictionaries(
         st.just(SERVER), st.dictionaries(
-            st.sampled_from(["srtt", "srtt_at", "winner", "winner_at"]), json_values)
+            st.sampled_from(["srtt", "srtt_at", "winner", "winner_at", "sessions"]),
+            json_values | st.lists(st.dictionaries(
+                st.sampled_from(["transport", "address", "port", "at", "der"]),
+                json_values | st.just("dtls") | st.just(4646) | st.just("MAA=")), max_size=3))
     )}).map(json.dumps)))
 def test_damaged_files_are_ignored(tmp_path: Path, content: str) -> None:
     path = tmp_path / "paths.json"

@@ -31,6 +31,7 @@ from dotsd.dtls import (
     server_context,
 )
 from dotsd.dtls.records import CT_HANDSHAKE, split_records
+from dotsd.dtls.sessions import session_from_der, session_to_der
 from dotsd.pki import PkiPaths
 
 pytestmark = pytest.mark.timeout(60)
@@ -319,6 +320,28 @@ def test_certificate_session_is_resumed(cctx: DtlsContext, sctx: DtlsContext) ->
     assert isinstance(s_ev, HandshakeCompleted) and s_ev.resumed
     assert cn(s_ev) == "client" and cn(c_ev) == "server"  # kept in the session
     exchange(second, server2, rounds=1)
+
+
+def test_session_resumes_from_its_bytes(pki: PkiPaths, sctx: DtlsContext) -> None:
+    """A session written as bytes (another process, a later run) and read back with a new
+    client context resumes: abbreviated handshake, the client's certificate kept."""
+    first, _ = connect(client_context(DtlsConfig.from_pki(pki, client=True)), sctx)
+    assert first.session is not None
+    der = session_to_der(first.session)
+    assert der is not None
+    cctx = client_context(DtlsConfig.from_pki(pki, client=True))
+    later = session_from_der(der, cctx)
+    _, server = connect(cctx, sctx, session=later)
+    (s_ev,) = [e for e in drain(server) if isinstance(e, HandshakeCompleted)]
+    assert s_ev.resumed and cn(s_ev) == "client"
+    assert session_from_der(der[:-5], cctx) is None and session_from_der(b"", cctx) is None
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_session_bytes_never_crash(cctx: DtlsContext, data: bytes) -> None:
+    session = session_from_der(data, cctx)
+    assert session is None or session_to_der(session) is not None
 
 
 def test_psk_session_is_resumed_with_its_identity() -> None:

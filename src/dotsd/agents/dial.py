@@ -235,6 +235,7 @@ class ServerDialer:
         self.server_name: str = host
         self._tls_since: float | None = None
         self._sessions: dict[Candidate, SSL.Session] = {}  # DTLS sessions for resumption
+        self._credentials: str | None = None
 
     @property
     def transports(self) -> tuple[Transport, ...]:
@@ -310,10 +311,43 @@ class ServerDialer:
                                       else HandshakeTimers.from_rtt(rtt))
             if link.session is not None:
                 self._sessions[cand] = link.session  # RFC 9132 §7.2: resumption on redial
+            if link.connection.resumed:
+                log.info("DTLS session with %s resumed", cand)
             return link
         assert self.tls is not None
         return await connect_tcp(self.node, cand.address, cand.port, self.tls,
                                  server_hostname=server_name, timeout=self.timeout)
+
+    @property
+    def sessions(self) -> dict[Candidate, SSL.Session]:
+        """The DTLS sessions to resume, per candidate (a copy; see :meth:`resume_with`)."""
+        return dict(self._sessions)
+
+    @property
+    def credentials(self) -> str | None:
+        """A digest of the DTLS credentials (:func:`~dotsd.dtls.sessions.credentials_digest`),
+        which a stored session must match; None without DTLS."""
+        from dotsd.dtls.sessions import credentials_digest
+
+        if self.dtls is None:
+            return None
+        if self._credentials is None:
+            self._credentials = credentials_digest(self.dtls)
+        return self._credentials
+
+    def resume_with(self, cand: Candidate, der: bytes, credentials: str) -> bool:
+        """Offer a session of an earlier run (:func:`~dotsd.dtls.sessions.session_to_der`'s
+        bytes, made with ``credentials``) when dialing ``cand`` over DTLS; False if it cannot
+        be used (other credentials, not DTLS, not a session)."""
+        from dotsd.dtls.sessions import session_from_der
+
+        if self.dtls is None or cand.transport != "dtls" or credentials != self.credentials:
+            return False
+        session = session_from_der(der, self.dtls)
+        if session is None:
+            return False
+        self._sessions[cand] = session
+        return True
 
     def redirect(self, redirection: Redirection) -> tuple[bool, str]:
         """Follow a 5.03 redirection from the next :meth:`dial` on (RFC 9132 §4.6)."""

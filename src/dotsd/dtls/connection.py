@@ -31,7 +31,6 @@ from typing import Final
 
 from cryptography import x509
 from OpenSSL import SSL
-from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from dotsd.dtls.context import DtlsContext
@@ -54,6 +53,7 @@ from dotsd.dtls.records import (
     record_protection,
     split_records,
 )
+from dotsd.dtls.sessions import session_to_der
 from dotsd.errors import LocalError
 
 log = logging.getLogger("dotsd.dtls")
@@ -129,14 +129,9 @@ def _session_psk_identity(session: SSL.Session) -> bytes | None:
     Reads the DER form of SSL_SESSION (OpenSSL ssl_asn1.c: ``psk_identity [8] EXPLICIT
     OCTET STRING``), since no accessor is bound.
     """
-    sess = session._session  # type: ignore[attr-defined]
-    size = _lib.i2d_SSL_SESSION(sess, _ffi.NULL)
-    if size <= 0:
+    der = session_to_der(session)
+    if der is None:
         return None
-    buf = _ffi.new("unsigned char[]", size)
-    ptr = _ffi.new("unsigned char **", buf)
-    _lib.i2d_SSL_SESSION(sess, ptr)
-    der = bytes(_ffi.buffer(buf, size))
 
     def tlv(pos: int) -> tuple[int, int, int]:  # tag, value start, value end
         tag, length = der[pos], der[pos + 1]
