@@ -584,6 +584,14 @@ def test_handshake_round_trip_sets_the_later_timers(cctx: DtlsContext,
     hello2 = client.datagrams_to_send()
     check = jar.check(hello2[0], addr, 0.085)
     assert check.hello is not None
+    assert check.rtt == pytest.approx(0.06, abs=0.0015)  # the cookie's age: HVR → CH
+    hinted = DtlsConnection(sctx, 0.085, cookie=check.hello.cookie, rtt_hint=check.rtt)
+    hinted.receive_datagram(hello2[0], 0.085)
+    assert hinted.datagrams_to_send()
+    assert hinted.get_timer() == pytest.approx(0.085 + 0.12, abs=0.003)  # 2 RTT
+    # A long hint (the ClientHello came back on the client's timer) changes nothing.
+    assert DtlsConnection(sctx, 0.0, cookie=check.hello.cookie, rtt_hint=0.7).timers.initial \
+        == 1.0
     server = DtlsConnection(sctx, 0.085, cookie=check.hello.cookie)
     server.receive_datagram(hello2[0], 0.085)
     flight = server.datagrams_to_send()
@@ -698,7 +706,7 @@ def lossy_handshake(cctx: DtlsContext, sctx: DtlsContext, seed: int, timers: Han
                     put("s->c", [check.reply])
                 elif check.verdict is Verdict.VERIFIED and check.hello is not None:
                     server = DtlsConnection(sctx, now, cookie=check.hello.cookie,
-                                            timers=timers)
+                                            timers=timers, rtt_hint=check.rtt)
                     server.receive_datagram(d, now)
         for conn in (client, server):
             if conn is not None and (t := conn.get_timer()) is not None and t <= now:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -49,9 +51,36 @@ def test_hello_verify_request_is_accepted_by_openssl(pki: PkiPaths) -> None:
     client.receive_datagram(check.reply, 0.0)
     (ch2,) = client.datagrams_to_send()
     hello2 = parse_client_hello(ch2)
-    assert hello2 is not None and hello2.message_seq == 1 and len(hello2.cookie) == 16
+    assert hello2 is not None and hello2.message_seq == 1 and len(hello2.cookie) == 4 + 16
     check2 = jar.check(ch2, ADDR, 0.0)
     assert check2.verdict is Verdict.VERIFIED and check2.hello == hello2
+
+
+def test_cookie_tells_the_round_trip(pki: PkiPaths) -> None:
+    """The cookie carries the time it was made (under the HMAC): the second ClientHello tells
+    the server one round trip, with no state kept between the two."""
+    jar = CookieJar(b"k" * 32)
+    client, ch1 = client_hello(pki)
+    check = jar.check(ch1, ADDR, 1000.0)
+    assert check.reply is not None
+    client.receive_datagram(check.reply, 0.0)
+    (ch2,) = client.datagrams_to_send()
+    verified = jar.check(ch2, ADDR, 1000.062)
+    assert verified.verdict is Verdict.VERIFIED
+    assert verified.rtt is not None and abs(verified.rtt - 0.062) < 0.0015
+    # Across the 32-bit millisecond wrap too.
+    wrap = (1 << 32) / 1000
+    check = jar.check(ch1, ADDR, wrap - 0.01)
+    assert check.reply is not None
+    hello = parse_client_hello(ch2)
+    assert hello is not None
+    # The stamp is covered by the HMAC: another time in the same cookie is refused.
+    (hvr_cookie,) = [check.reply[-20:]]
+    forged = bytes([hvr_cookie[0] ^ 1]) + hvr_cookie[1:]
+    assert not jar.verify(dataclasses.replace(hello, cookie=forged), ADDR, wrap)
+    assert jar.verify(dataclasses.replace(hello, cookie=hvr_cookie), ADDR, wrap + 0.04)
+    assert jar._age(dataclasses.replace(hello, cookie=hvr_cookie), ADDR, wrap + 0.04) == \
+        pytest.approx(0.05, abs=0.0015)
 
 
 def test_hello_verify_request_bytes() -> None:

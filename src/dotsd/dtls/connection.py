@@ -180,12 +180,18 @@ class DtlsConnection:
                  server_hostname: str | None = None, session: SSL.Session | None = None,
                  timers: HandshakeTimers | None = None,
                  retransmit: Retransmit = Retransmit.DOTSD, offload: bool = True,
-                 final_flight_retention: float = 60.0, mtu: int | None = None) -> None:
+                 final_flight_retention: float = 60.0, mtu: int | None = None,
+                 rtt_hint: float | None = None) -> None:
         self._context = context
         self.server_side = context.server_side
         self._mtu = mtu if mtu is not None else context.mtu
         self._timers = timers if timers is not None else HandshakeTimers()
         self._mode = retransmit
+        if (rtt_hint is not None and self._timers.learn_rtt
+                and 0 <= 2 * rtt_hint < self._timers.initial):
+            # A round trip the cookie measured (dotsd.dtls.cookie); a later one only if it
+            # is shorter (a ClientHello resent on the client's timer makes it look longer).
+            self._timers = self._timers.with_rtt(rtt_hint)
         self._offload = offload
         self._retention = final_flight_retention
         self._state = _State.HANDSHAKING

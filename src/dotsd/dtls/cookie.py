@@ -9,6 +9,11 @@ valid cookie, which proves the client receives at its address, may create per-pe
 The HMAC key rotates every ``lifetime`` seconds; cookies made with the current or the
 previous key are accepted, so a cookie stays valid for at least one ``lifetime``.
 No I/O, no clock: time comes in as ``now`` arguments.
+
+A cookie starts with the time it was made (milliseconds, 32 bits, covered by the HMAC): the
+ClientHello that returns it tells the server one round trip (HelloVerifyRequest out, second
+ClientHello in) without any state, so the server's first flight can be retransmitted on a
+timer set from it (RFC 6347 §4.2.4.1) rather than the blind 1 s.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ HT_HELLO_VERIFY_REQUEST: Final = 3
 MAX_COOKIE_LEN: Final = 255  # RFC 6347 §4.2.1: opaque cookie<0..2^8-1>
 DEFAULT_COOKIE_LEN: Final = 16
 DEFAULT_LIFETIME: Final = 300.0
+_STAMP_LEN: Final = 4  # milliseconds modulo 2**32 (49 days)
+_STAMP_MOD: Final = 1 << 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +135,7 @@ class HelloCheck:
     verdict: Verdict
     hello: ClientHello | None = None
     reply: bytes | None = None  # the HelloVerifyRequest, for SEND_VERIFY
+    rtt: float | None = None  # VERIFIED: time since the cookie was made (HVR → ClientHello)
 
 
 class CookieJar:
@@ -162,9 +170,9 @@ class CookieJar:
             else:
                 self.rotate(self._rotate_at)
 
-    def _mac(self, key: bytes, hello: ClientHello, address: Address) -> bytes:
+    def _mac(self, key: bytes, hello: ClientHello, address: Address, stamp: bytes) -> bytes:
         msg = b"".join((
-            f"{address[0]}|{address[1]}".encode(), b"\x00",
+            stamp, f"{address[0]}|{address[1]}".encode(), b"\x00",
             hello.client_version.to_bytes(2, "big"), hello.random,
             bytes((len(hello.session_id),)), hello.session_id,
             len(hello.cipher_suites).to_bytes(2, "big"), hello.cipher_suites,
@@ -174,24 +182,39 @@ class CookieJar:
 
     def make(self, hello: ClientHello, address: Address, now: float) -> bytes:
         self._expire(now)
-        return self._mac(self._current, hello, address)
+        stamp = _stamp(now)
+        return stamp + self._mac(self._current, hello, address, stamp)
 
     def verify(self, hello: ClientHello, address: Address, now: float) -> bool:
         """True when ``hello`` carries a cookie made for it and ``address`` by a live key."""
+        return self._age(hello, address, now) is not None
+
+    def _age(self, hello: ClientHello, address: Address, now: float) -> float | None:
+        """The age of ``hello``'s cookie if it is valid, else None."""
         self._expire(now)
-        if len(hello.cookie) != self._length:
-            return False
-        if hmac.compare_digest(hello.cookie, self._mac(self._current, hello, address)):
-            return True
-        return self._previous is not None and hmac.compare_digest(
-            hello.cookie, self._mac(self._previous, hello, address))
+        cookie = hello.cookie
+        if len(cookie) != _STAMP_LEN + self._length:
+            return None
+        stamp, mac = cookie[:_STAMP_LEN], cookie[_STAMP_LEN:]
+        if not (hmac.compare_digest(mac, self._mac(self._current, hello, address, stamp))
+                or (self._previous is not None and hmac.compare_digest(
+                    mac, self._mac(self._previous, hello, address, stamp)))):
+            return None
+        made = int.from_bytes(stamp, "big")
+        return ((int(now * 1000) - made) % _STAMP_MOD) / 1000
 
     def check(self, data: bytes, address: Address, now: float) -> HelloCheck:
         """What a server does with a datagram from a peer it has no connection with."""
         hello = parse_client_hello(data)
         if hello is None:
             return HelloCheck(Verdict.DROP)
-        if hello.cookie and self.verify(hello, address, now):
-            return HelloCheck(Verdict.VERIFIED, hello)
+        if hello.cookie:
+            age = self._age(hello, address, now)
+            if age is not None:
+                return HelloCheck(Verdict.VERIFIED, hello, rtt=age)
         return HelloCheck(Verdict.SEND_VERIFY, hello,
                           hello_verify_request(hello, self.make(hello, address, now)))
+
+
+def _stamp(now: float) -> bytes:
+    return (int(now * 1000) % _STAMP_MOD).to_bytes(_STAMP_LEN, "big")

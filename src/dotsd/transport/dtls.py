@@ -352,7 +352,7 @@ class DtlsServer(_DtlsProtocol, Listener):
             self.dropped += 1
             return
         conn = DtlsConnection(self._context, now, cookie=check.hello.cookie,
-                              timers=self._timers)
+                              timers=self._timers, rtt_hint=check.rtt)
         peer = _Peer(addr, key, conn, now)
         self._peers[key] = peer
         self._half_open += 1
