@@ -947,7 +947,9 @@ def machine() -> dict[str, Any]:
         help_text = quiet_run([LIBCOAP_CLIENT, "-h"], 10, REPO)
         m = re.search(r"v(\d+\.\d+\.\d+)", help_text.stdout + help_text.stderr)
         libcoap = m.group(1) if m else "unknown"
-    commit = quiet_run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], 10, REPO)
+    # The last commit that changed dotsd itself (bench commits on top do not change it).
+    commit = quiet_run(["git", "-C", str(REPO), "log", "-1", "--format=%h", "--", "src"], 10,
+                       REPO)
     dirty = quiet_run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], 10, REPO)
     from dotsd import __version__ as dotsd_version
     from dotsd import _speedups as speedups
@@ -1126,6 +1128,8 @@ def render(report: dict[str, Any]) -> str:
                f"after; CPUs {100 * m['cpu_busy_share']:.0f} % busy during the run; wall "
                f"time {report['wall_seconds'] / 60:.1f} min.")
     out.append("")
+    out.append(compact_table(report))
+    out.append("")
     for series, summaries in report["summaries"].items():
         sums = {lb: _unclean(v) for lb, v in summaries.items()}
         out.append(series_table(series, sums, labels, budget))
@@ -1137,6 +1141,21 @@ def render(report: dict[str, Any]) -> str:
     out.append("Targets (issue 12):")
     out.extend(report["targets"])
     return "\n".join(out)
+
+
+def compact_table(report: dict[str, Any]) -> str:
+    """% acknowledged within the budget: one row per series (and the issue's 'before')."""
+    labels = report["settings"]["points"]
+    budget = report["settings"]["budget"]
+    lines = [f"| % acknowledged within {budget:g} s | " + " | ".join(labels) + " |",
+             "|---|" + "---:|" * len(labels)]
+    for series, sums in report["summaries"].items():
+        cells = [_pct(sums[lb]["acked"], sums[lb]["n"]) if sums.get(lb, {}).get("n") else "-"
+                 for lb in labels]
+        lines.append(f"| {series} | " + " | ".join(cells) + " |")
+    before = [f"{BEFORE_WARM[lb]} %" if lb in BEFORE_WARM else "-" for lb in labels]
+    lines.append("| warm, issue's 'before' | " + " | ".join(before) + " |")
+    return "\n".join(lines)
 
 
 def _unclean(summary: dict[str, Any]) -> dict[str, Any]:
@@ -1192,7 +1211,13 @@ def save(report: dict[str, Any], text: str, out_dir: Path, started: dt.datetime)
     else:
         body += "\n\n(no plot: matplotlib is not installed; `pip install -e '.[bench]'`)\n"
     md.write_text(body + "\n")
-    js.write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
+    # One trial per line: the traces make the file large, and diffs stay readable.
+    head = {k: v for k, v in report.items() if k != "trials"}
+    lines = [json.dumps(t, default=_json_default, separators=(",", ":"))
+             for t in report["trials"]]
+    text_json = json.dumps(head, indent=1, default=_json_default)[:-2]
+    text_json += ',\n "trials": [\n' + ",\n".join(lines) + "\n ]\n}\n"
+    js.write_text(text_json)
     return written
 
 
