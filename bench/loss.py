@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import ipaddress
 import json
 import math
@@ -58,6 +59,7 @@ CONTENT_FORMAT_DOTS_CBOR: Final = 271  # RFC 9132 §10.4
 REPO: Final = Path(__file__).resolve().parent.parent
 DOTSD: Final = str(Path(sys.executable).with_name("dotsd"))
 RESULTS: Final = REPO / "bench" / "results"
+LOCK_FILE: Final = "/run/dotsd-bench-loss.lock"
 
 # Targets of issue 12 (checked at the end of the report).
 TARGET_WARM_ACK: Final = 0.99
@@ -998,6 +1000,14 @@ def run(settings: Settings) -> int:
         with say_lock:
             print(f"{time.monotonic() - t_start:7.1f}s {text}", file=sys.stderr, flush=True)
 
+    # One run at a time: a second one would take the first one's lanes for stale ones.
+    lock = open(LOCK_FILE, "a")  # noqa: SIM115 (held until the process exits)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(f"bench loss: another run holds {LOCK_FILE}", file=sys.stderr)
+        lock.close()
+        return 2
     stale = remove_stale()
     if stale:
         say(f"removed namespaces of an earlier run: {', '.join(stale)}")
