@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv peers demo test lint typecheck unit suite bench clean
+.PHONY: all venv peers demo test lint typecheck unit suite bench bench-loss clean
 
 all: test
 
@@ -67,6 +67,20 @@ test: lint typecheck suite
 
 bench: venv peers
 	$(BIN)/python -m bench coap
+
+# Mitigation requests over a lossy 50 ms path, dotsd against libcoap (bench/README.md, "loss"):
+# root only (network namespaces, raw sockets); ~20 min. `make bench-loss BENCH_LOSS_ARGS=--quick`
+# for 5 trials per point. Results go to bench/results/loss-*.{md,json,png}.
+BENCH_LOSS_ARGS ?=
+bench-loss: venv
+	@[ "$$(id -u)" -eq 0 ] || { echo "bench-loss: needs root (network namespaces, raw sockets)" >&2; exit 2; }
+	@command -v ip >/dev/null && ip netns list >/dev/null 2>&1 || \
+		{ echo "bench-loss: needs iproute2 with network namespaces (ip netns)" >&2; exit 2; }
+	@scripts/debian-packages.sh "bench-loss cannot turn veth offloads off" ethtool
+	@scripts/install-peers.sh
+	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[dev,bench]' || \
+		echo "bench-loss: matplotlib not installed: the tables are written without the plot" >&2
+	$(BIN)/python -m bench loss $(BENCH_LOSS_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache \

@@ -1,5 +1,6 @@
-"""``python -m bench coap [--quick] [--json] [--sessions N] ...`` and ``python -m bench signal
-[--quick] [--json]`` (see bench/README.md)."""
+"""``python -m bench coap [--quick] [--json] [--sessions N] ...``, ``python -m bench signal
+[--quick] [--json]`` and ``python -m bench loss [--quick] [--trials N] ...`` (see
+bench/README.md)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.add_argument("--requests", type=int, default=200, metavar="N",
                         help="timed requests per cell (200)")
     signal.add_argument("--json", action="store_true", help="print the rows as JSON")
+    _add_loss(sub)
     args = parser.parse_args(argv)
+    if args.bench == "loss":
+        return _run_loss(parser, args)
     if args.bench == "signal":
         from bench import signal as signal_bench
 
@@ -104,6 +108,72 @@ def main(argv: list[str] | None = None) -> int:
     except BuildError as exc:
         print(f"bench: cannot build the load generator: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _add_loss(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from bench.loss import SERIES
+
+    loss = sub.add_parser("loss", help="DOTS mitigation requests over a lossy 50 ms path "
+                                       "(dotsd warm and cold, libcoap CON and NON); root")
+    loss.add_argument("--trials", type=int, metavar="N", help="trials per point (30)")
+    loss.add_argument("--quick", action="store_true", help="5 trials per point")
+    loss.add_argument("--points", metavar="UP/DOWN,...",
+                      help="loss points, %% up/down (default 0/0,10/10,25/25,50/50,75/75,5/95)")
+    loss.add_argument("--series", type=_csv(SERIES), default=SERIES,
+                      help=f"comma-separated subset of {','.join(SERIES)}")
+    loss.add_argument("--seed", default="12", help="seed of the loss draws (12)")
+    loss.add_argument("--budget", type=float, metavar="S",
+                      help="seconds per trial from the client's start (5)")
+    loss.add_argument("--transport", choices=("auto", "dtls", "tls"), default="auto",
+                      help="dotsd client --transport (auto)")
+    loss.add_argument("--cold-state", choices=("kept", "fresh"), default="kept",
+                      help="cold series: one client state directory per lane (kept) or a "
+                           "new one per trial (fresh: the client first asks the server for "
+                           "its 'mid' values)")
+    loss.add_argument("--out", type=Path, metavar="DIR",
+                      help="where to write loss-*.md/.json/.png (bench/results)")
+    loss.add_argument("--no-save", action="store_true", help="write no result files")
+    loss.add_argument("--json", action="store_true", help="print the report as JSON")
+    loss.add_argument("--show", type=Path, metavar="FILE",
+                      help="measure nothing: print the table of a saved loss-*.json")
+
+
+def _run_loss(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from bench import loss
+
+    if args.show is not None:
+        try:
+            print(loss.show_saved(args.show))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            parser.error(f"cannot read {args.show}: {exc}")
+        return 0
+    settings = loss.Settings(series=args.series, seed=args.seed, transport=args.transport,
+                             cold_state=args.cold_state, as_json=args.json,
+                             quick=args.quick)
+    if args.quick:
+        settings.trials = 5
+    if args.trials is not None:
+        if not 1 <= args.trials <= 1000:
+            parser.error("--trials must be 1..1000")
+        settings.trials = args.trials
+    if args.points is not None:
+        try:
+            settings.points = loss.parse_points(args.points)
+        except ValueError as exc:
+            parser.error(f"--points: {exc}")
+    if args.budget is not None:
+        if not 0.5 <= args.budget <= 60:
+            parser.error("--budget must be 0.5..60")
+        settings.budget = args.budget
+    if args.no_save:
+        settings.out_dir = None
+    elif args.out is not None:
+        settings.out_dir = args.out
+    try:
+        return loss.run(settings)
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
