@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,12 @@ import cbor2
 import pytest
 from support.peers import COAPS, COAPS_TCP, Completed, bounded, libcoap_client, needs_libcoap_client
 from support.signalnet import HOST, Clock, SignalNet, cuid_of, signal_listeners
+from support.waiting import wait_until
 
 from dotsd.pki import PkiPaths
+from dotsd.signal.config import ConfigBounds, ConfigPolicy, ConfigSet
 from dotsd.signal.lifecycle import MitigationEvent
+from dotsd.signal.session import SessionState
 
 pytestmark = [pytest.mark.interop, pytest.mark.network, pytest.mark.timeout(60),
               needs_libcoap_client]
@@ -178,6 +183,46 @@ async def test_libcoap_session_config(scheme: str, pki: PkiPaths, tmp_path: Path
                          "-t", "0", "-f", str(body))
         assert codes(run) == ["4.15"], run
         assert len(net.server.table) == 0
+
+
+# An operator's policy with 1 s heartbeats (the bounds are the operator's; RFC 9132 §4.5.2
+# RECOMMENDS 15 s at least), so that the server's heartbeats reach libcoap within the test.
+FAST_HB = ConfigBounds(minimum=ConfigSet(heartbeat_interval=1, missing_hb_allowed=3,
+                                         probing_rate=5, max_retransmit=2,
+                                         ack_timeout=Decimal("1.00"),
+                                         ack_random_factor=Decimal("1.10")),
+                       default=ConfigSet(heartbeat_interval=1, missing_hb_allowed=3))
+
+
+@pytest.mark.parametrize("scheme", [COAPS, COAPS_TCP])
+async def test_libcoap_answers_the_server_heartbeats_with_4_04(
+        scheme: str, pki: PkiPaths, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The dotsd server sends its heartbeats (RFC 9132 §4.7) to libcoap too, which serves no
+    /.well-known/dots/hb and answers 4.04: an answer all the same, proof that the client is
+    alive. Its session (held by an observation, during which libcoap sends nothing) is kept
+    while heartbeats go every second, although 3 missing in 3 s of silence would lose it."""
+    caplog.set_level(logging.DEBUG, logger="dotsd.signal.server")
+    policy = ConfigPolicy(mitigating=FAST_HB, idle=FAST_HB)
+    async with signal_listeners(pki, None, config_policy=policy) as net:
+        cuid = cuid_of(pki)
+        body = tmp_path / "request.cbor"
+        body.write_bytes(cbor2.dumps(REQUEST))
+        run = await coap(net, scheme, f"mitigate/cuid={cuid}/mid=1", "-m", "put", "-t",
+                         DOTS_CBOR, "-f", str(body))
+        assert codes(run) == ["2.01"], run
+        task = asyncio.create_task(coap(net, scheme, f"mitigate/cuid={cuid}", "-s", "4",
+                                        wait=5))
+        (session,) = net.server.sessions.values()
+        try:
+            await wait_until(lambda: session.heartbeats_answered >= 3, 10,
+                             what="3 heartbeats answered")
+            assert not session.lost and session.state is SessionState.ESTABLISHED
+            assert session.monitor.missed <= 1  # the last one may be on its way
+        finally:
+            run = await bounded(task, 15)
+        assert codes(run)[:1] == ["2.05"], run
+        answers = [r.getMessage() for r in caplog.records if "heartbeat to" in r.getMessage()]
+        assert answers and all(a.endswith("answered 4.04 NOT_FOUND") for a in answers), answers
 
 
 async def test_libcoap_against_dotsd_server_process(pki: PkiPaths, tmp_path: Path) -> None:

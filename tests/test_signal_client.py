@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 from support.memlinks import MemLink
+from support.signalnet import STEP, signal_listeners
 from support.waiting import wait_until
 
 from dotsd.agents.client import ClientError, Reply, SignalClient
@@ -23,8 +26,8 @@ from dotsd.model.codec import to_cbor
 from dotsd.node import CoapNode
 from dotsd.pki import PkiPaths, load_certificate
 from dotsd.signal.client_session import ClientSession, RefreshConfig
-from dotsd.signal.config import Attribute, ConfigPolicy
-from dotsd.signal.heartbeat import HEARTBEAT_PATH, build_heartbeat_body
+from dotsd.signal.config import Attribute, ConfigBounds, ConfigPolicy, ConfigSet
+from dotsd.signal.heartbeat import HEARTBEAT_PATH, SendHeartbeat, build_heartbeat_body
 from dotsd.signal.lifecycle import MitigationEvent
 from dotsd.signal.pacing import RttEstimator
 from dotsd.signal.session import SessionState, StateChanged
@@ -267,6 +270,77 @@ async def test_heartbeats_flow_and_dead_server(pki: PkiPaths) -> None:
         assert not c.connected.is_set()
 
 
+def server_heartbeat(body: Any = None, *, path: tuple[str, ...] = HEARTBEAT_PATH,
+                     payload: bytes | None = None,
+                     content_format: int | None = ContentFormat.DOTS_CBOR) -> Message:
+    """A heartbeat PUT as a server sends it (RFC 9132 Figure 27), or a broken one."""
+    msg = Message(code=Code.PUT).set_path("/".join(path))
+    msg.payload = payload if payload is not None else to_cbor(
+        build_heartbeat_body(True) if body is None else body)
+    if content_format is not None:
+        msg.add(OptionNumber.CONTENT_FORMAT, content_format)
+    return msg
+
+
+async def test_the_client_answers_the_server_heartbeats(pki: PkiPaths) -> None:
+    """RFC 9132 §4.7: the server's heartbeat is answered 2.04 without payload (Figure 28) and
+    its 'peer-hb-status' noted; a malformed one is 4.00 with a diagnostic payload (§9), one
+    not in application/dots+cbor 4.15; neither counts as a heartbeat received."""
+    async with running(pki, heartbeat=(0.0, 3)) as env:
+        c = env.client
+
+        async def send(msg: Message) -> Message:
+            return await env.server.node.request(env.server_link, msg, confirmable=False,
+                                                 timeout=TIMEOUT)
+
+        resp = await send(server_heartbeat(build_heartbeat_body(False)))
+        assert resp.code == Code.CHANGED and resp.payload == b""
+        assert c.peer_heartbeats == 1 and c.monitor is not None
+        assert c.monitor.peer_reports_receiving is False
+        malformed = [
+            server_heartbeat({"ietf-dots-signal-channel:heartbeat": {}}),  # mandatory missing
+            server_heartbeat(payload=cbor2.dumps({49: {51: 1}})),  # not a boolean (Table 5)
+            server_heartbeat(payload=b"\xff\x00"),  # not CBOR
+            server_heartbeat(payload=b""),  # no body
+            server_heartbeat(path=(*HEARTBEAT_PATH, "cuid=abc")),  # §4.7: no Uri-Path params
+        ]
+        for msg in malformed:
+            resp = await send(msg)
+            assert resp.code == Code.BAD_REQUEST and resp.payload, msg
+        resp = await send(server_heartbeat(content_format=ContentFormat.TEXT_PLAIN))
+        assert resp.code == Code.UNSUPPORTED_CONTENT_FORMAT
+        assert c.peer_heartbeats == 1 and c.monitor.peer_reports_receiving is False
+        resp = await send(server_heartbeat())
+        assert resp.code == Code.CHANGED and c.monitor.peer_reports_receiving is True
+
+
+async def test_each_client_on_a_node_gets_the_heartbeats_of_its_link(pki: PkiPaths) -> None:
+    """The node's one /hb resource hands each server heartbeat to the client whose link it
+    came on (it was the last client added only)."""
+    server = SignalServer()
+    node = CoapNode()
+    cert = load_certificate(pki.client_cert)
+    clients = [SignalClient.for_certificate(cert, node=node, timeout=TIMEOUT,
+                                            heartbeat=(0.0, 3)) for _ in range(2)]
+    try:
+        server_links = []
+        for client in clients:
+            la, lb = cert_links(client, server, pki.client_cert)
+            await client.start(la)
+            server_links.append(lb)
+        resp = await server.node.request(server_links[0], server_heartbeat(), timeout=TIMEOUT)
+        assert resp.code == Code.CHANGED
+        assert [c.peer_heartbeats for c in clients] == [1, 0]
+        await clients[0].close()
+        resp = await server.node.request(server_links[1], server_heartbeat(), timeout=TIMEOUT)
+        assert resp.code == Code.CHANGED and clients[1].peer_heartbeats == 1
+    finally:
+        for client in clients:
+            await client.close()
+        await node.close()
+        await server.node.close()
+
+
 async def test_attack_ongoing_keeps_session(pki: PkiPaths) -> None:
     lost: list[str] = []
     states: list[SessionState] = []
@@ -359,6 +433,60 @@ async def test_over_dtls(pki: PkiPaths, tmp_path: Path) -> None:
         listener.close()
         await listener.wait_closed()
         await asyncio.sleep(0)
+
+
+# An operator's policy with 1 s heartbeats (RFC 9132 §4.5.2 RECOMMENDS 15 s at least; the
+# bounds are the operator's), so that heartbeats flow within a test.
+FAST_HB = ConfigBounds(minimum=ConfigSet(heartbeat_interval=1, missing_hb_allowed=3,
+                                         probing_rate=5, max_retransmit=2,
+                                         ack_timeout=Decimal("1.00"),
+                                         ack_random_factor=Decimal("1.10")),
+                       default=ConfigSet(heartbeat_interval=1, missing_hb_allowed=3))
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("transport", ["dtls", "tls"])
+async def test_both_agents_send_heartbeats_and_hear_each_other(pki: PkiPaths,
+                                                                transport: str) -> None:
+    """RFC 9132 §4.7 over real sockets: the dotsd server and client each send heartbeats every
+    'heartbeat-interval' of the session configuration (1 s here), answer the other's with
+    2.04, and, past the first 2 x 'heartbeat-interval', both report 'peer-hb-status' true."""
+    policy = ConfigPolicy(mitigating=FAST_HB, idle=FAST_HB)
+    async with signal_listeners(pki, None, tls=transport == "tls",
+                                config_policy=policy) as net:
+        client = SignalClient.for_certificate(load_certificate(pki.client_cert), timeout=STEP)
+        sent: list[tuple[float, bool]] = []
+        loop = asyncio.get_running_loop()
+        client.add_listener(lambda e: isinstance(e, SendHeartbeat)
+                            and sent.append((loop.time(), e.peer_hb_status)))
+
+        async def dial() -> Any:
+            if transport == "dtls":
+                return await net.dial_dtls(client.node)
+            return await net.dial_tls(client.node)
+
+        client.connect = dial
+        try:
+            await client.start()
+            await client.session_config_get()  # heartbeat-interval 1 s for both (§4.5)
+            start = loop.time()
+            (session,) = net.server.sessions.values()
+            assert client.monitor is not None and client.monitor.interval == 1
+            assert session.monitor.interval == 1
+            await wait_until(lambda: loop.time() - start > 2.5 and client.peer_heartbeats >= 3
+                             and session.heartbeats_answered >= 3, STEP,
+                             what="heartbeats both ways")
+            # What each side said of the other in its last heartbeat, and would say now.
+            assert session.client_receives_heartbeats is True
+            assert client.monitor.peer_reports_receiving is True
+            assert session.peer_hb_status(time.monotonic()) is True
+            assert client.monitor.peer_hb_status(loop.time()) is True
+            assert [status for t, status in sent if t > start + 2] == [True] * len(
+                [t for t, _ in sent if t > start + 2])
+            assert session.state is SessionState.ESTABLISHED and not session.inbound_saturated
+            assert client.state is SessionState.ESTABLISHED
+        finally:
+            await client.close()
 
 
 async def test_two_clients_on_one_node_both_see_their_link_go_down(pki: PkiPaths) -> None:

@@ -147,6 +147,27 @@ def test_server_heartbeats_feed_peer_hb_status() -> None:
     assert any(isinstance(e, SendHeartbeat) for e in events)
 
 
+def test_peer_hb_status_says_whether_the_server_heartbeats_arrive() -> None:
+    """RFC 9132 §4.7: the client's 'peer-hb-status' is true while a heartbeat of the server
+    arrived in the last 2 x 'heartbeat-interval' (10 s here): false once they stop ("receives
+    a 2.04 response for its heartbeat messages but no server-initiated heartbeat messages"),
+    true again when one gets through."""
+    session = up()
+    drain(session)
+    sent: list[tuple[float, bool]] = []
+    for k in range(1, 13):
+        t = 10.0 * k
+        if k <= 3 or k >= 10:  # the server's heartbeat, just before ours
+            session.peer_heartbeat(t - 0.5, True)
+        sent += [(t, ev.peer_hb_status) for ev in run_until(session, t, answer=True)
+                 if isinstance(ev, SendHeartbeat)]
+    # The server's last before the pause came at 29.5: more than 20 s before t=50.
+    assert sent == [(10.0, True), (20.0, True), (30.0, True), (40.0, True), (50.0, False),
+                    (60.0, False), (70.0, False), (80.0, False), (90.0, False),
+                    (100.0, True), (110.0, True), (120.0, True)]
+    assert session.state is SessionState.ESTABLISHED  # answered: the session is fine
+
+
 # -- configuration refresh (RFC 9132 §4.5.3) -------------------------------------------------
 
 

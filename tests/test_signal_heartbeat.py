@@ -219,6 +219,18 @@ def test_server_traffic_does_not_clear_threshold_but_silence_loses() -> None:
     assert lost[0][0] == 70.0
 
 
+def test_server_over_tcp_keeps_a_client_until_the_whole_silence() -> None:
+    """Over TCP one reply missing for an interval reaches the threshold (RFC 9132 §4.7); a
+    server still hearing the client keeps the session (DEGRADED), and concludes only when
+    nothing came for 'missing-hb-allowed' x 'heartbeat-interval' (here 3 x 10 s after the
+    client's last heartbeat at t=20), not one interval after it."""
+    mon = HeartbeatMonitor(10, 3, 0.0, role=Role.SERVER, reliable=True)
+    assert mon.threshold == 1 and mon.silence == 30.0
+    log = run(mon, 200, answered=lambda t: False, peer=lambda t: t <= 20)
+    assert [(t, type(a)) for t, a in log if not isinstance(a, SendHeartbeat)] == [
+        (20.0, ThresholdReached), (50.0, SessionLost)]
+
+
 def test_server_observer_without_own_heartbeats() -> None:
     mon = HeartbeatMonitor(30, 15, 0.0, role=Role.SERVER, send_heartbeats=False)
     assert mon.get_timer() == 450.0
@@ -240,6 +252,23 @@ def test_peer_hb_status_window() -> None:
     assert mon.peer_hb_status(130.0) is True
     assert mon.peer_hb_status(130.5) is False
     assert mon.peer_reports_receiving is True
+
+
+def test_peer_hb_status_after_an_interval_change_waits_for_the_new_pace() -> None:
+    """The switch to 'mitigating-config' (RFC 9132 §4.5) shortens the interval on both sides:
+    the peer's heartbeats of the old, slower pace are no reason to report 'peer-hb-status'
+    false (the server then took the client for one under attack at every switch); 2 x the
+    new interval without one is."""
+    mon = HeartbeatMonitor(30, 15, 0.0)
+    mon.on_peer_heartbeat(50.0, True)
+    mon.set_interval(15, 15, 75.0)
+    assert mon.peer_hb_status(90.0) is True  # 40 s since the last, 15 s at the new pace
+    assert mon.peer_hb_status(104.9) is True
+    assert mon.peer_hb_status(105.0) is False  # 2 x 15 s at the new pace without one
+    mon.on_peer_heartbeat(106.0, True)
+    assert mon.peer_hb_status(136.0) is True and mon.peer_hb_status(136.5) is False
+    mon.set_interval(15, 5, 140.0)  # the same interval: nothing to wait for
+    assert mon.peer_hb_status(140.0) is False
 
 
 def test_client_reports_false_when_server_heartbeats_stop() -> None:
@@ -266,9 +295,11 @@ def test_reply_to_peer_heartbeat_option_and_no_premature_miss() -> None:
     assert [type(a) for a in fire(mon, 30.0)] == [SendHeartbeat]
     mon.on_heartbeat_sent(30.0)
     mon.on_peer_heartbeat(31.0, True)
-    assert mon.get_timer() == 31.0
-    # The heartbeat of t=30 has had only 1 s: not yet missing.
-    assert [type(a) for a in fire(mon, 31.0)] == [SendHeartbeat]
+    assert mon.get_timer() == 60.0  # ours went 1 s ago: no reply (at most 2 an interval)
+    mon.on_peer_heartbeat(46.0, True)
+    assert mon.get_timer() == 46.0
+    # The heartbeat of t=30 has had only 16 s: not yet missing.
+    assert [type(a) for a in fire(mon, 46.0)] == [SendHeartbeat]
 
 
 # ------------------------------------------------------------------------------- config

@@ -16,8 +16,9 @@ from support.memlinks import MemLink
 from support.pki import issued_client
 
 from dotsd.agents.server import SignalServer
+from dotsd.coap import codec as coap_codec
 from dotsd.coap.message import Message
-from dotsd.coap.numbers import Code, ContentFormat, OptionNumber
+from dotsd.coap.numbers import Code, ContentFormat, MessageType, OptionNumber
 from dotsd.link import LinkHandler, cuid_from_psk_identity, make_peer_info, spki_sha256
 from dotsd.model.codec import from_cbor, to_cbor
 from dotsd.node import CoapNode, Observation, RequestError
@@ -136,6 +137,25 @@ def make_env(pki: PkiPaths, tmp_path: Path | None = None,
     server = SignalServer(store=store, clock=clock, monotonic=clock,
                           on_change=None if changes is None else changes.append, **kw)
     return Env(pki, server, clock)
+
+
+async def settle() -> None:
+    """Let the event loop deliver what the in-memory links carry (a request, its answer)."""
+    for _ in range(8):
+        await asyncio.sleep(0)
+
+
+async def run_timers(server: SignalServer, mono: Clock, until: float) -> list[Change]:
+    """Move the monotonic clock from deadline to deadline up to ``until``, firing the server's
+    timer at each (heartbeats sent, sessions lost, lifetimes expired) and letting the links
+    deliver in between; the changes made."""
+    changes: list[Change] = []
+    while (due := server.get_timer()) is not None and due <= until:
+        mono.now = max(mono.now, due)
+        changes += server.handle_timer(mono.now)
+        await settle()
+    mono.now = max(mono.now, until)
+    return changes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,12 +437,21 @@ async def test_heartbeat_and_signal_loss(pki: PkiPaths, tmp_path: Path) -> None:
     assert (await env.put(10, pre)).code == Code.CREATED
     assert (await env.get(10)).code == Code.CONTENT
     assert entry(await env.get(10))["status"] == "attack-mitigation-signal-loss"
-    # Heartbeats keep the session: nothing happens within the allowance.
-    assert env.server.handle_timer(T0 + 400, wall=T0 + 400) == []
-    # 30 s x 15 missing heartbeats without any traffic: the session is lost (§4.7) and the
-    # preconfigured request is triggered (§4.4.1.3).
-    lost = env.server.handle_timer(T0 + 30 * 15 + 1, wall=T0 + 30 * 15 + 1)
+    # The server probes the client with its own heartbeats every 30 s (RFC 9132 §4.7). This
+    # client is a CoAP node serving no /hb: it answers 4.04, which proves it alive all the
+    # same ("any response"): however long it is otherwise silent, nothing is lost.
+    (session,) = env.server.sessions.values()
+    assert await run_timers(env.server, env.clock, T0 + 2000) == []
+    assert session.heartbeats_sent == session.heartbeats_answered == 2000 // 30 + 1
+    assert env.server.sessions
+    # The client vanishes (nothing reaches it any more; its last answer: the heartbeat of
+    # T0 + 1980). 15 heartbeats unanswered and 30 s x 15 without any traffic: the session is
+    # lost (§4.7) and the preconfigured request is triggered (§4.4.1.3).
+    env.server_link.drop_next = 10**9
+    assert await run_timers(env.server, env.clock, T0 + 1980 + 30 * 15 - 1) == []
+    lost = await run_timers(env.server, env.clock, T0 + 1980 + 30 * 16)
     assert [c.mitigation.status.label for c in lost] == ["attack-mitigation-in-progress"]
+    assert session.heartbeats_sent == 2000 // 30 + 1 + 15
     assert not env.server.sessions
     assert env.server.store is not None
     stored = env.server.store.get_mitigation(env.cuid, 10)
@@ -431,6 +460,7 @@ async def test_heartbeat_and_signal_loss(pki: PkiPaths, tmp_path: Path) -> None:
 
     # The attack stops: status 3 is sent four times, then the request is re-armed (8)
     # (RFC 9132 §4.4.2 Table 3), ready for the next signal loss.
+    env.server_link.drop_next = 0
     obs = env.observe(10)
     assert entry(await obs.next(TIMEOUT))["status"] == "attack-mitigation-in-progress"
     env.server.report(env.cuid, 10, MitigationEvent.ATTACK_STOPPED)
@@ -439,6 +469,43 @@ async def test_heartbeat_and_signal_loss(pki: PkiPaths, tmp_path: Path) -> None:
     stored = env.server.store.get_mitigation(env.cuid, 10)
     assert stored is not None and stored.status == 8
     obs.cancel()
+
+
+class ResettingPeer:
+    """A client whose CoAP stack serves nothing and answers every request with RST (RFC 7252
+    §4.3: a Non-confirmable message it cannot process)."""
+
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def link_up(self, link: Any) -> None:
+        pass
+
+    def link_down(self, link: Any, reason: str | None) -> None:
+        pass
+
+    def data_received(self, link: Any, data: bytes) -> None:
+        msg = coap_codec.decode(data)
+        if 0 < msg.code < 32:  # a request
+            self.resets += 1
+            link.send(coap_codec.encode(Message(mtype=MessageType.RST, mid=msg.mid)))
+
+
+async def test_a_client_answering_heartbeats_with_rst_is_alive(pki: PkiPaths) -> None:
+    """RFC 9132 §4.7 counts heartbeats without any response; an RST to the server's heartbeat
+    (a client that does not serve /hb) is a message of the client over its session: it is
+    alive, and keeps its session however long it is otherwise silent."""
+    env = make_env(pki)
+    peer = ResettingPeer()
+    la, _ = cert_links(peer, env.server.node, pki.client_cert)
+    first = request(Code.GET, config_path())
+    first.mtype, first.mid, first.token = MessageType.NON, 0x1234, b"\x01"
+    la.send(coap_codec.encode(first))  # its one request opens the session
+    await settle()
+    (session,) = env.server.sessions.values()
+    assert await run_timers(env.server, env.clock, T0 + 2000) == []
+    assert peer.resets == session.heartbeats_sent == session.heartbeats_answered == 66
+    assert env.server.sessions and session.state.value == "established"
 
 
 async def test_heartbeat_loss_follows_the_monotonic_clock(pki: PkiPaths,
@@ -453,12 +520,14 @@ async def test_heartbeat_loss_follows_the_monotonic_clock(pki: PkiPaths,
                                "trigger-mitigation": False}]}}
     assert (await env.put(10, pre)).code == Code.CREATED
     assert len(server.sessions) == 1
-    span = 30 * 15  # the defaults: heartbeat-interval x missing-hb-allowed (RFC 9132 §4.5)
+    env.server_link.drop_next = 10**9  # the client hears nothing more, says nothing more
     wall.now += 3600  # the wall clock jumps an hour ahead
     assert server.handle_timer() == [] and len(server.sessions) == 1
     wall.now -= 3600 * 2  # and back, behind the start
-    mono.now += span + 1  # while the client stays silent for the whole span
-    lost = server.handle_timer()
+    # The client is silent while its heartbeats run out: 15 sent (t=530..950), each given
+    # 30 s, and 15 x 30 s of silence: lost at t=980 (the defaults, RFC 9132 §4.5).
+    assert await run_timers(server, mono, 979.0) == []
+    lost = await run_timers(server, mono, 980.0)
     assert [c.mitigation.status.label for c in lost] == ["attack-mitigation-in-progress"]
     assert not server.sessions
     await env.client.close()
@@ -629,12 +698,12 @@ async def test_each_client_in_its_own_domain(pki: PkiPaths) -> None:
 
 async def test_many_sessions_each_lost_on_its_own_time(pki: PkiPaths) -> None:
     """The heartbeat timers of many sessions (a heap, not a scan): a client that keeps
-    sending heartbeats keeps its session, the silent ones lose theirs when their own
-    allowance runs out, and a heartbeat loop does not grow the timer heap."""
+    sending heartbeats keeps its session, the silent ones are probed and lose theirs when
+    their own allowance runs out, and a heartbeat loop does not grow the timer heap."""
     env = make_env(pki)
     server = env.server
     hb = build_heartbeat_body(True)
-    nodes: list[tuple[CoapNode, MemLink]] = []
+    nodes: list[tuple[CoapNode, MemLink, MemLink]] = []
     for n in range(20):
         node = CoapNode()
         peer = make_peer_info(("::1", 100 + n), "dtls", False, psk_identity=b"cpe-%d" % n)
@@ -644,31 +713,37 @@ async def test_many_sessions_each_lost_on_its_own_time(pki: PkiPaths) -> None:
         la.handler, lb.handler = node, server.node
         node.link_up(la)
         server.node.link_up(lb)
-        nodes.append((node, la))
+        nodes.append((node, la, lb))
 
     async def heartbeat(n: int) -> None:
-        node, link = nodes[n]
+        node, link, _ = nodes[n]
         resp = await node.request(link, request(Code.PUT, HEARTBEAT_PATH, hb), timeout=TIMEOUT)
         assert resp.code == Code.CHANGED
 
-    for n in range(20):  # client n is first heard at T0 + n
+    for n in range(20):  # client n is first heard at T0 + n, then hears nothing more
         env.clock.now = T0 + n
         await heartbeat(n)
+        if n:
+            nodes[n][2].drop_next = 10**9
+        await run_timers(server, env.clock, T0 + n)
     assert len(server.sessions) == 20
     limit = 30 * 15  # default heartbeat-interval x missing-hb-allowed (RFC 9132 §4.5)
     for k in range(300):  # client 0 keeps talking
         env.clock.now = T0 + 20 + k * 0.5
         await heartbeat(0)
+        await run_timers(server, env.clock, env.clock.now)
     assert len(server.core._timers) <= 2 * len(server.sessions) + 64
     # Clients 1..9 are past their allowance, 10..19 not yet.
-    server.handle_timer(T0 + limit + 9.5, wall=T0 + limit + 9.5)
+    await run_timers(server, env.clock, T0 + limit + 9.5)
     alive = {s.client.identity for s in server.sessions.values()}
     assert alive == {"psk:" + (b"cpe-%d" % n).hex() for n in [0, *range(10, 20)]}
-    server.handle_timer(T0 + limit + 25, wall=T0 + limit + 25)
+    await run_timers(server, env.clock, T0 + limit + 25)
     assert [s.client.identity for s in server.sessions.values()] == [
         "psk:" + b"cpe-0".hex()]
     deadline = server.get_timer()
     assert deadline is not None and deadline > T0 + limit + 25
+    for node, _, _ in nodes:
+        await node.close()
 
 
 async def test_a_client_over_its_request_rate_gets_503(pki: PkiPaths) -> None:

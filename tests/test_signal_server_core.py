@@ -17,10 +17,10 @@ from dotsd.signal.policy import Policy
 from dotsd.signal.redirect import Redirection
 from dotsd.signal.server_core import (
     Changed,
+    Heartbeat,
     KeepChanges,
     KeepConfig,
     Notify,
-    Persist,
     Request,
     ServerCore,
     SetParams,
@@ -51,6 +51,27 @@ def put(mid: int, scope: dict[str, Any] = SCOPE) -> Message:
 
 def drain(core: ServerCore) -> list[Any]:
     return list(iter(core.next_event, None))
+
+
+def run_timers(core: ServerCore, until: float, *, answer: bool = False,
+               link: str = "link-1") -> tuple[list[float], list[Any]]:
+    """Fire the core's timer at each deadline up to ``until``: the times of the heartbeats it
+    sent (answered at once with ``answer``) and the changes it made."""
+    probes: list[float] = []
+    changes: list[Any] = []
+    while (due := core.get_timer()) is not None and due <= until:
+        changes += core.handle_timer(due, WALL + due)
+        for event in drain(core):
+            if isinstance(event, Heartbeat):
+                probes.append(due)
+                if answer:
+                    core.heartbeat_answered(event.identity, link, due, due)
+    return probes, changes
+
+
+def heartbeats(core: ServerCore, now: float) -> list[Heartbeat]:
+    core.handle_timer(now, WALL + now)
+    return [e for e in drain(core) if isinstance(e, Heartbeat)]
 
 
 def test_a_request_is_answered_once_kept_then_published() -> None:
@@ -130,12 +151,16 @@ def test_timers_expire_lifetimes_and_lose_silent_sessions() -> None:
     assert preconfigured.keep is not None
     core.kept(preconfigured.keep, 0.0, WALL)
     drain(core)
-    assert core.get_timer() == 100.0  # the lifetime, on the monotonic clock
-    gone = core.handle_timer(100.0, WALL + 100)
-    assert [c.mitigation.mid for c in gone] == [1]
-    assert [type(e) for e in drain(core)] == [Persist]
-    # 30 s x 15 of silence (the defaults): the session is lost, mid 2 is triggered.
-    lost = core.handle_timer(450.0, WALL + 450)
+    assert core.get_timer() == 30.0  # the server's first heartbeat (RFC 9132 §4.7)
+    probes, gone = run_timers(core, 100.0)
+    assert probes == [30.0, 60.0, 90.0]
+    assert [c.mitigation.mid for c in gone] == [1]  # the lifetime, on the monotonic clock
+    # The silent client is probed every 30 s; 15 heartbeats unanswered and 15 x 30 s of
+    # silence (the defaults): the session is lost at t=480, mid 2 is triggered.
+    probes, lost = run_timers(core, 479.0)
+    assert probes == [30.0 * k for k in range(4, 16)] and not lost
+    probes, lost = run_timers(core, 480.0)
+    assert not probes
     assert [(c.mitigation.mid, c.mitigation.status.label) for c in lost] == [
         (2, "attack-mitigation-in-progress")]
     assert not core.sessions
@@ -150,3 +175,73 @@ def test_redirection_answers_every_request() -> None:
     assert reply.response.max_age == 600
     assert core.redirect(None) is None
     assert core.handle("mitigate", from_peer(put(1)), 0.0, WALL).response.code == Code.CREATED
+
+
+def test_the_server_sends_heartbeats_to_its_clients() -> None:
+    """RFC 9132 §4.7: the server's own heartbeats, Figure 27 (a PUT of /.well-known/dots/hb
+    with the mandatory 'peer-hb-status', no Uri-Path parameter), every 'heartbeat-interval'
+    of the client's set in force, on the client's link; answered, the session lives on."""
+    core = ServerCore(mono=0.0)
+    core.handle("config", from_peer(request(Code.GET, config_path())), 0.0, WALL)
+    drain(core)
+    assert core.get_timer() == 30.0
+    (hb,) = heartbeats(core, 30.0)
+    assert hb.peer == "link-1" and hb.identity == "psk:" + PSK.hex() and hb.timeout == 30.0
+    msg = hb.message
+    assert msg.code == Code.PUT and msg.uri_path == HEARTBEAT_PATH
+    assert msg.content_format == ContentFormat.DOTS_CBOR
+    assert from_cbor(msg.payload) == build_heartbeat_body(True)  # within 2 intervals of start
+    core.heartbeat_answered(hb.identity, "link-1", 30.1, 30.0)
+    probes, lost = run_timers(core, 3000.0, answer=True)
+    assert probes == [30.0 * k for k in range(2, 101)] and not lost
+    assert core.sessions["psk:" + PSK.hex()].state.value == "established"
+    # An answer on a link the session has left counts for nothing.
+    core.heartbeat_answered(hb.identity, "old-link", 3001.0)
+
+
+def test_a_client_reporting_peer_hb_status_false_is_under_attack_not_lost() -> None:
+    """RFC 9132 §4.7: 'peer-hb-status' false from the client: the server's heartbeat goes at
+    once after the client's ("send a server-initiated heartbeat immediately after receiving a
+    client-initiated heartbeat message"), the session is kept, and the 'trigger-mitigation'
+    false request is not triggered: that takes a session loss (§4.4.1)."""
+    pre = {**SCOPE, "lifetime": 86400, "trigger-mitigation": False}
+    core = ServerCore(mono=0.0)
+    reply = core.handle("mitigate", from_peer(put(2, pre)), 0.0, WALL)
+    assert reply.keep is not None
+    core.kept(reply.keep, 0.0, WALL)
+    drain(core)
+    session = core.sessions["psk:" + PSK.hex()]
+    hb = request(Code.PUT, HEARTBEAT_PATH, build_heartbeat_body(False))
+    for k in range(1, 40):  # the client's heartbeats arrive, ours never reach it
+        t = 30.0 * k - 5
+        assert core.handle("hb", from_peer(hb), t, WALL + t).response.code == Code.CHANGED
+        assert core.get_timer() == t  # the reply heartbeat is due at once
+        replies = heartbeats(core, t)
+        assert len(replies) == 1 and from_cbor(replies[0].message.payload) == \
+            build_heartbeat_body(True)  # we do receive the client's
+    assert session.inbound_saturated and session.state.value == "degraded"
+    assert core.sessions and core.table.lookup(CUID, 2).status.label == \
+        "attack-mitigation-signal-loss"  # still waiting for a loss (status 8)
+    # The client reports true again and answers: the episode ends.
+    hb = request(Code.PUT, HEARTBEAT_PATH, build_heartbeat_body(True))
+    core.handle("hb", from_peer(hb), 1200.0, WALL + 1200)
+    (probe,) = heartbeats(core, 1200.0)
+    core.heartbeat_answered(probe.identity, "link-1", 1200.1, 1200.0)
+    core.handle_timer(1200.1, WALL + 1200.1)
+    drain(core)
+    assert not session.inbound_saturated and session.state.value == "established"
+
+
+def test_a_client_heard_once_is_probed_then_lost() -> None:
+    """A client whose one heartbeat opened its session, then silence: the server replies at
+    once (RFC 9132 §4.7), probes every 30 s, and after 15 unanswered heartbeats (t=0..420)
+    and 15 x 30 s without traffic the session is lost, at t=450. (The reply moved the
+    session's timer from 30 to 0 and back: it stood twice in the heap, and the session was
+    looked up again after it was lost.)"""
+    core = ServerCore(mono=0.0)
+    hb = request(Code.PUT, HEARTBEAT_PATH, build_heartbeat_body(True))
+    assert core.handle("hb", from_peer(hb), 0.0, WALL).response.code == Code.CHANGED
+    probes, _ = run_timers(core, 449.0)
+    assert probes == [30.0 * k for k in range(15)] and core.sessions
+    probes, _ = run_timers(core, 450.0)
+    assert not probes and not core.sessions

@@ -282,10 +282,25 @@ class _TrackedRepeat:
 
 class _HeartbeatResource(Resource):
     """``/.well-known/dots/hb`` on the client: the server's heartbeats (RFC 9132 §4.7), answered
-    with 2.04 without payload (Figure 28)."""
+    with 2.04 without payload (Figure 28); a malformed one (a Uri-Path parameter, a body without
+    'peer-hb-status', not CBOR) is 4.00 with a diagnostic payload (§9), one not in
+    application/dots+cbor 4.15. Each received feeds the 'peer-hb-status' of the client's own
+    heartbeats: true while the server's arrived in the last 2 x 'heartbeat-interval'. One per
+    node: every client on the node gets the heartbeats of its own link."""
 
-    def __init__(self, client: SignalClient) -> None:
-        self.client = client
+    def __init__(self) -> None:
+        self.clients: list[SignalClient] = []
+
+    @classmethod
+    def of(cls, node: CoapNode) -> _HeartbeatResource:
+        """The node's heartbeat resource, added at the first client."""
+        route = node.site.resolve(HEARTBEAT_PATH)
+        if route is not None and isinstance(route[0], cls):
+            return route[0]
+        resource = cls()
+        # prefix: a parameter after /hb is 4.00, not 4.04 (RFC 9132 §4.7)
+        node.site.add("/" + "/".join(HEARTBEAT_PATH), resource, prefix=True)
+        return resource
 
     def put(self, req: IncomingRequest) -> Message:
         msg = req.message
@@ -297,7 +312,8 @@ class _HeartbeatResource(Resource):
             status = parse_heartbeat_body(codec.from_cbor(msg.payload))
         except ModelError as exc:
             return error_response(Code.BAD_REQUEST, str(exc))
-        self.client._peer_heartbeat(req.link, status)
+        for client in self.clients:
+            client._peer_heartbeat(req.link, status)  # the one whose link it is
         return Message(code=Code.CHANGED)
 
 
@@ -349,7 +365,8 @@ class SignalClient:
         self.cuid = cuid
         self._own_node = node is None
         self.node = node if node is not None else CoapNode(Site(), params=dots_defaults())
-        self.node.site.add("/" + "/".join(HEARTBEAT_PATH), _HeartbeatResource(self))
+        self._hb_resource = _HeartbeatResource.of(self.node)
+        self._hb_resource.clients.append(self)
         self.node.add_link_listener(down=self._link_down)
         self.session = ClientSession(0.0, heartbeat=heartbeat, redial_delay=reconnect_delay,
                                      first_sid=first_sid, last_mid=first_mid - 1)
@@ -465,6 +482,8 @@ class SignalClient:
         """Use ``link`` (or dial with ``connect``); the session's timer runs from now on."""
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        if self not in self._hb_resource.clients:  # started again after close()
+            self._hb_resource.clients.append(self)
         if link is None:
             if self.connect is None:
                 raise ValueError("no link and no connect factory")
@@ -931,6 +950,8 @@ class SignalClient:
                 await task
         self.connected.clear()
         self.node.remove_link_listener(down=self._link_down)
+        if self in self._hb_resource.clients:
+            self._hb_resource.clients.remove(self)
         for close in reversed(self._closers):
             with contextlib.suppress(Exception):
                 close()

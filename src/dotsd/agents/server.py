@@ -18,7 +18,11 @@ carries it out:
   installed), in the writer thread when there is one; if the write fails, the core reloads
   what the store holds and the answer is 5.00 (or 4.09 for a cuid taken meanwhile);
 * then the core's events: notifications to the observers (RFC 9132 §4.4.2.1), the change to
-  the listeners (the mitigator bridge), transmission parameters to a client's link (§4.5.2);
+  the listeners (the mitigator bridge), transmission parameters to a client's link (§4.5.2),
+  the server's heartbeats to its clients (§4.7: Non-confirmable PUTs of
+  ``/.well-known/dots/hb``; any response, or an RST, goes back to the core as proof that the
+  client is alive; a client that serves no ``/hb``, such as a plain CoAP client, answers 4.04
+  or RST and keeps its session);
 * one timer, re-armed with ``loop.call_at`` for the core's next deadline.
 """
 
@@ -32,11 +36,11 @@ from typing import Any, Final
 
 from dotsd.agents.storewriter import StoreWriter
 from dotsd.coap.message import Message, error_response
-from dotsd.coap.numbers import Code
+from dotsd.coap.numbers import Code, code_str
 from dotsd.coap.params import dots_defaults
 from dotsd.coap.site import IncomingRequest, Resource, Site
 from dotsd.model import yang
-from dotsd.node import CoapNode
+from dotsd.node import CoapNode, RequestError
 from dotsd.signal.config import CONFIG_PATH, ConfigPolicy
 from dotsd.signal.heartbeat import HEARTBEAT_PATH
 from dotsd.signal.identity import client_identity
@@ -49,6 +53,7 @@ from dotsd.signal.server_core import (
     Changed,
     Collision,
     ForgetConfig,
+    Heartbeat,
     Keep,
     KeepChanges,
     KeepConfig,
@@ -83,6 +88,7 @@ ChangeHook = Callable[[Change], None]
 """Called for every accepted / changed / withdrawn / expired mitigation (the mitigator)."""
 
 _EXTRA_KEY: Final = "signal"  # store record 'extra': the full signal-layer record
+_RESET: Final = "reset by peer"  # how the CoAP endpoint names an RST to our request
 _MAX_SLEEP: Final = 30.0  # re-check at least this often (wall clock may jump)
 
 
@@ -352,6 +358,8 @@ class SignalServer:
                     self.node.set_params(event.peer, event.params)
             elif isinstance(event, Persist):
                 self._persist(event.keep)
+            elif isinstance(event, Heartbeat):
+                self._heartbeat(event)
         self._rearm()
 
     def _notify(self, event: Notify) -> None:
@@ -364,6 +372,39 @@ class SignalServer:
 
         for key in event.keys:
             self.node.notify(key, make)
+
+    def _heartbeat(self, hb: Heartbeat) -> None:
+        """Send the server's heartbeat (RFC 9132 §4.7: Non-confirmable, not repeated: a
+        missing answer is what the core counts). A link gone is a heartbeat missing."""
+        link = hb.peer
+        if link not in self.node.links:
+            return
+        sent_at = self.monotonic()
+        try:
+            fut = self.node.start_request(link, hb.message,
+                                          confirmable=False, timeout=max(hb.timeout, 0.001))
+        except Exception as exc:
+            log.warning("heartbeat to %s not sent: %r", hb.identity, exc)
+            return
+        fut.add_done_callback(lambda f: self._heartbeat_done(f, hb, sent_at))
+
+    def _heartbeat_done(self, fut: asyncio.Future[Message], hb: Heartbeat,
+                        sent_at: float) -> None:
+        """Any response proves the client alive (RFC 9132 §4.7); so does an RST, a CoAP
+        message of the client over its (D)TLS session. A timeout is a missing heartbeat."""
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            if not (isinstance(exc, RequestError) and str(exc).startswith(_RESET)):
+                return
+            log.debug("heartbeat to %s answered with RST", hb.identity)
+        else:
+            code = fut.result().code
+            if code != Code.CHANGED:
+                log.debug("heartbeat to %s answered %s", hb.identity, code_str(code))
+        self.core.heartbeat_answered(hb.identity, hb.peer, self.monotonic(), sent_at)
+        self._pump()
 
     def _tell(self, change: Change) -> None:
         for listener in list(self._listeners):

@@ -22,16 +22,24 @@ Counting rules, as read from RFC 9132:
   traffic from the server afterwards means the current session works again
   (:class:`PeerReachable`, "the DOTS client can stop the new DOTS signal channel session
   attempt");
-* a DOTS server that reaches the threshold but still receives traffic from the client (its
-  heartbeats, mitigation requests, ...) MUST NOT consider the session disconnected: the client's
-  inbound link is likely saturated (:class:`ThresholdReached`). It concludes the session is lost
-  only if no traffic at all came from the client during the span needed to exhaust the
-  threshold ('missing-hb-allowed' x 'heartbeat-interval');
+* a DOTS server probes the client with its own heartbeats too (§4.7: "the DOTS client will
+  probe the DOTS server ... and vice versa"). When it reaches the threshold but still receives
+  traffic from the client (its heartbeats, mitigation requests, responses, ...) it MUST NOT
+  consider the session disconnected: the client's inbound link is likely saturated
+  (:class:`ThresholdReached`). It concludes the session is lost only when the threshold is
+  reached *and* no traffic at all came from the client during 'missing-hb-allowed' x
+  'heartbeat-interval';
 * 'heartbeat-interval' 0 disables the mechanism (§4.5.1): nothing is sent or checked;
 * over a reliable transport (TCP/TLS), 'missing-hb-allowed' is not negotiated (§4.5) and the
   sender "has to allow up to 'heartbeat-interval' seconds when waiting for a heartbeat reply"
-  (§4.7): one reply missing after that long is a failure. A pure observer waits for no reply:
-  it keeps the 'missing-hb-allowed' span of silence there too.
+  (§4.7): one reply missing after that long reaches the threshold. A DOTS client then
+  recovers the session; a DOTS server still needs the silence above before it concludes
+  (its traffic rule has no exception for TCP, and a client heard less often than once an
+  interval is alive). A pure observer (``send_heartbeats`` False) waits for no reply: only
+  that silence counts;
+* heartbeats sent in reply to the peer's (``reply_to_peer_heartbeat``, or the peer reporting
+  'peer-hb-status' false, §4.7) go at most once every half interval (:data:`REPLY_GAP`): a
+  peer sending fast does not set our pace.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from dotsd.model.errors import ModelError
 __all__ = [
     "HEARTBEAT_MEMBER",
     "HEARTBEAT_PATH",
+    "REPLY_GAP",
     "HeartbeatAction",
     "HeartbeatError",
     "HeartbeatMonitor",
@@ -62,6 +71,9 @@ __all__ = [
 ]
 
 HEARTBEAT_MEMBER: Final = "ietf-dots-signal-channel:heartbeat"  # RFC 9132 §4.7, Table 5
+REPLY_GAP: Final = 0.5
+"""A heartbeat sent in reply to the peer's (RFC 9132 §4.7) goes only when our last one is at
+least this many intervals old: at most two per interval, whatever the peer's pace."""
 HEARTBEAT_PATH: Final = (".well-known", "dots", "hb")  # RFC 9132 §4.2 Table 1
 
 
@@ -149,11 +161,12 @@ class HeartbeatMonitor:
 
     ``interval`` is 'heartbeat-interval' in seconds (0: disabled), ``missing_allowed`` is
     'missing-hb-allowed', ``now`` the session start. The first heartbeat is due one interval
-    after the start. ``send_heartbeats`` False makes a pure observer (e.g. a server that does
-    not send its own heartbeats: then only the absence of the client's traffic counts).
-    ``reply_to_peer_heartbeat`` sends our heartbeat right after each peer heartbeat (RFC 9132
-    §4.7: "DOTS servers MAY trigger their heartbeat requests immediately after receiving
-    heartbeat probes"); this is also done whenever the peer reports 'peer-hb-status' false.
+    after the start. ``send_heartbeats`` False makes a pure observer (then only the absence of
+    the peer's traffic counts). ``reply_to_peer_heartbeat`` sends our heartbeat right after
+    each peer heartbeat (RFC 9132 §4.7: "DOTS servers MAY trigger their heartbeat requests
+    immediately after receiving heartbeat probes"); this is also done whenever the peer
+    reports 'peer-hb-status' false (§4.7: "send a server-initiated heartbeat immediately after
+    receiving a client-initiated heartbeat message"), at most once every half interval.
     """
 
     def __init__(
@@ -175,6 +188,7 @@ class HeartbeatMonitor:
         self._interval = float(interval)
         self._missing_allowed = missing_allowed
         self._started = now
+        self._judged_from = now  # 'peer-hb-status': the start, or the last interval change
         self._attack_ongoing = False
         self._unanswered = 0  # heartbeats sent since the last response
         self._last_sent: float | None = None
@@ -213,10 +227,18 @@ class HeartbeatMonitor:
         """Missing heartbeats that exhaust the allowance: 1 for a sender waiting for its
         reply over a reliable transport (RFC 9132 §4.7: "allow up to 'heartbeat-interval'
         seconds when waiting for a heartbeat reply"), else 'missing-hb-allowed'. A pure
-        observer (a server not sending heartbeats) waits for no reply: over TCP too, the
-        session is lost only after 'missing-hb-allowed' intervals without any traffic (the
-        client paces its own heartbeats; a silence of one interval proves nothing)."""
+        observer waits for no reply. A server still needs :attr:`silence` to conclude."""
         return 1 if self.reliable and self._sending else self._missing_allowed
+
+    @property
+    def silence(self) -> float:
+        """The silence after which a DOTS server (or a pure observer) whose threshold is
+        reached concludes the session is disconnected: 'missing-hb-allowed' x
+        'heartbeat-interval' (RFC 9132 §4.7: no traffic "during the time span required to
+        exhaust the maximum 'missing-hb-allowed' threshold"), over TCP too: the client paces
+        its heartbeats by the same interval, and one interval of silence is one late message,
+        not a lost client."""
+        return self._missing_allowed * self._interval
 
     @property
     def missed(self) -> int:
@@ -250,11 +272,12 @@ class HeartbeatMonitor:
     def peer_hb_status(self, now: float) -> bool:
         """'peer-hb-status' to send: whether a heartbeat from the peer arrived in the last
         2 x 'heartbeat-interval' (RFC 9132 §4.7). Until that long has passed since the start,
-        there is no period to judge and True is reported."""
+        or since the interval changed (the peer switches its set as we do, §4.5, and its
+        heartbeats come at the new pace from then on), there is no period to judge: True."""
         window = 2 * self._interval
-        if self._last_peer_hb is not None:
-            return now - self._last_peer_hb <= window
-        return now - self._started < window
+        if self._last_peer_hb is not None and now - self._last_peer_hb <= window:
+            return True
+        return now - self._judged_from < window
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -264,6 +287,8 @@ class HeartbeatMonitor:
         (RFC 9132 §4.5). Enabling the mechanism restarts the count."""
         _check(interval, missing_allowed)
         was_enabled = self.enabled
+        if float(interval) != self._interval:
+            self._judged_from = now
         self._interval = float(interval)
         self._missing_allowed = missing_allowed
         if not self.enabled:
@@ -310,7 +335,7 @@ class HeartbeatMonitor:
         # client-initiated heartbeat message" (the peer's packet has just refreshed bindings).
         if self._sending and not self._lost and (
             self.reply_to_peer_heartbeat or not peer_hb_status
-        ):
+        ) and (self._last_sent is None or now - self._last_sent >= REPLY_GAP * self._interval):
             self._next_send = now
 
     def on_traffic(self, now: float) -> None:
@@ -341,7 +366,7 @@ class HeartbeatMonitor:
             return None
         if self._sending:
             return self._next_send
-        return self._last_traffic + self._span  # observer: only silence counts
+        return self._last_traffic + self.silence  # observer: only silence counts
 
     @property
     def _span(self) -> float:
@@ -361,7 +386,7 @@ class HeartbeatMonitor:
         if self._lost or not self.enabled:
             return actions
         if not self._sending:
-            if now >= self._last_traffic + self._span:
+            if now >= self._last_traffic + self.silence:
                 actions.append(self._lose(0, "no traffic from the peer"))
             return actions
         if self._next_send is None or now < self._next_send:
@@ -382,12 +407,18 @@ class HeartbeatMonitor:
 
     def _on_threshold(self, now: float, missed: int) -> HeartbeatAction | None:
         if self.role is Role.SERVER:
-            if now - self._last_traffic < self._span:
+            quiet = now - self._last_traffic
+            if quiet >= self.silence:
+                # RFC 9132 §4.7: "does not receive any traffic from the peer DOTS client
+                # during the time span required to exhaust the ... threshold".
+                return self._lose(missed, f"{missed} heartbeats unanswered and no traffic "
+                                          "from the DOTS client for 'missing-hb-allowed' x "
+                                          "'heartbeat-interval'")
+            if quiet < self._span:
                 # RFC 9132 §4.7: traffic from the client but threshold reached: MUST NOT
                 # consider the session disconnected; keep using it.
                 return self._degrade(missed)
-            return self._lose(missed, "no traffic from the DOTS client during the "
-                                      "'missing-hb-allowed' span")
+            return None  # quiet for less than the span (TCP): keep probing
         if self._attack_ongoing:
             # RFC 9132 §4.7: under attack the client MUST NOT consider the session
             # terminated and SHOULD keep sending heartbeats over it.

@@ -8,10 +8,11 @@ state to keep durably *before* the response goes (:class:`KeepChanges`,
 installed). Once the agent has kept it, it calls :meth:`ServerCore.kept`, and the core
 publishes what changed through :meth:`ServerCore.next_event`: notifications for the
 observers (:class:`Notify`, §4.4.2.1), changed mitigations for the mitigator
-(:class:`Changed`), transmission parameters for a client's link (:class:`SetParams`, §4.5.2)
-and further state to keep (:class:`Persist`: timer and mitigator changes, the repeated
-notifications of preconfigured requests). The one timer is
-:meth:`~ServerCore.get_timer`/:meth:`~ServerCore.handle_timer`.
+(:class:`Changed`), transmission parameters for a client's link (:class:`SetParams`, §4.5.2),
+the server's heartbeats to its clients (:class:`Heartbeat`, §4.7; the responses come back
+through :meth:`ServerCore.heartbeat_answered`) and further state to keep (:class:`Persist`:
+timer and mitigator changes, the repeated notifications of preconfigured requests). The one
+timer is :meth:`~ServerCore.get_timer`/:meth:`~ServerCore.handle_timer`.
 
 The core reads no clock, opens no socket and touches no store: the agent
 (``dotsd.agents.server``) loads its state (mitigations, cuid bindings, stored session
@@ -37,8 +38,13 @@ Rules applied here (the others live in the modules it uses):
 * every status change is notified to the observers of the mitigation and of all the client's
   mitigations (§4.4.2.1); for a preconfigured request, status 3 and 7 are sent four times and
   the request returns to 8 (§4.4.2 Table 3);
+* the server sends heartbeats to each client and probes a quiet one before it declares its
+  session lost (§4.7, :mod:`dotsd.signal.server_session`);
 * on a session loss the client's preconfigured requests are triggered (§4.4.1.3), also for a
-  client that does not come back after a restart within its heartbeat allowance (§4.7);
+  client that does not come back after a restart within its heartbeat allowance (§4.7); a
+  client whose inbound link looks saturated (it reports 'peer-hb-status' false, or leaves our
+  heartbeats unanswered while it is heard) has not lost its session: it is logged, and its
+  'trigger-mitigation' false requests keep waiting for a loss (§4.4.1);
 * while redirecting, every request is answered 5.03 with the redirection (§4.6).
 """
 
@@ -66,7 +72,13 @@ from dotsd.signal.errors import (
     Unauthorized,
     from_model_error,
 )
-from dotsd.signal.heartbeat import check_heartbeat_path, parse_heartbeat_body
+from dotsd.signal.heartbeat import (
+    HEARTBEAT_PATH,
+    SendHeartbeat,
+    build_heartbeat_body,
+    check_heartbeat_path,
+    parse_heartbeat_body,
+)
 from dotsd.signal.identity import ClientIdentity, client_identity
 from dotsd.signal.lifecycle import (
     PRECONFIGURED_REPEATS,
@@ -87,7 +99,7 @@ from dotsd.signal.policy import LAB, Policy, PolicySet
 from dotsd.signal.ratelimit import RateLimiter
 from dotsd.signal.records import ConflictInfo, Counters, Mitigation
 from dotsd.signal.redirect import Redirection, redirect_body
-from dotsd.signal.server_session import ParamsChanged, ServerSession
+from dotsd.signal.server_session import InboundSaturation, ParamsChanged, ServerSession
 from dotsd.signal.session import SessionState
 from dotsd.signal.uri import parse_mitigate_uri
 
@@ -95,6 +107,7 @@ __all__ = [
     "Changed",
     "Collision",
     "ForgetConfig",
+    "Heartbeat",
     "Keep",
     "KeepChanges",
     "KeepConfig",
@@ -106,6 +119,7 @@ __all__ = [
     "SetParams",
     "config_key",
     "error_message",
+    "heartbeat_request",
     "no_data_channel",
     "observe_key",
 ]
@@ -207,7 +221,20 @@ class Persist:
     keep: KeepChanges
 
 
-ServerEvent = Notify | Changed | SetParams | Persist
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Send the server's heartbeat ``message`` (RFC 9132 §4.7, Figure 27: a Non-confirmable
+    PUT of ``/.well-known/dots/hb``) on the link ``peer`` of the client ``identity``, and wait
+    up to ``timeout`` ('heartbeat-interval') for its response: any response, an RST included,
+    goes to :meth:`ServerCore.heartbeat_answered`; none is a missing heartbeat."""
+
+    peer: Hashable
+    identity: str
+    message: Message
+    timeout: float
+
+
+ServerEvent = Notify | Changed | SetParams | Persist | Heartbeat
 
 
 class Collision(PeerError):
@@ -255,6 +282,15 @@ def redirect_error(redirection: Redirection) -> SignalError:
     return ServiceUnavailable(f"redirected to {redirection.alt_server}",
                               body=redirect_body(redirection), max_age=redirection.ttl,
                               rule="RFC 9132 §4.6")
+
+
+def heartbeat_request(peer_hb_status: bool) -> Message:
+    """A heartbeat (RFC 9132 §4.7, Figure 27): PUT ``/.well-known/dots/hb``, no 'cuid',
+    'cdid' or 'mid' Uri-Path, the mandatory 'peer-hb-status' as dots+cbor."""
+    msg = Message(code=Code.PUT).set_path("/".join(HEARTBEAT_PATH))
+    msg.payload = codec.to_cbor(build_heartbeat_body(peer_hb_status))
+    msg.add(OptionNumber.CONTENT_FORMAT, ContentFormat.DOTS_CBOR)
+    return msg
 
 
 def _check_content_format(msg: Message) -> None:
@@ -497,8 +533,19 @@ class ServerCore:
         ident = self._authorize(req, mono)[0]
         session = self._session(ident, req, mono)
         session.peer_heartbeat(mono, status)
-        self._arm(session)
+        self._drain(session)  # 'false': our next heartbeat goes at once (§4.7)
         return Reply(Message(code=Code.CHANGED))  # RFC 9132 §4.7, Figure 28
+
+    def heartbeat_answered(self, identity: str, link: Hashable, mono: float,
+                           sent_at: float | None = None) -> None:
+        """A response to a :class:`Heartbeat` arrived on ``link``: whatever its code (a
+        client that serves no ``/hb`` answers 4.04, or RST), it proves the client alive
+        (RFC 9132 §4.7 counts heartbeats without any response)."""
+        session = self.sessions.get(identity)
+        if session is None or session.peer is not link:
+            return  # a late answer from a link the session has left
+        session.heartbeat_answered(mono, sent_at)
+        self._drain(session)
 
     # -- after a keep --------------------------------------------------------------------------
 
@@ -663,9 +710,33 @@ class ServerCore:
         while (event := session.next_event()) is not None:
             if isinstance(event, ParamsChanged):
                 self._events.append(SetParams(session.peer, event.params))  # RFC 9132 §4.5.2
+            elif isinstance(event, SendHeartbeat):  # RFC 9132 §4.7, Figure 27
+                self._events.append(Heartbeat(session.peer, session.client.identity,
+                                              heartbeat_request(event.peer_hb_status),
+                                              session.monitor.interval))
+            elif isinstance(event, InboundSaturation):
+                self._saturation(session, event)
             elif SessionState.DEGRADED in (event.new, event.old):  # RFC 9132 §4.7
                 log.info("cuid=%s: %s", cuid, event.reason)
         self._arm(session)
+
+    def _saturation(self, session: ServerSession, event: InboundSaturation) -> None:
+        """RFC 9132 §4.7: the client's inbound link looks saturated: "the DOTS client is
+        under attack"; without a mitigation request it "has not detected the attack", with
+        one "the applied DDoS mitigation actions are not yet effectively handling the DDoS
+        attack volume". The session is kept and used."""
+        cuid = session.client.cuid
+        if not event.saturated:
+            log.info("cuid=%s: inbound link no longer looks saturated: %s", cuid,
+                     event.reason)
+            return
+        if self._mitigating(session.client):
+            meaning = "its mitigation is not yet handling the attack volume"
+        else:
+            meaning = "it has not requested mitigation (attack not detected?)"
+        log.warning("cuid=%s: the DOTS client looks under attack, its inbound link "
+                    "saturated (RFC 9132 §4.7): %s; %s; the session is kept", cuid,
+                    event.reason, meaning)
 
     def _session_config(self, cuid: str, reliable: bool) -> SessionConfig:
         """The client's session configuration: the stored one, else the defaults (§4.5)."""
@@ -765,11 +836,11 @@ class ServerCore:
                 lost = self.table.on_session_lost(cuid, wall)
                 self._keep_later(lost)
                 done.extend(lost)
-        due_now: list[str] = []
+        due_now: dict[str, None] = {}  # once each: a timer moved away and back stands twice
         while self._timers and self._timers[0][0] <= mono:
             due, key = heapq.heappop(self._timers)
             if self._timer_stands(due, key):
-                due_now.append(key)
+                due_now[key] = None
         for key in due_now:
             session = self.sessions[key]
             session.armed = None
