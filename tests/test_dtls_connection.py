@@ -534,6 +534,47 @@ def test_application_data_before_the_finished_is_kept(cctx: DtlsContext,
     assert events[1:] == [DataReceived(b"early")]
 
 
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_lost_last_flight_travels_with_the_data(cctx: DtlsContext, sctx: DtlsContext,
+                                                fast_path: bool) -> None:
+    """Resumed handshake, the client's last flight (CCS, Finished) is lost: its data carries
+    that flight along in the same datagram, so the first one that arrives completes the
+    handshake and is delivered, without waiting for the server's timer; once the server
+    answered, the data goes alone."""
+    first, _ = connect(cctx, sctx)
+    client = DtlsConnection(cctx, 0.0, server_hostname="localhost", session=first.session)
+    server = DtlsConnection(sctx, 0.0)
+    for d in client.datagrams_to_send():
+        server.receive_datagram(d, 0.0)
+    for d in server.datagrams_to_send():
+        client.receive_datagram(d, 0.0)
+    assert client.handshake_complete and not server.handshake_complete
+    (last_flight,) = client.datagrams_to_send()  # lost
+
+    def send(data: bytes) -> bytes:
+        sealed = client.protect(data) if fast_path else None
+        if sealed is None:
+            client.send(data)
+            (sealed,) = client.datagrams_to_send()
+        return sealed
+
+    lost_too = send(b"request 1")
+    assert lost_too.startswith(last_flight)
+    server.receive_datagram(send(b"request 2"), 0.1)
+    events = drain(server)
+    assert isinstance(events[0], HandshakeCompleted) and events[0].resumed
+    assert events[1:] == [DataReceived(b"request 2")]
+    assert server.get_timer() is None  # no flight of its own left to resend
+    server.send(b"response")
+    for d in server.datagrams_to_send():
+        client.receive_datagram(d, 0.15)
+    assert drain(client)[-1] == DataReceived(b"response")
+    alone = send(b"request 3")
+    assert not alone.startswith(last_flight[:13]) and len(alone) < len(last_flight)
+    server.receive_datagram(alone, 0.2)
+    assert drain(server) == [DataReceived(b"request 3")]
+
+
 # --- retransmission -----------------------------------------------------------------------------
 
 def test_retransmission_schedule_and_deadline(cctx: DtlsContext) -> None:

@@ -47,6 +47,14 @@ def test_rto_bounds_and_negative_samples() -> None:
         RttEstimator(min_rto=2.0, max_rto=1.0)
 
 
+def test_restart_forgets_the_past() -> None:
+    est = RttEstimator()
+    for rtt in (0.6, 0.5, 0.7):
+        est.sample(rtt)
+    est.restart(0.05)
+    assert est.srtt == 0.05 and est.rttvar == 0.025 and est.samples == 1
+
+
 def test_karn_rule_on_exchanges() -> None:
     est = RttEstimator()
     est.on_exchange(10.0, 13.0, repeated=True)

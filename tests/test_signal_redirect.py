@@ -335,6 +335,8 @@ async def test_cached_winner_does_not_hold_back_the_race(pki: PkiPaths, tmp_path
             assert dialer.current == Candidate("dtls", "127.0.0.1", port)
             assert client.link is not None and client.link.info.rtt is not None
             assert 0 < client.link.info.rtt < 1.0
+            # The pacing estimate starts from the handshake's round trip (RFC 9132 §4.4).
+            assert client.estimator.srtt == client.link.info.rtt
         finally:
             await client.close()
     hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -352,6 +354,9 @@ async def test_cached_winner_does_not_hold_back_the_race(pki: PkiPaths, tmp_path
                 assert ended == [("tls", "up"), ("dtls", "cancelled")], ended
                 assert redialer.current == Candidate("tls", "127.0.0.1", port)
                 assert CACHED_HEAD_START <= took < redialer.timeout
+                # Round trips over TCP (its retransmissions included) do not pace datagrams.
+                assert (await again.mitigate(SCOPE)).code == Code.CREATED
+                assert not again.estimator.has_estimate
             finally:
                 await again.close()
     finally:

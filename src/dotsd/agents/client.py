@@ -499,10 +499,11 @@ class SignalClient:
         self.link = link
         dialer = self.dialer
         now = self._now()
-        if link.info.rtt is not None and not self.estimator.has_estimate:
-            # RFC 9132 §4.4: a first RTT estimate (the handshake's) paces the repetitions of
-            # the first requests, instead of one every 3 s.
-            self.estimator.sample(link.info.rtt)
+        if link.info.rtt is not None:
+            # RFC 9132 §4.4: the handshake just measured this path (dotsd.dtls.connection);
+            # the estimate starts from it, not from an older or restored one, and paces the
+            # first requests instead of one every 3 s.
+            self.estimator.restart(link.info.rtt)
         self.session.link_up(
             now, reliable=link.info.reliable,
             redirect_until=dialer.redirect_expiry() if dialer is not None else None,
@@ -751,7 +752,8 @@ class SignalClient:
                                            repeat=tracked)
         except RequestError as exc:
             raise ClientError(None, f"{msg.path_str}: {exc}") from None
-        self.estimator.on_exchange(sent_at, self._now(), repeated=tracked.repeated)
+        if not link.info.reliable:  # the pacing of datagrams; TCP times its own
+            self.estimator.on_exchange(sent_at, self._now(), repeated=tracked.repeated)
         self._heard()
         return resp
 
@@ -931,8 +933,12 @@ class SignalClient:
             log.info("heartbeat answered %s: %s", code_str(resp.code), _decode_payload(resp))
         self.heartbeats_answered += 1
         sample = self.session.heartbeat_answered(self._now(), sent_at)
-        if sample is not None:
-            self.estimator.sample(sample)  # RFC 9132 §4.4: an RTT estimate for the pacing
+        link = self.link
+        if sample is not None and link is not None and not link.info.reliable:
+            # RFC 9132 §4.4: an RTT estimate for the pacing of datagrams. Not over TCP: its
+            # round trips include TCP's own retransmissions, and would slow the repetitions
+            # once the session is back on DTLS (or in the next run, dotsd.agents.paths).
+            self.estimator.sample(sample)
         self._pump()
 
     async def close(self) -> None:

@@ -361,7 +361,21 @@ class DtlsConnection:
         prot = self._prot
         if prot is None or self._out or len(data) > MAX_PLAINTEXT:
             return None
-        return prot.seal(CT_APPLICATION_DATA, data)
+        sealed = prot.seal(CT_APPLICATION_DATA, data)
+        return sealed if self._final_flight is None else self._with_final_flight(sealed)
+
+    def _with_final_flight(self, sealed: bytes) -> bytes:
+        """``sealed`` behind our last handshake flight, while the peer has not shown it got
+        that flight (no application data from it yet): then the first datagram that arrives
+        completes the handshake and delivers the data at once. It matters when this side
+        sends the last flight (a resumed handshake's client, RFC 5246 §7.3): otherwise a
+        lost Finished leaves every request waiting for the peer's retransmission timer.
+        RFC 6347 §4.1.1 allows several records in one datagram; the peer drops the copies
+        it already has (§4.1.2.6). Only when both fit in one datagram."""
+        final = self._final_flight
+        if final is not None and len(final) == 1 and len(final[0]) + len(sealed) <= self._mtu:
+            return final[0] + sealed
+        return sealed
 
     @property
     def has_output(self) -> bool:
@@ -375,7 +389,9 @@ class DtlsConnection:
         if len(data) > MAX_PLAINTEXT:
             raise ValueError(f"{len(data)} bytes do not fit in one DTLS record")
         if self._prot is not None:
-            self._out.append(self._prot.seal(CT_APPLICATION_DATA, data))
+            sealed = self._prot.seal(CT_APPLICATION_DATA, data)
+            self._out.append(sealed if self._final_flight is None
+                             else self._with_final_flight(sealed))
             return
         ssl = self._ssl
         assert ssl is not None

@@ -73,6 +73,14 @@ class RttEstimator:
             self.srtt = (1 - ALPHA) * self.srtt + ALPHA * rtt
         self.samples += 1
 
+    def restart(self, rtt: float) -> None:
+        """Start afresh from one measured round trip (a new path or session: what was
+        learnt before, or restored from an earlier run, no longer counts)."""
+        self.srtt = None
+        self.rttvar = 0.0
+        self.samples = 0
+        self.sample(rtt)
+
     def on_exchange(self, sent_at: float, now: float, *, repeated: bool) -> None:
         """A response to a request sent at ``sent_at``: a sample only if the request was not
         repeated (Karn's algorithm, RFC 6298 §3: ambiguous samples are not taken)."""
