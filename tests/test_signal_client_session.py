@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from dotsd.signal.client_session import (
     REDIAL_MAX,
+    REDIAL_MIN,
     ClientSession,
     ParamsChanged,
     ProbeDtls,
@@ -256,8 +257,13 @@ def test_redial_backs_off_while_dialing_fails() -> None:
         now = due
         session.handle_timer(now)
         assert isinstance(drain(session)[-1], Redial)
-    assert delays[:4] == [1.0, 2.0, 4.0, 8.0]
-    assert max(delays) == REDIAL_MAX
+    # RFC 9132 §4.7: never sooner than 60 s after the previous attempt, then towards 300 s.
+    assert delays[:5] == [REDIAL_MIN, 120.0, 240.0, REDIAL_MAX, REDIAL_MAX]
+    assert (REDIAL_MIN, REDIAL_MAX) == (60.0, 300.0)
+    # Start to start: an attempt that took 45 s is followed 15 s after it failed.
+    session.handle_timer(now)
+    session.dial_failed(now + 45.0, "timed out")
+    assert session.get_timer() == now + REDIAL_MAX
     session.link_up(now, reliable=True)
     assert session.state is SessionState.ESTABLISHED
 

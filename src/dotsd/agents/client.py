@@ -64,6 +64,7 @@ from dotsd.model import codec
 from dotsd.model.errors import ModelError
 from dotsd.node import CoapNode, RequestError
 from dotsd.signal.client_session import (
+    REDIAL_MIN,
     ClientEvent,
     ClientSession,
     ParamsChanged,
@@ -357,7 +358,7 @@ class SignalClient:
         repeat: MitigationRepeatPolicy | None = None,
         on_session_lost: SessionLostHook | None = None,
         on_redirect: RedirectHook | None = None,
-        reconnect_delay: float = 1.0,
+        reconnect_delay: float = REDIAL_MIN,
         refresh: bool = True,
     ) -> None:
         if not 0 <= first_mid <= MAX_MID:

@@ -15,6 +15,7 @@ key, RFC 9132 §8), derives the 'cuid' from them (§4.4.1.1), builds the
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -24,10 +25,13 @@ from dotsd.agents.dial import ServerDialer
 from dotsd.agents.settings import DEFAULT_PORT, TRANSPORTS
 from dotsd.errors import LocalError
 from dotsd.link import Link
+from dotsd.signal.client_session import REDIAL_MIN
 
 __all__ = ["ClientSettings", "ConnectError", "connect", "new_client"]
 
 DEFAULT_TIMEOUT: Final = 10.0
+
+log = logging.getLogger("dotsd.client")
 
 
 class ConnectError(LocalError):
@@ -53,7 +57,8 @@ class ClientSettings:
     the session configuration before its Max-Age runs out (§4.5.3); ``listen``: (address,
     port) where this client waits for its Call Home DOTS server to dial it (RFC 9066 §5.1:
     the client is then the (D)TLS server, with its certificate, which must allow serverAuth)
-    instead of dialing ``host``.
+    instead of dialing ``host``; ``redial_interval``: between the starts of two attempts to
+    re-establish a lost session (RFC 9132 §4.7: at least 60 s; less only in a test bed).
     """
 
     host: str
@@ -68,6 +73,7 @@ class ClientSettings:
     heartbeat: tuple[float, int] | None = None
     refresh: bool = True
     listen: tuple[str, int] | None = None
+    redial_interval: float = REDIAL_MIN
 
 
 def new_client(settings: ClientSettings) -> SignalClient:
@@ -77,6 +83,9 @@ def new_client(settings: ClientSettings) -> SignalClient:
     from dotsd.pki import load_certificate
     from dotsd.tls.context import client_context as tls_client_context
 
+    if settings.redial_interval < REDIAL_MIN:
+        log.warning("redial interval %g s: below RFC 9132 §4.7's 60 s (test beds only)",
+                    settings.redial_interval)
     unknown = set(settings.transports) - set(TRANSPORTS)
     if unknown or not settings.transports:
         raise ConnectError(f"transports: {sorted(unknown) or 'none'}; expected some of "
@@ -94,7 +103,8 @@ def new_client(settings: ClientSettings) -> SignalClient:
         except DtlsConfigError as exc:
             raise ConnectError(f"PSK: {exc}", usage=True) from None
         client = SignalClient.for_psk(settings.psk_identity, timeout=settings.timeout,
-                                      heartbeat=settings.heartbeat, refresh=settings.refresh)
+                                      heartbeat=settings.heartbeat, refresh=settings.refresh,
+                                      reconnect_delay=settings.redial_interval)
         tls = None
     elif settings.pki is not None:
         pki = settings.pki
@@ -114,7 +124,8 @@ def new_client(settings: ClientSettings) -> SignalClient:
                                f"{exc}") from None
         client = SignalClient.for_certificate(certificate, timeout=settings.timeout,
                                               heartbeat=settings.heartbeat,
-                                              refresh=settings.refresh)
+                                              refresh=settings.refresh,
+                                              reconnect_delay=settings.redial_interval)
     else:
         raise ConnectError("no credentials: a PKI directory (a certificate) or a PSK identity "
                            "and key", usage=True)

@@ -139,6 +139,10 @@ def register(subparsers: Subparsers) -> None:
     p = sub.add_parser("run", help="keep a session up and serve the other commands",
                        epilog=EPILOG)
     p.add_argument("--watch", action="store_true", help="also print every status change")
+    p.add_argument("--redial-interval", type=_positive, default=60.0, metavar="S",
+                   help="seconds between the starts of two attempts to re-establish a lost "
+                        "session, doubled up to 300 (default 60, the least RFC 9132 §4.7 "
+                        "allows; less only in a test bed)")
     p.set_defaults(func=run_command, params=lambda a: {})
 
 

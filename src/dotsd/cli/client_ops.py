@@ -49,7 +49,7 @@ from dotsd.cli.client import (
 )
 from dotsd.coap.numbers import Code, code_dotted, code_str
 from dotsd.model.errors import ModelError
-from dotsd.signal.client_session import ReturnToProvisioned
+from dotsd.signal.client_session import REDIAL_MIN, ReturnToProvisioned
 from dotsd.signal.config import Attribute, ConfigSetKind, ServerConfig
 from dotsd.signal.mids import ROLLOVER_MID, MidStateError
 from dotsd.signal.session import SessionState, StateChanged
@@ -140,7 +140,8 @@ def client_settings(args: argparse.Namespace, *, heartbeats: bool) -> ClientSett
         host, port, addresses=tuple(args.address),
         pki=None if args.pki is None or psk_identity is not None else Path(args.pki),
         cert=args.cert, psk_identity=psk_identity, psk_key=psk_key, transports=transports,
-        timeout=args.timeout, heartbeat=None if heartbeats else (0.0, 15))
+        timeout=args.timeout, heartbeat=None if heartbeats else (0.0, 15),
+        redial_interval=getattr(args, "redial_interval", REDIAL_MIN))
 
 
 @contextlib.asynccontextmanager

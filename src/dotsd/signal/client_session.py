@@ -17,8 +17,10 @@ What it decides:
 * the configuration refresh (RFC 9132 §4.5.3, :func:`~dotsd.signal.config.refresh_delay`):
   :class:`RefreshConfig` before Max-Age runs out, every 60 s without Max-Age, never while an
   attack is active ("refresh requests MUST NOT be sent by DOTS clients");
-* re-establishing a lost session (§4.7: "MUST try to re-establish"): :class:`Redial` at once,
-  then with a doubling back-off while dialing fails;
+* re-establishing a lost session (§4.7: "MUST try to re-establish"): :class:`Redial` at once;
+  while dialing fails, the next attempt starts 60 s after the previous one started, then
+  120 s, 240 s, 300 s ("MUST NOT retry more frequently than every 60 seconds", "SHOULD NOT
+  ... than every 300 seconds");
 * the end of a redirection (RFC 9132 §4.6): :class:`ReturnToProvisioned` when its TTL runs out,
   except while an attack is active (then when the attack ends);
 * a session that fell back to TLS probing DTLS again (§4.3), at most every 5 minutes:
@@ -56,6 +58,7 @@ from dotsd.signal.session import (
 __all__ = [
     "DTLS_PROBE_INTERVAL",
     "REDIAL_MAX",
+    "REDIAL_MIN",
     "ClientEvent",
     "ClientSession",
     "ParamsChanged",
@@ -68,7 +71,12 @@ __all__ = [
 ]
 
 DTLS_PROBE_INTERVAL: Final = 300.0  # RFC 9132 §4.3: "not ... more frequently than every 5 min"
-REDIAL_MAX: Final = 60.0  # seconds between two redial attempts at most
+# RFC 9132 §4.7: "If a new DOTS signal channel session cannot be established, the DOTS client
+# SHOULD NOT retry to establish the DOTS signal channel session more frequently than every 300
+# seconds (5 minutes) and MUST NOT retry more frequently than every 60 seconds (1 minute)."
+# Between the starts of two attempts: 60 s, then doubling up to 300 s.
+REDIAL_MIN: Final = 60.0
+REDIAL_MAX: Final = 300.0
 REFRESH_RETRY: Final = 60.0  # a refresh that failed is tried again after this long
 
 
@@ -120,7 +128,9 @@ class ClientSession:
     ``now``: the monotonic time at creation; ``heartbeat``: a fixed ('heartbeat-interval',
     'missing-hb-allowed') overriding the negotiated values (tests, or an interval of 0 to turn
     heartbeats off); ``redial``: whether a lost session is re-established; ``redial_delay``:
-    the first back-off after a failed redial; ``last_mid``: the last 'mid' used before.
+    the time between the starts of a failed redial and the next (RFC 9132 §4.7: at least
+    :data:`REDIAL_MIN`; less only for tests), doubled up to :data:`REDIAL_MAX`; ``last_mid``:
+    the last 'mid' used before.
     """
 
     def __init__(
@@ -129,7 +139,7 @@ class ClientSession:
         *,
         heartbeat: tuple[float, int] | None = None,
         redial: bool = True,
-        redial_delay: float = 1.0,
+        redial_delay: float = REDIAL_MIN,
         dtls_probe_interval: float = DTLS_PROBE_INTERVAL,
         first_sid: int = 1,
         last_mid: int | None = None,
@@ -154,6 +164,7 @@ class ClientSession:
         self._events: deque[ClientEvent] = deque()
         self._refresh_at: float | None = None
         self._redial_at: float | None = None
+        self._redial_started: float | None = None
         self._redial_attempt = 0
         self._next_delay = redial_delay
         self._return_at: float | None = None  # the redirection's end, while on an alternate
@@ -231,8 +242,9 @@ class ClientSession:
         if self.state is not SessionState.CONNECTING:
             return
         self._change(SessionEvent.LINK_DOWN, f"redial failed: {reason}")
-        self._redial_at = now + self._next_delay
-        self._next_delay = min(self._next_delay * 2, REDIAL_MAX)
+        started = self._redial_started if self._redial_started is not None else now
+        self._redial_at = max(now, started + self._next_delay)  # start to start (§4.7)
+        self._next_delay = min(self._next_delay * 2, max(REDIAL_MAX, self.redial_delay))
 
     def probe_failed(self, now: float) -> None:
         """A :class:`ProbeDtls` failed: the next one waits another interval (RFC 9132 §4.3)."""
@@ -355,7 +367,7 @@ class ClientSession:
     def handle_timer(self, now: float) -> None:
         if self.state is SessionState.LOST:
             if self._redial_at is not None and now >= self._redial_at:
-                self._start_redial("redial")
+                self._start_redial(now, "redial")
             return
         if not self.lifecycle.live:
             return
@@ -398,10 +410,11 @@ class ClientSession:
         self.monitor = None
         self._probe_at = None
         if self.redial:
-            self._start_redial(reason)
+            self._start_redial(now, reason)
 
-    def _start_redial(self, reason: str) -> None:
+    def _start_redial(self, now: float, reason: str) -> None:
         self._redial_at = None
+        self._redial_started = now
         self._redial_attempt += 1
         self._change(SessionEvent.REDIAL, reason)
         self._events.append(Redial(reason, self._redial_attempt))
