@@ -367,6 +367,35 @@ async def test_attack_ongoing_keeps_session(pki: PkiPaths) -> None:
         assert not c.monitor.degraded and not lost
 
 
+async def test_under_attack_a_new_session_takes_over(pki: PkiPaths) -> None:
+    """RFC 9132 §4.7: nothing comes back from the server (the client's inbound link is
+    saturated, or the server lost the session's state) while a mitigation is active: the
+    session is kept, a new one is opened beside it, and once up the session moves to it; a
+    mitigation request waiting for its answer follows onto the new link."""
+    lost: list[str] = []
+    env = Env(pki, heartbeat=(0.05, 2), on_session_lost=lost.append, reconnect_delay=0.2)
+    env.client.connect = env.connect
+    c = env.client
+    await c.start()
+    try:
+        assert (await c.mitigate(SCOPE)).code == Code.CREATED
+        old_link, old_server_link = env.links[-1]
+        old_server_link.blackhole = True
+        pending = asyncio.create_task(c.mitigate({**SCOPE, "target-port-range": [
+            {"lower-port": 80}]}))
+        await wait_until(lambda: c.spares == 1, TIMEOUT, what="a new session")
+        assert c.link is env.link and c.link is not old_link and old_link.closed
+        reply = await asyncio.wait_for(pending, TIMEOUT)
+        # 2.04 when the first copy got through on the old link (its 2.01 was lost).
+        assert reply.code in (Code.CREATED, Code.CHANGED) and reply.mid == 2
+        assert not lost and c.reconnects == 0
+        await wait_until(lambda: c.session.state is SessionState.ESTABLISHED, TIMEOUT,
+                         what="the session established on the new link")
+    finally:
+        await c.close()
+        await env.server.node.close()
+
+
 async def test_reconnect_after_loss(pki: PkiPaths) -> None:
     lost: list[str] = []
     env = Env(pki, heartbeat=(0.05, 2), on_session_lost=lost.append, reconnect_delay=0.05)

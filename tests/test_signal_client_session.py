@@ -13,6 +13,7 @@ from dotsd.signal.client_session import (
     REDIAL_MAX,
     REDIAL_MIN,
     ClientSession,
+    OpenSpare,
     ParamsChanged,
     ProbeDtls,
     Redial,
@@ -137,6 +138,47 @@ def test_under_attack_the_session_is_degraded_not_lost() -> None:
     session.traffic(201.0)  # the server is heard again
     events = run_until(session, 201.0)
     assert [e.new for e in events if isinstance(e, StateChanged)] == [SessionState.ESTABLISHED]
+
+
+def test_under_attack_a_new_session_is_tried_beside() -> None:
+    """RFC 9132 §4.7: once 'missing-hb-allowed' is reached under attack the client "SHOULD try
+    to establish a new DOTS signal channel session" and keeps the current one; a failed try is
+    repeated no sooner than the redial interval; none once the server is heard again."""
+    session = up()
+    session.mitigation_active(0.0, 1, SCOPE)
+    drain(session)
+    events = run_until(session, 200.0)
+    spares = [e for e in events if isinstance(e, OpenSpare)]
+    assert [e.attempt for e in spares] == [1]
+    assert session.state is SessionState.DEGRADED
+    started = 40.0  # 3 unanswered heartbeats, 10 s apart, after the first one at 10 s
+    assert session._spare_started == started
+    session.spare_failed(started + 12.0)
+    assert not any(isinstance(e, OpenSpare)
+                   for e in run_until(session, started + REDIAL_MIN - 0.1))
+    again = [e for e in run_until(session, started + REDIAL_MIN) if isinstance(e, OpenSpare)]
+    assert [e.attempt for e in again] == [2]
+    session.spare_failed(started + REDIAL_MIN + 5.0)
+    session.traffic(started + REDIAL_MIN + 10.0)  # heard again: no third attempt
+    later = run_until(session, 1000.0, answer=True)
+    assert not any(isinstance(e, OpenSpare) for e in later)
+    assert session.state is SessionState.ESTABLISHED
+    # Without an attack the session is lost instead (and redialled), no new session beside.
+    idle = up()
+    drain(idle)
+    assert not any(isinstance(e, OpenSpare) for e in run_until(idle, 200.0))
+    assert idle.state is not SessionState.DEGRADED
+
+
+def test_the_new_session_takes_over() -> None:
+    session = up()
+    session.mitigation_active(0.0, 1, SCOPE)
+    drain(session)
+    run_until(session, 200.0)
+    assert session.state is SessionState.DEGRADED
+    session.link_up(201.0, reliable=False)  # the new session is up: the session moves
+    assert session.state is SessionState.ESTABLISHED
+    assert not any(isinstance(e, OpenSpare) for e in run_until(session, 230.0))
 
 
 def test_server_heartbeats_feed_peer_hb_status() -> None:

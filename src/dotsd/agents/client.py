@@ -67,6 +67,7 @@ from dotsd.signal.client_session import (
     REDIAL_MIN,
     ClientEvent,
     ClientSession,
+    OpenSpare,
     ParamsChanged,
     ProbeDtls,
     Redial,
@@ -178,6 +179,7 @@ def _fresh(msg: Message) -> Message:
 
 
 DTLS_AGAIN: Final = "DTLS available again"
+NEW_SESSION: Final = "a new session while the server was unheard"
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,6 +392,7 @@ class SignalClient:
         self.heartbeats_answered = 0
         self.peer_heartbeats = 0
         self.reconnects = 0
+        self.spares = 0  # new sessions opened beside an unheard one (RFC 9132 §4.7)
         self._listeners: list[Callable[[ClientEvent | SessionMoved], object]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -587,6 +590,8 @@ class SignalClient:
             self._spawn(self._move(None, "back to the provisioned server"))
         elif isinstance(event, ProbeDtls):
             self._spawn(self._probe_dtls())
+        elif isinstance(event, OpenSpare):
+            self._spawn(self._open_spare(event))
 
     def _state_changed(self, event: StateChanged) -> None:
         new = event.new
@@ -656,6 +661,27 @@ class SignalClient:
             return
         log.info("cuid=%s: session moved: %s", self.cuid, why)
         self._tell(SessionMoved(why))
+
+    async def _open_spare(self, event: OpenSpare) -> None:
+        """RFC 9132 §4.7 under attack: a new session beside the unheard one (requests go on
+        over the current one meanwhile); the session moves to it if the current one is
+        still unheard when it is up, and requests waiting for an answer follow."""
+        if self.connect is None or self._closed:
+            return
+        log.warning("cuid=%s: %s: trying a new session beside it (attempt %d)", self.cuid,
+                    event.reason, event.attempt)
+        try:
+            link = await self.connect()
+        except Exception as exc:
+            log.warning("cuid=%s: new session failed: %r", self.cuid, exc)
+            self.session.spare_failed(self._now())
+            self._pump()
+            return
+        if self._closed or self.session.state is not SessionState.DEGRADED:
+            link.close()  # the current session is heard again ("can stop the new ...")
+            return
+        self.spares += 1
+        await self._move(link, NEW_SESSION)
 
     async def _probe_dtls(self) -> None:
         """RFC 9132 §4.3: a session that fell back to TLS probes DTLS again."""
@@ -744,15 +770,25 @@ class SignalClient:
         return resp
 
     async def _request_non_once(self, msg: Message) -> Message:
-        """Sampled for the RTT estimate when it was not repeated (RFC 6298 §3)."""
+        """Sampled for the RTT estimate when it was not repeated (RFC 6298 §3). When the
+        session moves to another link meanwhile (a new session under attack, §4.7; DTLS
+        again, §4.3), the request goes on over the new link within the same deadline."""
         link = self._require_link()
-        tracked = _TrackedRepeat(self.repeat)
-        sent_at = self._now()
-        try:
-            resp = await self.node.request(link, msg, confirmable=False, timeout=self.timeout,
-                                           repeat=tracked)
-        except RequestError as exc:
-            raise ClientError(None, f"{msg.path_str}: {exc}") from None
+        deadline = None if self.timeout is None else self._now() + self.timeout
+        while True:
+            tracked = _TrackedRepeat(self.repeat)
+            sent_at = self._now()
+            left = None if deadline is None else deadline - sent_at
+            try:
+                resp = await self.node.request(link, msg, confirmable=False, timeout=left,
+                                               repeat=tracked)
+                break
+            except RequestError as exc:
+                current = self.link
+                if (current is None or current is link or self._closed
+                        or (deadline is not None and self._now() >= deadline)):
+                    raise ClientError(None, f"{msg.path_str}: {exc}") from None
+                link, msg = current, _fresh(msg)
         if not link.info.reliable:  # the pacing of datagrams; TCP times its own
             self.estimator.on_exchange(sent_at, self._now(), repeated=tracked.repeated)
         self._heard()

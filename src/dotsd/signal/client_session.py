@@ -17,6 +17,9 @@ What it decides:
 * the configuration refresh (RFC 9132 §4.5.3, :func:`~dotsd.signal.config.refresh_delay`):
   :class:`RefreshConfig` before Max-Age runs out, every 60 s without Max-Age, never while an
   attack is active ("refresh requests MUST NOT be sent by DOTS clients");
+* under attack, once 'missing-hb-allowed' is reached, a new session in parallel (§4.7):
+  :class:`OpenSpare`, again no sooner than the redial intervals below while it fails and the
+  current session stays unheard;
 * re-establishing a lost session (§4.7: "MUST try to re-establish"): :class:`Redial` at once;
   while dialing fails, the next attempt starts 60 s after the previous one started, then
   120 s, 240 s, 300 s ("MUST NOT retry more frequently than every 60 seconds", "SHOULD NOT
@@ -61,6 +64,7 @@ __all__ = [
     "REDIAL_MIN",
     "ClientEvent",
     "ClientSession",
+    "OpenSpare",
     "ParamsChanged",
     "ProbeDtls",
     "Redial",
@@ -107,6 +111,19 @@ class Redial:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenSpare:
+    """RFC 9132 §4.7, under attack once 'missing-hb-allowed' is reached: "the DOTS client SHOULD
+    try to establish a new DOTS signal channel session", while it keeps using the current
+    one. Dial; then move the session to the new link (:meth:`ClientSession.link_up`) if the
+    current one is still :attr:`~SessionState.DEGRADED` ("if a new DOTS signal channel session
+    is successful then disconnect the current"), else close it ("can stop the new ...
+    attempt"); or :meth:`ClientSession.spare_failed`."""
+
+    reason: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReturnToProvisioned:
     """The redirection expired (RFC 9132 §4.6): move the session back to the provisioned
     server (dial it, then :meth:`ClientSession.link_up`)."""
@@ -119,7 +136,7 @@ class ProbeDtls:
 
 
 ClientEvent = (SendHeartbeat | ParamsChanged | RefreshConfig | Redial | ReturnToProvisioned
-               | ProbeDtls | StateChanged)
+               | ProbeDtls | OpenSpare | StateChanged)
 
 
 class ClientSession:
@@ -166,6 +183,10 @@ class ClientSession:
         self._redial_at: float | None = None
         self._redial_started: float | None = None
         self._redial_attempt = 0
+        self._spare_at: float | None = None  # the next new-session attempt under attack
+        self._spare_started: float | None = None
+        self._spare_attempt = 0
+        self._spare_delay = redial_delay
         self._next_delay = redial_delay
         self._return_at: float | None = None  # the redirection's end, while on an alternate
         self._probe_at: float | None = None
@@ -224,6 +245,7 @@ class ClientSession:
         self._redial_at = None
         self._redial_attempt = 0
         self._next_delay = self.redial_delay
+        self._clear_spare()
         self._return_at = redirect_until
         self._probe_at = now + self.dtls_probe_interval if tls_fallback else None
         interval, missing = self._heartbeat_values(self._config[ConfigSetKind.IDLE])
@@ -245,6 +267,25 @@ class ClientSession:
         started = self._redial_started if self._redial_started is not None else now
         self._redial_at = max(now, started + self._next_delay)  # start to start (§4.7)
         self._next_delay = min(self._next_delay * 2, max(REDIAL_MAX, self.redial_delay))
+
+    def spare_failed(self, now: float) -> None:
+        """An :class:`OpenSpare` did not reach the server: another one, no sooner than the
+        §4.7 retry interval after this one started, while the session stays unheard."""
+        if self.state is not SessionState.DEGRADED or self._spare_started is None:
+            return
+        self._spare_at = max(now, self._spare_started + self._spare_delay)
+        self._spare_delay = min(self._spare_delay * 2, max(REDIAL_MAX, self.redial_delay))
+
+    def _open_spare(self, now: float, reason: str) -> None:
+        self._spare_at = None
+        self._spare_started = now
+        self._spare_attempt += 1
+        self._events.append(OpenSpare(reason, self._spare_attempt))
+
+    def _clear_spare(self) -> None:
+        self._spare_at = self._spare_started = None
+        self._spare_attempt = 0
+        self._spare_delay = self.redial_delay
 
     def probe_failed(self, now: float) -> None:
         """A :class:`ProbeDtls` failed: the next one waits another interval (RFC 9132 §4.3)."""
@@ -360,6 +401,8 @@ class ClientSession:
                 times.append(self._return_at)  # §4.6: the alternate is kept under attack
             if self._probe_at is not None:
                 times.append(self._probe_at)
+            if self._spare_at is not None:
+                times.append(self._spare_at)
         elif self.state is SessionState.LOST and self._redial_at is not None:
             times.append(self._redial_at)
         return min(times) if times else None
@@ -384,8 +427,12 @@ class ClientSession:
                 if verdict[0] is SessionEvent.HEARTBEATS_LOST:
                     self._lose(now, *verdict)
                     return
-                # RFC 9132 §4.7: under attack, the session and its heartbeats go on.
+                # RFC 9132 §4.7: under attack, the session and its heartbeats go on ...
                 self._change(*verdict)
+                if verdict[0] is SessionEvent.THRESHOLD_REACHED and self.redial:
+                    self._open_spare(now, verdict[1])  # ... and a new one is tried beside
+                elif verdict[0] is SessionEvent.PEER_REACHABLE:
+                    self._spare_at = None  # heard again: no further attempt
         attack = self.attack
         if self._refresh_at is not None and now >= self._refresh_at and not attack:
             self._refresh_at = None
@@ -396,6 +443,9 @@ class ClientSession:
         if self._probe_at is not None and now >= self._probe_at:
             self._probe_at = None
             self._events.append(ProbeDtls())
+        if (self._spare_at is not None and now >= self._spare_at
+                and self.state is SessionState.DEGRADED):
+            self._open_spare(now, "the DOTS server is still unheard")
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -409,6 +459,7 @@ class ClientSession:
         self._change(event, reason)
         self.monitor = None
         self._probe_at = None
+        self._clear_spare()
         if self.redial:
             self._start_redial(now, reason)
 
