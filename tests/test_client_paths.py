@@ -71,18 +71,23 @@ def test_save_without_anything_learnt_keeps_the_rest(tmp_path: Path) -> None:
     assert entry == {"srtt": 0.03, "srtt_at": 1.0}
 
 
-def test_dtls_session_is_kept_for_the_next_run(pki: PkiPaths, tmp_path: Path) -> None:
-    """A session of this run resumes in the next one (RFC 9132 §7.1); it keeps its first date,
-    and is dropped once older than SESSION_TTL."""
-    sctx = server_context(DtlsConfig.from_pki(pki))
-    cctx = client_context(DtlsConfig.from_pki(pki, client=True))
-    client = DtlsConnection(cctx, 0.0, server_hostname="localhost")
+def handshake(client: DtlsConnection, sctx: DtlsContext) -> DtlsConnection:
+    """``client`` after a lossless handshake with a server of ``sctx``."""
     server = DtlsConnection(sctx, 0.0)
     for _ in range(10):
         for d in client.datagrams_to_send():
             server.receive_datagram(d, 0.0)
         for d in server.datagrams_to_send():
             client.receive_datagram(d, 0.0)
+    return client
+
+
+def test_dtls_session_is_kept_for_the_next_run(pki: PkiPaths, tmp_path: Path) -> None:
+    """A session of this run resumes in the next one (RFC 9132 §7.1); it keeps its first date,
+    and is dropped once older than SESSION_TTL."""
+    sctx = server_context(DtlsConfig.from_pki(pki))
+    cctx = client_context(DtlsConfig.from_pki(pki, client=True))
+    client = handshake(DtlsConnection(cctx, 0.0, server_hostname="localhost"), sctx)
     assert client.session is not None
     where = Candidate("dtls", "2001:db8::1", 4646)
     memory = PathMemory(tmp_path / "paths.json")
@@ -98,13 +103,8 @@ def test_dtls_session_is_kept_for_the_next_run(pki: PkiPaths, tmp_path: Path) ->
     second = dialer(nextctx)
     memory.restore(SERVER, RttEstimator(), second, wall=1000.0 + SESSION_TTL - 1, mono=0.0)
     session = second.sessions[where]
-    again = DtlsConnection(nextctx, 0.0, server_hostname="localhost", session=session)
-    server = DtlsConnection(sctx, 0.0)
-    for _ in range(10):
-        for d in again.datagrams_to_send():
-            server.receive_datagram(d, 0.0)
-        for d in server.datagrams_to_send():
-            again.receive_datagram(d, 0.0)
+    again = handshake(DtlsConnection(nextctx, 0.0, server_hostname="localhost",
+                                     session=session), sctx)
     assert again.handshake_complete and again.resumed
     memory.save(SERVER, RttEstimator(), second, wall=2000.0, mono=0.0)  # the same session
     (item,) = json.loads((tmp_path / "paths.json").read_text())["servers"][SERVER]["sessions"]

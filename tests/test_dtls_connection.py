@@ -513,9 +513,10 @@ def test_send_before_handshake_or_after_close_raises(cctx: DtlsContext) -> None:
     assert client.get_timer() is None and drain(client) == []
 
 
-def test_application_data_before_the_finished_is_kept(cctx: DtlsContext,
-                                                      sctx: DtlsContext) -> None:
-    """Resumed handshake: the client's data overtakes its last flight on the way."""
+def resumed_up_to_the_last_flight(cctx: DtlsContext, sctx: DtlsContext
+                                  ) -> tuple[DtlsConnection, DtlsConnection]:
+    """A resumed handshake where the client has completed and its last flight (CCS,
+    Finished) waits in ``client.datagrams_to_send()``; the server has not completed."""
     first, _ = connect(cctx, sctx)
     client = DtlsConnection(cctx, 0.0, server_hostname="localhost", session=first.session)
     server = DtlsConnection(sctx, 0.0)
@@ -524,6 +525,13 @@ def test_application_data_before_the_finished_is_kept(cctx: DtlsContext,
     for d in server.datagrams_to_send():
         client.receive_datagram(d, 0.0)
     assert client.handshake_complete and not server.handshake_complete
+    return client, server
+
+
+def test_application_data_before_the_finished_is_kept(cctx: DtlsContext,
+                                                      sctx: DtlsContext) -> None:
+    """Resumed handshake: the client's data overtakes its last flight on the way."""
+    client, server = resumed_up_to_the_last_flight(cctx, sctx)
     last_flight = client.datagrams_to_send()
     client.send(b"early")
     early = client.datagrams_to_send()
@@ -541,14 +549,7 @@ def test_lost_last_flight_travels_with_the_data(cctx: DtlsContext, sctx: DtlsCon
     that flight along in the same datagram, so the first one that arrives completes the
     handshake and is delivered, without waiting for the server's timer; once the server
     answered, the data goes alone."""
-    first, _ = connect(cctx, sctx)
-    client = DtlsConnection(cctx, 0.0, server_hostname="localhost", session=first.session)
-    server = DtlsConnection(sctx, 0.0)
-    for d in client.datagrams_to_send():
-        server.receive_datagram(d, 0.0)
-    for d in server.datagrams_to_send():
-        client.receive_datagram(d, 0.0)
-    assert client.handshake_complete and not server.handshake_complete
+    client, server = resumed_up_to_the_last_flight(cctx, sctx)
     (last_flight,) = client.datagrams_to_send()  # lost
 
     def send(data: bytes) -> bytes:

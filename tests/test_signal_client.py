@@ -314,20 +314,28 @@ async def test_the_client_answers_the_server_heartbeats(pki: PkiPaths) -> None:
         assert resp.code == Code.CHANGED and c.monitor.peer_reports_receiving is True
 
 
-async def test_each_client_on_a_node_gets_the_heartbeats_of_its_link(pki: PkiPaths) -> None:
-    """The node's one /hb resource hands each server heartbeat to the client whose link it
-    came on (it was the last client added only)."""
+async def clients_on_one_node(pki: PkiPaths, n: int) -> tuple[
+        SignalServer, CoapNode, list[SignalClient], list[tuple[LossyLink, LossyLink]]]:
+    """``n`` clients sharing one CoapNode, each started on a link of its own to one server."""
     server = SignalServer()
     node = CoapNode()
     cert = load_certificate(pki.client_cert)
     clients = [SignalClient.for_certificate(cert, node=node, timeout=TIMEOUT,
-                                            heartbeat=(0.0, 3)) for _ in range(2)]
+                                            heartbeat=(0.0, 3)) for _ in range(n)]
+    pairs = []
+    for client in clients:
+        pair = cert_links(client, server, pki.client_cert)
+        await client.start(pair[0])
+        pairs.append(pair)
+    return server, node, clients, pairs
+
+
+async def test_each_client_on_a_node_gets_the_heartbeats_of_its_link(pki: PkiPaths) -> None:
+    """The node's one /hb resource hands each server heartbeat to the client whose link it
+    came on (it was the last client added only)."""
+    server, node, clients, pairs = await clients_on_one_node(pki, 2)
     try:
-        server_links = []
-        for client in clients:
-            la, lb = cert_links(client, server, pki.client_cert)
-            await client.start(la)
-            server_links.append(lb)
+        server_links = [lb for _, lb in pairs]
         resp = await server.node.request(server_links[0], server_heartbeat(), timeout=TIMEOUT)
         assert resp.code == Code.CHANGED
         assert [c.peer_heartbeats for c in clients] == [1, 0]
@@ -521,17 +529,9 @@ async def test_both_agents_send_heartbeats_and_hear_each_other(pki: PkiPaths,
 async def test_two_clients_on_one_node_both_see_their_link_go_down(pki: PkiPaths) -> None:
     """Each SignalClient on a shared node is told when its own link goes down (it used to be
     the first client only: the node had one callback attribute)."""
-    server = SignalServer()
-    node = CoapNode()
-    cert = load_certificate(pki.client_cert)
-    clients = [SignalClient.for_certificate(cert, node=node, timeout=TIMEOUT,
-                                            heartbeat=(0.0, 3)) for _ in range(2)]
+    server, node, clients, pairs = await clients_on_one_node(pki, 2)
     try:
-        links = []
-        for client in clients:
-            la, _ = cert_links(client, server, pki.client_cert)
-            await client.start(la)
-            links.append(la)
+        links = [la for la, _ in pairs]
         links[1].close()  # the second client's link goes down: only it loses its session
         await asyncio.wait_for(clients[1].session_lost.wait(), TIMEOUT)
         assert "link down" in (clients[1].lost_reason or "")

@@ -93,12 +93,28 @@ def test_with_estimate_one_per_rtt_at_most() -> None:
     est = RttEstimator(min_rto=0.0)
     est.sample(0.5)
     policy = MitigationRepeatPolicy(est)
-    assert policy.delay(0) == pytest.approx(0.5)  # one per (smoothed) RTT
+    assert policy.delay(1) == pytest.approx(0.5)  # one per (smoothed) RTT
+    # The first repetition waits for the answer's variation too: SRTT + 4 RTTVAR, ≤ 2 SRTT.
+    assert policy.delay(0) == pytest.approx(1.0)
     # The endpoint's own (larger) RTT is never undercut.
-    assert policy.delay(0, rtt=3.5) == pytest.approx(3.5)
+    assert policy.delay(1, rtt=3.5) == pytest.approx(3.5)
     est.sample(1.5)
-    delay = policy.delay(0)
+    delay = policy.delay(5)
     assert delay is not None and est.srtt is not None and delay == pytest.approx(est.srtt)
+
+
+def test_first_repetition_leaves_room_for_the_answer() -> None:
+    """A clean 50 ms path where the server takes a few ms: the first copy is not repeated
+    at SRTT sharp (the answer would cross it), but at SRTT + 4 RTTVAR; then one per SRTT."""
+    est = RttEstimator(min_rto=0.0)
+    for rtt in (0.052, 0.050, 0.055, 0.051, 0.053, 0.050, 0.054, 0.052):
+        est.sample(rtt)
+    assert est.srtt is not None
+    policy = MitigationRepeatPolicy(est)
+    first, later = policy.delay(0), policy.delay(1)
+    assert later == pytest.approx(est.srtt)
+    assert first == pytest.approx(est.srtt + 4 * est.rttvar)
+    assert later is not None and first is not None and later + 0.005 < first < 2 * later
 
 
 def test_repeats_follow_the_rtt_not_the_one_second_rto() -> None:
@@ -111,8 +127,10 @@ def test_repeats_follow_the_rtt_not_the_one_second_rto() -> None:
         est.sample(0.05)
     assert est.rto == 1.0
     policy = MitigationRepeatPolicy(est, min_interval=0.02)
-    assert policy.delay(0) == pytest.approx(0.05)
-    assert sum(1 for _ in range(100) if policy.delay(_) == pytest.approx(0.05)) == 100
+    assert policy.delay(1) == pytest.approx(0.05)
+    assert sum(1 for _ in range(1, 100) if policy.delay(_) == pytest.approx(0.05)) == 99
+    first = policy.delay(0)
+    assert first is not None and 0.05 <= first < 0.06  # constant samples: no variation
 
 
 def test_endpoint_rtt_used_without_own_estimate() -> None:
@@ -163,9 +181,10 @@ def test_repeats_with_endpoint_in_fake_time() -> None:
             ep.handle_timer(now)
             while ep.next_event() is not None:
                 pass
-        gaps = {round(b - a, 6) for a, b in itertools.pairwise(times)}
-        assert gaps == {expected}
-        assert len(times) == int(29.9 // expected) + 1
+        gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
+        # The first repetition waits SRTT + 4 RTTVAR (here 2 SRTT: one sample only).
+        assert set(gaps[1:]) == {expected} and gaps[0] == (3.0 if est is None else 0.2)
+        assert len(times) == int((29.9 - gaps[0]) // expected) + 2
 
 
 def test_client_never_repeats_faster_than_its_floor() -> None:

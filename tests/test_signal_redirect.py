@@ -249,22 +249,7 @@ async def test_happy_eyeballs_falls_back_to_tls(pki: PkiPaths, tmp_path: Path) -
             client.add_listener(seen)
             # How each dial attempt ends (RFC 8305 §5, RFC 9132 §4.3: the next one starts
             # after the attempt delay; the first link up wins, the others are cancelled).
-            ended: list[tuple[str, str]] = []
-            attempt = dialer._attempt
-
-            async def recorded(cand: Candidate, server_name: str) -> Link:
-                try:
-                    link = await attempt(cand, server_name)
-                except asyncio.CancelledError:
-                    ended.append((cand.transport, "cancelled"))
-                    raise
-                except Exception as exc:
-                    ended.append((cand.transport, f"failed: {exc!r}"))
-                    raise
-                ended.append((cand.transport, "up"))
-                return link
-
-            dialer._attempt = recorded  # type: ignore[method-assign]
+            ended = record_attempts(dialer)
             try:
                 await asyncio.wait_for(client.start(), 10)
                 # TLS won while the DTLS attempt (it allows 5 s) was still waiting for an

@@ -13,7 +13,8 @@ and SHOULD use an even less aggressive rate whenever possible (case 2 in Section
   sample) and from earlier unambiguous exchanges (Karn's rule, RFC 6298 §3).
 * :class:`MitigationRepeatPolicy` — a :data:`dotsd.coap.exchange.RepeatPolicy`: the delay
   before repeating an unanswered NON request. With an estimate it is the smoothed RTT (one
-  repetition per RTT, what RFC 9132 §4.4 allows on average); without one, 3 s or more.
+  repetition per RTT, what RFC 9132 §4.4 allows on average), the first one a little later
+  (SRTT + 4 RTTVAR, at most 2 SRTT); without one, 3 s or more.
   Unlike the endpoint's default policy it never looks at the probing rate.
 """
 
@@ -158,6 +159,12 @@ class MitigationRepeatPolicy:
         if self.max_repeats is not None and attempts >= self.max_repeats:
             return None
         base = self.interval(rtt)
+        est = self.estimator
+        if attempts == 0 and est is not None and est.srtt is not None:
+            # The first copy's answer is due about one RTT plus its variation (RFC 6298 §2.3
+            # without the 1 s floor, at most 2 SRTT): repeating at SRTT sharp crossed the
+            # answer on a clean path whenever the server took a few ms.
+            base = max(base, est.srtt + min(K * est.rttvar, est.srtt))
         if self.backoff == 1.0:
             return base
         # The cap never brings the delay under the base interval (the RTT / 3 s rules).
