@@ -233,8 +233,10 @@ async def test_run_serves_commands_on_its_session(pki: PkiPaths, tmp_path: Path)
         # sending anything; a detector calls it during an attack).
         loaded = await _modules_loaded([*cli.base, "status", "--json"])
         heavy = {m for m in loaded if m.split(".")[0] in (
-            "asyncio", "ssl", "cryptography", "OpenSSL", "cbor2", "yangson")
-            or m.startswith(("dotsd.agents", "dotsd.transport", "dotsd.node"))}
+            "asyncio", "ssl", "cryptography", "OpenSSL", "cbor2", "yangson", "logging",
+            "tempfile") or m.startswith((
+                "dotsd.agents", "dotsd.transport", "dotsd.node", "dotsd.cli.server",
+                "dotsd.cli.pki", "dotsd.cli.demo", "dotsd.signal.config"))}
         assert not heavy, sorted(heavy)
         # The run client observes its mitigations and prints the status changes.
         notes = await _events(proc, "attack-successfully-mitigated")

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from dotsd.cli.main import KeyValueFormatter, build_parser, main
+from dotsd.cli.logs import KeyValueFormatter
+from dotsd.cli.main import build_parser, main
 from dotsd.pki import PkiPaths, fingerprint, load_certificate
 
 pytestmark = pytest.mark.usefixtures("restore_logging")

@@ -3,7 +3,7 @@
 A command module defines ``register(subparsers: Subparsers) -> None``. It adds its parser
 (``subparsers.add_parser(...)``) and sets ``func`` on it with ``set_defaults(func=...)``: a
 handler ``(args: argparse.Namespace) -> int`` that returns the exit code. Then the module
-is added to ``COMMANDS`` in ``dotsd.cli.main``.
+is named in ``COMMANDS`` in ``dotsd.cli.main``.
 
 Every handler sees the global options ``args.json`` (bool: machine-readable output on
 stdout) and ``args.verbose`` (int). An expected failure is reported by raising

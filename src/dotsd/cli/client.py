@@ -28,13 +28,12 @@ import ipaddress
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from dotsd.cli import CommandError, Subparsers
 from dotsd.defaults import DEFAULT_PORT
-from dotsd.signal.config import Attribute
+from dotsd.signal.attributes import Attribute
 
 if TYPE_CHECKING:
     pass
@@ -65,6 +64,7 @@ def register(subparsers: Subparsers) -> None:
         description="DOTS signal-channel client (RFC 9132): ask a DOTS server for mitigation, "
                     "follow it, withdraw it, tune the session; `run` keeps a session up.",
         epilog=EPILOG)
+    parser.set_defaults(setup_logging=False)  # run_command sets it up on the direct path
     parser.add_argument("--pki", metavar="DIR",
                         help="PKI directory with ca.pem and the client certificate")
     parser.add_argument("--psk-identity", metavar="ID",
@@ -284,8 +284,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
 # Results
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What a command produced: data for --json, text for people."""
 
     data: dict[str, Any]
@@ -318,6 +317,9 @@ def run_command(args: argparse.Namespace) -> int:
     import asyncio
 
     from dotsd.cli import client_ops
+    from dotsd.cli.logs import configure_logging
+
+    configure_logging(args.verbose)
 
     try:
         return asyncio.run(client_ops.main(args, name, params))

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -162,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     report = _Reporter(args.json)
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="dotsd-demo-") as tmp:
         try:
             asyncio.run(asyncio.wait_for(_demo(args, report, Path(tmp)), timeout=60))

@@ -1,4 +1,5 @@
-"""Entry point of the ``dotsd`` command: global options, sub-commands, exit codes, logging.
+"""Entry point of the ``dotsd`` command: global options, sub-commands, exit codes, logging
+(:mod:`dotsd.cli.logs`, loaded only by the commands that log).
 
 Exit codes: 0 success, 1 operational failure (one ``dotsd: error: ...`` line on stderr),
 2 usage error (argparse). Logs go to stderr as ``key=value`` lines.
@@ -8,46 +9,39 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
-import logging
+import importlib
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Final, Protocol
 
 from dotsd import __version__
 from dotsd.cli import EXIT_FAILURE, EXIT_USAGE, CommandError, Handler, Subparsers
-from dotsd.cli import client as client_command
-from dotsd.cli import demo as demo_command
-from dotsd.cli import pki as pki_command
-from dotsd.cli import server as server_command
 
 
 class CommandModule(Protocol):
     def register(self, subparsers: Subparsers) -> None: ...
 
 
-# The sub-command modules, in the order `dotsd --help` lists them. To add a command, write
-# dotsd/cli/NAME.py with `register(subparsers)` (see the dotsd.cli docstring) and add it here.
-COMMANDS: Final[Sequence[CommandModule]] = (
-    server_command,
-    client_command,
-    pki_command,
-    demo_command,
-)
+# The sub-command modules (dotsd.cli.NAME), in the order `dotsd --help` lists them. To add a
+# command, write dotsd/cli/NAME.py with `register(subparsers)` (see the dotsd.cli docstring)
+# and add NAME here. A command line naming one of them loads and builds only that one: a
+# detector calling `dotsd client mitigate` during an attack waits for little.
+COMMANDS: Final[Sequence[str]] = ("server", "client", "pki", "demo")
 
 PROG: Final = "dotsd"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or only of the one ``argv`` names (its first word)."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="DOTS (DDoS Open Threat Signaling) client, server and tools.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _add_global_options(parser, json_default=False, verbose_default=0)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMANDS:
+    first = next((a for a in argv or () if not a.startswith("-")), None)
+    for name in (first,) if first in COMMANDS else COMMANDS:
+        module: CommandModule = importlib.import_module(f"dotsd.cli.{name}")
         module.register(subparsers)
     # The global options are also accepted after the sub-command (`dotsd pki init D --json`);
     # there they default to SUPPRESS so as not to reset what was given before it.
@@ -58,12 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: argparse has printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    configure_logging(args.verbose)
+    if getattr(args, "setup_logging", True):  # `dotsd client` does it when it needs to
+        from dotsd.cli.logs import configure_logging
+
+        configure_logging(args.verbose)
     handler: Handler = args.func
     try:
         code = handler(args)
@@ -117,56 +116,6 @@ def _all_subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.Argume
                     seen.add(id(sub))
                     yield sub
                     yield from _all_subparsers(sub)
-
-
-# ---------------------------------------------------------------------------------------
-# Logging: one `key=value` line per record on stderr
-
-
-_RECORD_ATTRS: Final = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime",
-                                                                 "taskName"}
-_BARE: Final = re.compile(r"[^\s\"=\\]+")
-
-
-def _kv_value(value: object) -> str:
-    text = str(value)
-    return text if _BARE.fullmatch(text) else json.dumps(text)
-
-
-class KeyValueFormatter(logging.Formatter):
-    """``ts=... level=... logger=... msg="..."`` then any ``extra=`` fields of the record."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        ts = dt.datetime.fromtimestamp(record.created, dt.UTC)
-        fields: dict[str, object] = {
-            "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRS and not key.startswith("_"):
-                fields[key] = value
-        if record.exc_info:
-            fields["exc"] = self.formatException(record.exc_info)
-        return " ".join(f"{k}={_kv_value(v)}" for k, v in fields.items())
-
-
-_handler: logging.Handler | None = None
-
-
-def configure_logging(verbose: int) -> None:
-    """Route every log record at the level chosen by ``-v`` to stderr, as key=value lines."""
-    global _handler
-    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    root = logging.getLogger()
-    if _handler is not None:  # main() may run more than once in a process (tests)
-        root.removeHandler(_handler)
-    _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(KeyValueFormatter())
-    root.addHandler(_handler)
-    root.setLevel(level)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,10 +26,10 @@ from dotsd.cli import CommandError, Subparsers, emit
 from dotsd.defaults import DEFAULT_BIND, DEFAULT_MITIGATOR, DEFAULT_PORT
 
 if TYPE_CHECKING:  # the rest of dotsd is loaded when the command runs, not to parse it
+    import logging
+
     from dotsd.agents.serve import ServerAgent
     from dotsd.agents.settings import ServerSettings
-
-log = logging.getLogger("dotsd.server")
 
 
 def register(subparsers: Subparsers) -> None:
@@ -164,7 +162,7 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
              clients=[c.name for c in settings.clients],
              unlisted="refuse" if settings.refuse_unlisted else "allow")
         if settings.lab_mode:
-            log.warning("lab mode: documentation prefixes only")
+            _log().warning("lab mode: documentation prefixes only")
         if settings.redirect is not None:
             _say(args, server_config.redirect_summary(settings.redirect),
                  redirect=settings.to_dict()["redirect"])
@@ -177,6 +175,8 @@ async def _serve(args: argparse.Namespace, settings: ServerSettings) -> None:
              state=str(settings.state), mitigator=name, resumed=agent.resumed,
              config=args.config)
         _say(args, speedups.report(), speedups=speedups.status())
+        import signal
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -196,7 +196,7 @@ def _reload(args: argparse.Namespace, agent: ServerAgent) -> None:
     try:
         new = _settings(args)
     except CommandError as exc:
-        log.error("reload failed, configuration unchanged: %s", exc)
+        _log().error("reload failed, configuration unchanged: %s", exc)
         _say(args, f"reload failed, configuration unchanged: {exc}", reload="failed")
         return
     restart = agent.reload(new)
@@ -217,3 +217,9 @@ def run(args: argparse.Namespace) -> int:
         return _check(args, settings)
     asyncio.run(_serve(args, settings))
     return 0
+
+
+def _log() -> logging.Logger:
+    import logging  # not at import: `dotsd client` commands load this module too
+
+    return logging.getLogger("dotsd.server")
