@@ -33,8 +33,18 @@ class LabError(RuntimeError):
     pass
 
 
+# The system tools (ip, ethtool) live in the sbin directories, which a bare environment's PATH
+# (CI's, `env -i`) lacks: they are searched there too.
+_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])
+
+
+def _which(tool: str) -> str | None:
+    return shutil.which(tool, path=_PATH)
+
+
 def _run(*args: str, check: bool = True, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PATH": _PATH})
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(args)}: exit {proc.returncode}: {proc.stderr.strip()}")
     return proc
@@ -44,7 +54,7 @@ def preflight() -> str | None:
     """Why lanes cannot be built here (None: they can)."""
     if os.geteuid() != 0:
         return "needs root (network namespaces, raw sockets)"
-    if shutil.which("ip") is None:
+    if _which("ip") is None:
         return "needs iproute2's `ip`"
     probe = f"{PREFIX}probe-{os.getpid()}"
     try:
@@ -52,7 +62,7 @@ def preflight() -> str | None:
     except (LabError, OSError, subprocess.TimeoutExpired) as exc:
         return f"cannot create a network namespace: {exc}"
     _run("ip", "netns", "del", probe, check=False)
-    if shutil.which("ethtool") is None:
+    if _which("ethtool") is None:
         return "needs ethtool (apt-get install -y ethtool) to turn veth offloads off"
     return None
 

@@ -282,14 +282,9 @@ def run_client(cmd: Sequence[str], budget: float, success: Callable[[str], str |
     deadline = start + budget
     try:
         while not eof and acked_at is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            if not sel.select(remaining):
-                continue
-            chunk = _read_some(fd)
+            chunk = _read_until(sel, fd, deadline)
             if chunk is None:
-                continue
+                break
             if not chunk:
                 eof = True
                 break
@@ -314,12 +309,10 @@ def run_client(cmd: Sequence[str], budget: float, success: Callable[[str], str |
         killed = False
         # Let the client finish (close its session) within the grace, then stop it.
         exit_deadline = time.monotonic() + (grace if acked_at is not None else 0.0)
-        while not eof and time.monotonic() < exit_deadline:
-            if not sel.select(max(0.0, exit_deadline - time.monotonic())):
-                continue
-            chunk = _read_some(fd)
+        while not eof:
+            chunk = _read_until(sel, fd, exit_deadline)
             if chunk is None:
-                continue
+                break
             if not chunk:
                 eof = True
             else:
@@ -346,6 +339,17 @@ def run_client(cmd: Sequence[str], budget: float, success: Callable[[str], str |
         acked_at = None
     return start_wall, Outcome(acked_at is not None, acked_at, code, exit_code, killed,
                                output, stats, end_wall, data)
+
+
+def _read_until(sel: selectors.BaseSelector, fd: int, until: float) -> bytes | None:
+    """The process's next output before ``until`` (monotonic): bytes, b"" at its end, or
+    None when ``until`` came first."""
+    while (left := until - time.monotonic()) > 0:
+        if sel.select(left):
+            chunk = _read_some(fd)
+            if chunk is not None:
+                return chunk
+    return None
 
 
 def _read_some(fd: int) -> bytes | None:
