@@ -283,24 +283,32 @@ async def test_garbage_and_cookieless_hellos_create_no_state(pki: PkiPaths, sctx
 
 async def test_half_open_limit_and_handshake_deadline(pki: PkiPaths, sctx: DtlsContext,
                                                       cctx: DtlsContext) -> None:
-    """Clients that pass the cookie exchange and then go silent hold half-open state,
-    at most ``max_half_open`` of them, and only until the handshake deadline."""
+    """Clients that pass the cookie exchange and then go silent hold half-open state: at
+    most ``max_half_open`` of them (the oldest makes room for a new one), at most
+    ``max_half_open_per_source`` from one address (one address with many ports cannot fill
+    the pool), and only until the handshake deadline."""
     jar = CookieJar(b"c" * 32)
     async with dtls_server(Node(), "127.0.0.1", sctx, max_half_open=2,
-                           handshake_timeout=0.5, cookie_jar=jar) as server:
-        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+                           max_half_open_per_source=2, handshake_timeout=0.5,
+                           cookie_jar=jar) as server:
+        sources = ["127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in sources]
         try:
-            for s in socks:
-                s.bind(("127.0.0.1", 0))
+            for s, source in zip(socks, sources, strict=True):
+                s.bind((source, 0))
                 s.setblocking(False)
                 conn = DtlsConnection(cctx, 0.0)
                 s.sendto(conn.datagrams_to_send()[0], ("127.0.0.1", server.port))
                 conn.receive_datagram(await recv(s), 0.0)  # the HelloVerifyRequest
                 s.sendto(conn.datagrams_to_send()[0], ("127.0.0.1", server.port))
-            await wait_until(lambda: server.half_open + server.dropped == 3, STEP,
-                             what="the three ClientHellos handled")
-            assert server.half_open == 2 and server.dropped == 1
-            assert server.session_count == 2
+            adm = server.admission
+            await wait_until(lambda: adm.refused + adm.evicted == 3, STEP,
+                             what="the five ClientHellos handled")
+            # The third from 127.0.0.2 was refused (per source); 127.0.0.3 and 127.0.0.4
+            # each evicted the oldest half-open handshake (the pool holds two).
+            assert (adm.refused, adm.evicted, server.dropped) == (1, 2, 1)
+            assert server.half_open == 2 and server.session_count == 2
+            assert {p.addr[0] for p in server._peers.values()} == {"127.0.0.3", "127.0.0.4"}
             # Gone at the handshake deadline (handshake_timeout=0.5 s, where the default
             # would keep them 60 s); the bound of the wait leaves room for a loaded machine.
             await wait_until(lambda: server.half_open == 0 and server.session_count == 0,

@@ -3,8 +3,10 @@
 :class:`DtlsServer` (``serve_dtls``): one UDP socket for any number of peers. A datagram
 from an unknown address goes through the stateless cookie exchange first
 (:class:`~dotsd.dtls.cookie.CookieJar`, RFC 6347 §4.2.1); only a ClientHello with a valid
-cookie creates a :class:`~dotsd.dtls.connection.DtlsConnection`, and at most
-``max_half_open`` of those may be handshaking at once. ``link_up`` comes after the
+cookie creates a :class:`~dotsd.dtls.connection.DtlsConnection`; at most ``max_half_open``
+of those may be handshaking at once, ``max_half_open_per_source`` from one address (IPv6:
+one /64), the oldest evicted when the pool is full, never an established session
+(:mod:`dotsd.transport.admission`). ``link_up`` comes after the
 handshake, with the peer's certificate or PSK identity in ``PeerInfo``.
 
 :func:`dtls_connect` dials one peer from its own socket and returns the link once the
@@ -35,6 +37,7 @@ from dotsd.dtls.events import ConnectionClosed, DataReceived, HandshakeCompleted
 from dotsd.dtls.records import CT_HANDSHAKE
 from dotsd.errors import PeerError
 from dotsd.link import Address, LinkHandler, PeerInfo, make_peer_info
+from dotsd.transport.admission import Admission, AdmissionLimits
 from dotsd.transport.base import LinkBase, Listener, wait_event
 from dotsd.transport.datagram import open_datagram
 from dotsd.transport.udp import (
@@ -52,6 +55,9 @@ DEFAULT_HANDSHAKE_TIMEOUT: Final = 30.0  # server side: half-open state lasts no
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 DEFAULT_MAX_SESSIONS: Final = 100_000
 DEFAULT_MAX_HALF_OPEN: Final = 1_000
+# A client behind a NAT shares its address with others, but few handshake at the same time;
+# one address with many ports must not hold the whole half-open pool.
+DEFAULT_MAX_HALF_OPEN_PER_SOURCE: Final = 16
 
 
 class DtlsHandshakeError(PeerError, ConnectionError):
@@ -263,6 +269,7 @@ class DtlsServer(_DtlsProtocol, Listener):
                  timers: HandshakeTimers | None = None,
                  max_sessions: int = DEFAULT_MAX_SESSIONS,
                  max_half_open: int = DEFAULT_MAX_HALF_OPEN,
+                 max_half_open_per_source: int = DEFAULT_MAX_HALF_OPEN_PER_SOURCE,
                  sweep_interval: float | None = None,
                  cookie_jar: CookieJar | None = None) -> None:
         super().__init__(handler)
@@ -276,11 +283,10 @@ class DtlsServer(_DtlsProtocol, Listener):
         self._idle_timeout = idle_timeout
         self._sweep_interval = sweep_interval if sweep_interval is not None else (
             None if idle_timeout is None else max(0.05, min(idle_timeout / 4, 60.0)))
-        self._max_sessions = max_sessions
-        self._max_half_open = max_half_open
+        self._admission: Admission[PeerKey] = Admission(AdmissionLimits(
+            total=max_sessions, pending=max_half_open, per_source=max_half_open_per_source))
         self._cookies = cookie_jar
         self._peers: dict[PeerKey, _Peer] = {}
-        self._half_open = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._closing = False
         # Counters, for logs and tests.
@@ -299,7 +305,12 @@ class DtlsServer(_DtlsProtocol, Listener):
 
     @property
     def half_open(self) -> int:
-        return self._half_open
+        return self._admission.pending
+
+    @property
+    def admission(self) -> Admission[PeerKey]:
+        """Handshakes pending and sessions established; how many were refused or evicted."""
+        return self._admission
 
     @property
     def timers(self) -> HandshakeTimers:
@@ -347,15 +358,22 @@ class DtlsServer(_DtlsProtocol, Listener):
             self.hello_verify_sent += 1
             return
         assert check.hello is not None
-        if self._half_open >= self._max_half_open or len(self._peers) >= self._max_sessions:
-            # The client retransmits its ClientHello; it may get in later.
+        admitted, victim = self._admission.admit(key, addr)
+        if not admitted:
+            # Over the per-source or total limit: the client retransmits its ClientHello
+            # and may get in later.
             self.dropped += 1
             return
+        if victim is not None:
+            gone = self._peers.get(victim)
+            if gone is not None:
+                log.info("DTLS handshake with %s dropped: the oldest half-open one, to make "
+                         "room", gone.addr)
+                self._close_peer(gone, "evicted (half-open limit)")
         conn = DtlsConnection(self._context, now, cookie=check.hello.cookie,
                               timers=self._timers, rtt_hint=check.rtt)
         peer = _Peer(addr, key, conn, now)
         self._peers[key] = peer
-        self._half_open += 1
         conn.receive_datagram(data, now)
         self._process(peer)
 
@@ -387,14 +405,13 @@ class DtlsServer(_DtlsProtocol, Listener):
 
     # ----------------------------------------------------------------- sessions
     def _handshake_done(self, peer: _Peer, event: HandshakeCompleted) -> None:
-        self._half_open -= 1
+        self._admission.authenticated(peer.key)
         super()._handshake_done(peer, event)
 
     def _remove(self, peer: _Peer) -> None:
         if self._peers.get(peer.key) is peer:
             del self._peers[peer.key]
-        if peer.link is None:
-            self._half_open -= 1
+            self._admission.gone(peer.key, established=peer.link is not None)
 
     def _session_over(self, peer: _Peer, reason: str) -> None:
         if peer.link is None and not self._closing:
@@ -442,6 +459,7 @@ async def serve_dtls(handler: LinkHandler, host: str | None, port: int, context:
                      timers: HandshakeTimers | None = None,
                      max_sessions: int = DEFAULT_MAX_SESSIONS,
                      max_half_open: int = DEFAULT_MAX_HALF_OPEN,
+                     max_half_open_per_source: int = DEFAULT_MAX_HALF_OPEN_PER_SOURCE,
                      sweep_interval: float | None = None,
                      cookie_jar: CookieJar | None = None,
                      rcvbuf: int | None = 8 * 1024 * 1024,
@@ -458,6 +476,7 @@ async def serve_dtls(handler: LinkHandler, host: str | None, port: int, context:
     server = DtlsServer(handler, context, idle_timeout=idle_timeout,
                         handshake_timeout=handshake_timeout, timers=timers,
                         max_sessions=max_sessions, max_half_open=max_half_open,
+                        max_half_open_per_source=max_half_open_per_source,
                         sweep_interval=sweep_interval, cookie_jar=cookie_jar)
     try:
         open_datagram(server, sock)

@@ -25,11 +25,16 @@ from cryptography import x509
 
 from dotsd.link import Address, Link, LinkHandler, PeerInfo, make_peer_info
 from dotsd.tls.context import ALPN_COAP
+from dotsd.transport.admission import Admission, AdmissionLimits
 from dotsd.transport.base import LinkBase, Listener
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT: Final = 10.0  # seconds for the TCP connect plus the TLS handshake
+# Connections in all; waiting for their TLS handshake in total; and per source address (or
+# IPv6 /64). A DOTS client keeps one connection; a NAT in front of many clients rarely has
+# more than a few of them handshaking at once.
+DEFAULT_LIMITS: Final = AdmissionLimits(total=20_000, pending=1_000, per_source=16)
 _READ_SIZE: Final = 65536
 
 
@@ -91,8 +96,11 @@ class _StreamProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._peer: Address = ("", 0)
         self._tls: ssl.SSLObject | None = None
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
+        # TLS state exists only once TLS starts: for an accepted connection, when its first
+        # bytes (the ClientHello) arrive; an idle connection holds no TLS memory.
+        self._incoming: ssl.MemoryBIO | None = None
+        self._outgoing: ssl.MemoryBIO | None = None
+        self._awaiting_hello = False
         self._timer: asyncio.TimerHandle | None = None
         self._link: TcpLink | None = None
         self._down_reason: str | None = None  # why we are closing, when we know it
@@ -106,7 +114,7 @@ class _StreamProtocol(asyncio.Protocol):
 
     @property
     def in_handshake(self) -> bool:
-        return self._tls is not None and self._link is None
+        return (self._tls is not None or self._awaiting_hello) and self._link is None
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -120,20 +128,44 @@ class _StreamProtocol(asyncio.Protocol):
             # Small CoAP messages must leave at once, not wait for Nagle.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._server is not None:
-            self._server._protocols.add(self)
+        server = self._server
+        if server is not None:
+            admitted, victim = server._admission.admit(self, self._peer)
+            if not admitted:
+                # Over a per-source or total limit (dotsd.transport.admission): closed before
+                # anything is allocated for it.
+                log.debug("TCP connection from %s refused: connection limits", self._peer)
+                tr.abort()
+                return
+            server._protocols.add(self)
+            if victim is not None:
+                log.info("TCP connection from %s closed: the oldest unauthenticated one, to "
+                         "make room", victim._peer)
+                victim._down_reason = "evicted (connection limits)"
+                victim.abort()
         if self._ssl_context is None:
             self._up(tr.write)
             return
+        self._timer = asyncio.get_running_loop().call_later(
+            self._handshake_timeout, self._handshake_timed_out)
+        if self._initiator:
+            self._start_tls()
+            self._handshake()  # the client's ClientHello goes out now
+        else:
+            self._awaiting_hello = True
+
+    def _start_tls(self) -> None:
+        assert self._ssl_context is not None
+        self._awaiting_hello = False
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = self._ssl_context.wrap_bio(
             self._incoming, self._outgoing, server_side=not self._initiator,
             server_hostname=self._server_hostname if self._initiator else None)
-        self._timer = asyncio.get_running_loop().call_later(
-            self._handshake_timeout, self._handshake_timed_out)
-        self._handshake()  # the client's ClientHello goes out now
 
     def data_received(self, data: bytes) -> None:
-        if self._tls is None:
+        if self._awaiting_hello:
+            self._start_tls()
+        if self._tls is None or self._incoming is None:
             self._deliver(data)
             return
         self._incoming.write(data)
@@ -152,8 +184,10 @@ class _StreamProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._server is not None:
-            self._server._protocols.discard(self)
+        server = self._server
+        if server is not None:
+            server._protocols.discard(self)
+            server._admission.gone(self, established=self._link is not None)
         link = self._link
         if link is None:
             if self._tls is not None and self._down_reason is None:
@@ -225,11 +259,14 @@ class _StreamProtocol(asyncio.Protocol):
             if self.ready is not None and not self.ready.done():
                 self.ready.set_exception(ConnectionError(f"link_up failed: {exc!r}"))
             return
+        if self._server is not None:
+            self._server._admission.authenticated(self)
         if self.ready is not None and not self.ready.done():
             self.ready.set_result(link)
 
     def _flush(self) -> None:
-        data = self._outgoing.read()
+        out = self._outgoing
+        data = out.read() if out is not None else b""
         if data and self._transport is not None:
             self._transport.write(data)
 
@@ -323,10 +360,11 @@ class TcpServer(Listener):
     """What :func:`serve_tcp` returns: the listening sockets and the accepted links."""
 
     def __init__(self, handler: LinkHandler, ssl_context: ssl.SSLContext | None,
-                 handshake_timeout: float) -> None:
+                 handshake_timeout: float, limits: AdmissionLimits = DEFAULT_LIMITS) -> None:
         self._handler = handler
         self._ssl_context = ssl_context
         self._handshake_timeout = handshake_timeout
+        self._admission: Admission[_StreamProtocol] = Admission(limits)
         self._server: asyncio.Server | None = None
         self._addresses: list[Address] = []
         self._protocols: set[_StreamProtocol] = set()
@@ -353,6 +391,11 @@ class TcpServer(Listener):
     def links(self) -> list[TcpLink]:
         return [p.link for p in self._protocols if p.link is not None]
 
+    @property
+    def admission(self) -> Admission[_StreamProtocol]:
+        """Connections pending and established, and how many were refused or evicted."""
+        return self._admission
+
     def close(self) -> None:
         """Stop listening, drop pending handshakes, close every link."""
         if self._server is not None:
@@ -378,14 +421,16 @@ class TcpServer(Listener):
 async def serve_tcp(handler: LinkHandler, host: str | Sequence[str] | None, port: int,
                     ssl_context: ssl.SSLContext | None = None, reuse_port: bool = False, *,
                     handshake_timeout: float = DEFAULT_TIMEOUT,
-                    backlog: int = 1024) -> TcpServer:
+                    backlog: int = 1024, limits: AdmissionLimits = DEFAULT_LIMITS) -> TcpServer:
     """Listen for CoAP over TCP (or TLS with ``ssl_context``); port 0 picks a free port.
 
     Each accepted connection becomes a :class:`TcpLink` with ``initiator`` False, given to
     ``handler.link_up`` (after the TLS handshake, if any). A failed or timed-out handshake
-    is logged (warning) and closes that connection only.
+    is logged (warning) and closes that connection only. ``limits``: how many connections
+    may wait for their TLS handshake, per source and in total, and how many there may be in
+    all (:mod:`dotsd.transport.admission`).
     """
-    server = TcpServer(handler, ssl_context, handshake_timeout)
+    server = TcpServer(handler, ssl_context, handshake_timeout, limits)
     loop = asyncio.get_running_loop()
     if host == "::" and socket.has_ipv6:
         # "::" means every address, IPv4 too; asyncio would set IPV6_V6ONLY on its socket and
