@@ -4,6 +4,7 @@ dotsd.agents.connect.connect(ClientSettings), end to end on loopback and on bad 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from pathlib import Path
@@ -15,6 +16,7 @@ from dotsd.agents.client import ClientError
 from dotsd.agents.connect import ClientSettings, ConnectError, connect, new_client
 from dotsd.agents.serve import ServeError, serve
 from dotsd.agents.settings import MitigatorSettings, ServerSettings
+from dotsd.agents.statelock import LOCK_FILENAME, StateLock, StateLockError
 from dotsd.coap.numbers import Code
 from dotsd.pki import PkiPaths, issue_server
 from dotsd.signal.config import ConfigSetKind
@@ -197,3 +199,46 @@ async def test_call_home_is_a_configuration_of_the_same_agents(
         if not client_task.done():
             client_task.cancel()
         await agent.close()
+
+
+async def test_one_server_per_state_directory(pki: PkiPaths, tmp_path: Path) -> None:
+    """Two servers on one state directory would write conflicting records: the second
+    refuses to start and names the holder; once the first has closed, a new one starts."""
+    state = tmp_path / "state"
+    first = await serve(settings(pki, state))
+    try:
+        assert (state / LOCK_FILENAME).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(ServeError, match=rf"in use by another dotsd server \(PID "
+                                             rf"{os.getpid()};"):
+            await serve(settings(pki, state))
+        assert first.server.store is not None  # the refusal left the first one alone
+        assert first.server.store.all_mitigations() == []
+    finally:
+        await first.close()
+    again = await serve(settings(pki, state))  # a lock file left behind stops nobody
+    await again.close()
+
+
+async def test_state_lock_released_when_the_store_fails(pki: PkiPaths,
+                                                        tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "dotsd.sqlite3").write_bytes(b"garbage\n")
+    with pytest.raises(ServeError, match="not a database"):
+        await serve(settings(pki, state))
+    StateLock.acquire(state).release()  # not left held by the failed start
+
+
+def test_state_lock_errors(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StateLockError, match="not a directory"):
+        StateLock.acquire(tmp_path / "file")
+    state = tmp_path / "new" / "state"
+    lock = StateLock.acquire(state)  # created, like the store would
+    assert state.is_dir() and state.stat().st_mode & 0o777 == 0o700
+    with pytest.raises(StateLockError, match=f"PID {os.getpid()}"):
+        StateLock.acquire(state)
+    lock.release()
+    lock.release()  # idempotent
+    assert not lock.held and (state / LOCK_FILENAME).read_text() == ""
+    StateLock.acquire(state).release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -207,5 +208,20 @@ def test_closed_stdout_ends_quietly(tmp_path: Path) -> None:
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # nobody reads the answer
     err = proc.stderr.read()
+    assert proc.wait(timeout=30) in (0, 141)
+    assert b"Traceback" not in err and b"Broken pipe" not in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["pki", "--help"], ["--version"]])
+def test_closed_stdout_after_argparse_output(argv: list[str]) -> None:
+    """`dotsd --help | head` with Python's stdout buffered (no PYTHONUNBUFFERED): what
+    argparse printed is flushed by main(), quietly, not at interpreter exit (status 120)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen([sys.executable, "-m", "dotsd.cli.main", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # nobody reads the answer
+    err = proc.stderr.read()
+    proc.stderr.close()
     assert proc.wait(timeout=30) in (0, 141)
     assert b"Traceback" not in err and b"Broken pipe" not in err

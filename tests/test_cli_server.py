@@ -166,6 +166,21 @@ async def test_port_in_use_is_an_error(pki: PkiPaths, tmp_path: Path) -> None:
         assert b"cannot listen on" in err and b"Traceback" not in err
 
 
+async def test_second_server_on_one_state_is_refused(pki: PkiPaths, tmp_path: Path) -> None:
+    """Two servers on one state directory would write conflicting records: the second
+    exits 1 with one line naming the first's PID."""
+    async with running(pki, tmp_path / "state") as first:
+        proc = await asyncio.create_subprocess_exec(
+            *DOTSD, "server", "--pki", str(pki.directory), "--state", str(tmp_path / "state"),
+            "--bind", "::1", "--port", "0", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 1, out
+        text = err.decode()
+        assert text.startswith("dotsd: error: ") and text.count("\n") == 1, text
+        assert f"in use by another dotsd server (PID {first.proc.pid};" in text
+        assert first.proc.returncode is None  # the first one serves on
+
+
 def test_corrupt_state_is_refused_and_kept(pki: PkiPaths, tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)

@@ -28,13 +28,17 @@ from dotsd.agents.dial import (
 )
 from dotsd.agents.serve import ServerAgent
 from dotsd.agents.serve import serve as serve_agent
+from dotsd.agents.server import SignalServer
 from dotsd.agents.settings import MitigatorSettings, ServerSettings
 from dotsd.coap.numbers import Code
+from dotsd.coap.params import dots_defaults
+from dotsd.coap.site import Site
 from dotsd.dtls.context import DtlsConfig
 from dotsd.dtls.context import server_context as dtls_server_context
 from dotsd.link import Link
 from dotsd.model import yang
 from dotsd.model.codec import from_cbor, to_cbor
+from dotsd.node import CoapNode
 from dotsd.pki import PkiPaths
 from dotsd.signal.client_session import ProbeDtls
 from dotsd.signal.lifecycle import MitigationEvent
@@ -46,6 +50,7 @@ from dotsd.signal.redirect import (
     parse_redirect,
     redirect_body,
 )
+from dotsd.store import SqliteStore
 from dotsd.transport.dtls import serve_dtls
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
@@ -132,11 +137,16 @@ def test_candidate_order_and_cache() -> None:
 
 @contextlib.asynccontextmanager
 async def serve(pki: PkiPaths, host: str, port: int, state: Path, *, dtls: bool = True,
-                tls: bool = True) -> AsyncIterator[ServerAgent]:
+                tls: bool = True, shared: bool = False) -> AsyncIterator[ServerAgent]:
+    """``shared``: the store of ``state`` opened beside a server already running on it (an
+    alternate server with synchronized state, RFC 9132 §4.6), past the lock that keeps a
+    second ``dotsd server`` off a state directory (a shared database's case)."""
     transports = tuple(t for t, on in (("dtls", dtls), ("tls", tls)) if on)
+    server = SignalServer(store=SqliteStore.open(state), node=CoapNode(
+        Site(), params=dots_defaults())) if shared else None
     agent = await serve_agent(ServerSettings(
         bind=host, port=port, pki=pki.directory, state=state, transports=transports,
-        mitigator=MitigatorSettings("log", {"feedback_delay": None})))
+        mitigator=MitigatorSettings("log", {"feedback_delay": None})), server=server)
     try:
         yield agent
     finally:
@@ -172,7 +182,7 @@ async def test_client_follows_redirections(pki: PkiPaths, tmp_path: Path) -> Non
                 created = await client.mitigate(SCOPE)
                 assert created.code == Code.CREATED and created.mid is not None
                 mid = created.mid
-                async with serve(pki, "::1", port, state) as b, \
+                async with serve(pki, "::1", port, state, shared=True) as b, \
                         contextlib.aclosing(client.watch(mid)) as notes:
                     first = await anext(notes)
                     assert first.status == "attack-mitigation-in-progress"

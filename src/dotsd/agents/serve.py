@@ -28,6 +28,7 @@ from typing import Any
 from dotsd.agents.bridge import MitigatorBridge, MitigatorFactory
 from dotsd.agents.server import SignalServer
 from dotsd.agents.settings import ServerSettings
+from dotsd.agents.statelock import StateLock, StateLockError
 from dotsd.agents.storewriter import StoreWriter
 from dotsd.coap.params import dots_defaults
 from dotsd.coap.site import Site
@@ -190,12 +191,19 @@ class ServerAgent:
 
 def _signal_server(settings: ServerSettings, closers: list[Callable[[], None]]
                    ) -> SignalServer:
-    """The signal server of ``settings``: its store opened (reads on the loop's connection,
-    commits in a writer thread of their own, answers waiting for them), or memory only."""
+    """The signal server of ``settings``: its state directory locked, its store opened
+    (reads on the loop's connection, commits in a writer thread of their own, answers
+    waiting for them), or memory only."""
     store: Store | None = None
     writer: StoreWriter | None = None
     if settings.state is not None:
         state = settings.state
+        try:
+            # One server per directory of embedded state (dotsd.agents.statelock); held
+            # until close, released last (closers run in reverse).
+            closers.append(StateLock.acquire(state).release)
+        except StateLockError as exc:
+            raise ServeError(str(exc)) from exc
         try:
             store = SqliteStore.open(state)
             closers.append(store.close)

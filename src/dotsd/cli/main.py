@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: argparse has printed
+        try:
+            sys.stdout.flush()  # here, not at interpreter exit (status 120 and a message)
+        except BrokenPipeError:
+            return _reader_gone()
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if getattr(args, "setup_logging", True):  # `dotsd client` does it when it needs to
         from dotsd.cli.logs import configure_logging
@@ -73,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         return _fail(str(exc), exc.exit_code)
     except BrokenPipeError:
-        # The reader went away (`dotsd … | head`): stop quietly, as other tools do.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+        return _reader_gone()
     except OSError as exc:
         return _fail(_os_error_text(exc))
     except KeyboardInterrupt:
@@ -84,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
+
+
+def _reader_gone() -> int:
+    """The reader went away (`dotsd … | head`): stop quietly, as other tools do. What is
+    still buffered goes to /dev/null, so the flush at interpreter exit cannot fail again."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> int:

@@ -53,7 +53,8 @@ from dotsd.coap.exchange import (
 )
 from dotsd.coap.message import Block, Message, copy_message, decode_uint, error_response
 from dotsd.coap.numbers import (
-    KNOWN_OPTIONS,
+    OPTION_LENGTHS,
+    UNIMPLEMENTED_OPTIONS,
     Code,
     MessageType,
     OptionNumber,
@@ -75,6 +76,56 @@ CON = MessageType.CON
 NON = MessageType.NON
 ACK = MessageType.ACK
 RST = MessageType.RST
+
+# The request parser's table (a plain dict of int keys: the fastest lookup per option).
+_OPTION_LENGTHS: dict[int, tuple[int, int]] = {int(k): v for k, v in OPTION_LENGTHS.items()}
+
+
+def _bad_length(number: int, value: bytes) -> Message:
+    """RFC 7252 §5.4.3: a critical option of a length outside its range (§5.10) is treated
+    like an unrecognized one: in a request, 4.02 (§5.4.1)."""
+    low, high = OPTION_LENGTHS.get(number, (0, 0))
+    return error_response(Code.BAD_OPTION, f"option {number} has {len(value)} bytes "
+                                           f"(allowed: {low} to {high})")
+
+
+def _other_option(number: int, value: bytes) -> Message | bool:
+    """A request option the parser does not read itself: an error answer, True to ignore
+    it, False to leave it for whoever reads it later."""
+    bounds = _OPTION_LENGTHS.get(number)
+    if bounds is None:
+        if number & 1:
+            # RFC 7252 §5.4.1: unrecognized critical option in a request → 4.02 (OSCORE,
+            # Q-Block1, Q-Block2 too: not implemented, RFC 9177 §9).
+            what = "not supported" if number in UNIMPLEMENTED_OPTIONS else "unknown"
+            return error_response(Code.BAD_OPTION, f"{what} critical option {number}")
+        return False  # unrecognized elective: ignored where it is (RFC 7252 §5.4.1)
+    if not bounds[0] <= len(value) <= bounds[1]:
+        # RFC 7252 §5.4.3: treated like an unrecognized option (critical: 4.02).
+        return _bad_length(number, value) if number & 1 else True
+    if number == 35 or number == 39:  # Proxy-Uri, Proxy-Scheme
+        return error_response(Code.PROXYING_NOT_SUPPORTED, "not a proxy")
+    return False
+
+
+def _ignore(msg: Message, option: tuple[int, bytes]) -> None:
+    """RFC 7252 §5.4.3: an elective option of a length outside its range is ignored: gone
+    from the request, for whoever reads it later. A new list: the parser's loop goes on
+    over the old one."""
+    msg.options = [o for o in msg.options or () if o is not option]
+
+
+def _unrecognized_critical(msg: Message) -> int | None:
+    """The first critical option of ``msg`` this engine does not implement, if any."""
+    for number, _ in msg.options or ():
+        if number & 1 and number not in _OPTION_LENGTHS:
+            return number
+    return None
+
+
+def _reserved_szx(name: str) -> Message:
+    """RFC 7959 §2.2: SZX 7 is reserved; in a request it MUST lead to 4.00."""
+    return error_response(Code.BAD_REQUEST, f"{name} SZX 7 is reserved (RFC 7959 §2.2)")
 
 
 def probing_rate_policy(req: ClientRequest, attempts: int, rtt: float | None) -> float | None:
@@ -221,7 +272,7 @@ class CoapEndpoint:
         # _open_exchange, for a datagram peer:
         exchange = Exchange(peer, msg)
         exchange._dedup = self._remember(state, msg.mid, now)
-        error = self._parse_request(exchange) if msg.options else None
+        error = self._parse_request(exchange, state.reliable) if msg.options else None
         if error is None:
             if msg.payload and len(msg.payload) > self.config.max_message_size:
                 error = too_large(self.config.max_body_size)
@@ -273,10 +324,10 @@ class CoapEndpoint:
                 # Reserved code class (1, 6, 7 on UDP): RFC 7252 §4.2 says reject.
                 self._out.append((peer, Message(RST, 0, msg.mid)))
             return
+        elif mtype == RST or (msg.options and self._rejected_response(peer, msg)):
+            return
         elif mtype == ACK:
             self._on_ack(state, peer, msg, now)  # a piggybacked response (§5.2.1)
-            return
-        elif mtype == RST:
             return
         entry = state.dedup.get(msg.mid)
         if entry is not None and entry.expires > now:
@@ -292,6 +343,15 @@ class CoapEndpoint:
         else:
             self._remember(state, msg.mid, now)
             self._on_response(state, peer, msg, now)
+
+    def _rejected_response(self, peer: Hashable, msg: Message) -> bool:
+        """RFC 7252 §5.4.1: a response with an unrecognized critical option MUST be rejected:
+        a CON with RST; an ACK or a NON silently ignored (§4.2, §4.3)."""
+        if _unrecognized_critical(msg) is None:
+            return False
+        if msg.mtype == CON:
+            self._out.append((peer, Message(RST, 0, msg.mid)))
+        return True
 
     def _first_contact(self, peer: Hashable, msg: Message) -> PeerState | None:
         """A message from a peer without state. Only a request creates state for an unknown
@@ -347,7 +407,7 @@ class CoapEndpoint:
         entry = None if state.reliable else self._remember(state, msg.mid, now)
         exchange = Exchange(peer, msg)
         exchange._dedup = entry
-        error = self._parse_request(exchange) if msg.options else None
+        error = self._parse_request(exchange, state.reliable) if msg.options else None
         if error is None and len(msg.payload) > self.config.max_message_size:
             error = too_large(self.config.max_body_size)
         return exchange, error
@@ -379,32 +439,35 @@ class CoapEndpoint:
         self.defer(exchange, now)
         self._events.append(RequestReceived(exchange))
 
-    def _parse_request(self, exchange: Exchange) -> Message | None:
-        """Read the request's options in one pass; returns an error response, if any."""
+    def _parse_request(self, exchange: Exchange, reliable: bool) -> Message | None:
+        """Read the request's options in one pass; returns an error response, if any.
+        ``reliable``: over TCP/TLS, where Block SZX 7 means BERT (RFC 8323 §6)."""
         path: list[str] = []
         query: list[str] | None = None
         try:
-            for number, value in exchange.request.options or ():
-                if number == 11:  # Uri-Path
+            for option in exchange.request.options or ():
+                number, value = option
+                # The usual options of the usual lengths inline; the rest, and lengths
+                # outside RFC 7252 §5.10's ranges (§5.4.3), in _other_option.
+                if number == 11 and len(value) <= 255:  # Uri-Path
                     path.append(value.decode("utf-8"))
-                elif number == 15:  # Uri-Query
+                elif number == 15 and len(value) <= 255:  # Uri-Query
                     if query is None:
                         query = []
                     query.append(value.decode("utf-8"))
-                elif number == 6:  # Observe
+                elif number == 6 and len(value) <= 3:  # Observe
                     exchange.observe = decode_uint(value)
-                elif number == 23:  # Block2
-                    exchange.asked_block2 = Block.decode(value)
-                elif number == 27:  # Block1
-                    exchange.block1 = Block.decode(value)
-                elif number == 60:  # Size1
+                elif number == 23 or number == 27:  # Block2, Block1
+                    error = self._parse_block(exchange, number, value, reliable)
+                    if error is not None:
+                        return error
+                elif number == 60 and len(value) <= 4:  # Size1
                     if decode_uint(value) > self.config.max_body_size:
                         return too_large(self.config.max_body_size)
-                elif number in (35, 39):  # Proxy-Uri, Proxy-Scheme
-                    return error_response(Code.PROXYING_NOT_SUPPORTED, "not a proxy")
-                elif number & 1 and number not in KNOWN_OPTIONS:
-                    # RFC 7252 §5.4.1: unrecognized critical option in a request → 4.02.
-                    return error_response(Code.BAD_OPTION, f"unknown critical option {number}")
+                elif (other := _other_option(number, value)) is True:
+                    _ignore(exchange.request, option)
+                elif other is not False:
+                    return other
         except UnicodeDecodeError:
             return error_response(Code.BAD_REQUEST, "Uri-Path or Uri-Query is not UTF-8")
         except ValueError as exc:
@@ -412,6 +475,31 @@ class CoapEndpoint:
         exchange.path = tuple(path)
         if query is not None:
             exchange.query = tuple(query)
+        return None
+
+    def _parse_block(self, exchange: Exchange, number: int, value: bytes,
+                     reliable: bool) -> Message | None:
+        """Block2 or Block1 of a request (RFC 7959 §2.2; RFC 8323 §6 over TCP/TLS)."""
+        block = Block.decode(value)  # ValueError over 3 bytes: 4.02 (RFC 7252 §5.4.3)
+        if block.szx == 7:
+            if not reliable:
+                return _reserved_szx("Block2" if number == 23 else "Block1")
+            if number == 27:
+                # RFC 8323 §6: a BERT block, which we do not take (our CSM announces no
+                # BERT, §5.3.2). RFC 7959 §2.9.3: a 4.13 with a smaller SZX in its Block1
+                # is the hint to send blocks of that size.
+                szx = self.config.preferred_szx
+                exchange.block1 = Block(0, False, szx)
+                return error_response(Code.REQUEST_ENTITY_TOO_LARGE,
+                                      "BERT blocks (Block1 SZX 7) not supported: send "
+                                      f"blocks of at most {1 << (szx + 4)} bytes")
+            # RFC 8323 §6: a BERT Block2 in control usage reads as SZX 6; the answer may
+            # come in non-BERT blocks (we announce no BERT, §5.3.2).
+            block = Block(block.num, block.more, 6)
+        if number == 23:
+            exchange.asked_block2 = block
+        else:
+            exchange.block1 = block
         return None
 
     def _send_due_acks(self, now: float) -> None:

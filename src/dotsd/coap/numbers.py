@@ -5,7 +5,9 @@ Names and values from RFC 7252 §12, RFC 7641 §7, RFC 7959 §2.1, RFC 8323 §5 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
+from types import MappingProxyType
 
 
 class MessageType(IntEnum):
@@ -138,9 +140,38 @@ def is_critical(number: int) -> bool:
     return bool(number & 1)
 
 
-# Options this engine understands; an unrecognized critical option in a request is 4.02
-# (RFC 7252 §5.4.1).
+# Options this engine knows by name (OptionNumber).
 KNOWN_OPTIONS: frozenset[int] = frozenset(int(o) for o in OptionNumber)
+
+# The options this engine implements, each with its length range in bytes (RFC 7252 §5.10,
+# RFC 7641 §2, RFC 7959 §2.1 and §4, RFC 8768 §3, RFC 7967 §2). An option outside its range
+# is treated like an unrecognized option (RFC 7252 §5.4.3): critical, a request with it is
+# 4.02; elective, it is ignored. Known but not implemented, so unrecognized: OSCORE
+# (RFC 8613), Q-Block1 and Q-Block2 (RFC 9177 §9), all critical (RFC 7252 §5.4.1: 4.02).
+OPTION_LENGTHS: Mapping[int, tuple[int, int]] = MappingProxyType({
+    OptionNumber.IF_MATCH: (0, 8),
+    OptionNumber.URI_HOST: (1, 255),
+    OptionNumber.ETAG: (1, 8),
+    OptionNumber.IF_NONE_MATCH: (0, 0),
+    OptionNumber.OBSERVE: (0, 3),
+    OptionNumber.URI_PORT: (0, 2),
+    OptionNumber.LOCATION_PATH: (0, 255),
+    OptionNumber.URI_PATH: (0, 255),
+    OptionNumber.CONTENT_FORMAT: (0, 2),
+    OptionNumber.MAX_AGE: (0, 4),
+    OptionNumber.URI_QUERY: (0, 255),
+    OptionNumber.HOP_LIMIT: (1, 1),
+    OptionNumber.ACCEPT: (0, 2),
+    OptionNumber.LOCATION_QUERY: (0, 255),
+    OptionNumber.BLOCK2: (0, 3),
+    OptionNumber.BLOCK1: (0, 3),
+    OptionNumber.SIZE2: (0, 4),
+    OptionNumber.PROXY_URI: (1, 1034),
+    OptionNumber.PROXY_SCHEME: (1, 255),
+    OptionNumber.SIZE1: (0, 4),
+    OptionNumber.NO_RESPONSE: (0, 1),
+})
+UNIMPLEMENTED_OPTIONS: frozenset[int] = KNOWN_OPTIONS - OPTION_LENGTHS.keys()
 
 
 class SignalOption:
