@@ -172,3 +172,34 @@ def test_a_large_domain_is_checked_by_lookup() -> None:
         policy.check_prefixes(request)
     with pytest.raises(BadRequest, match=r"10\.9\.0\.0/26 is outside"):
         policy.check_prefixes([ipaddress.ip_network("10.9.0.0/26")])
+
+
+_LABELS = st.sampled_from(["example", "com", "net", "a", "b", "EXAMPLE", ""])
+_NAMES = st.lists(_LABELS, min_size=1, max_size=4).map(".".join)
+
+
+@given(st.lists(_NAMES, max_size=5), st.lists(_NAMES | _NAMES.map(lambda n: n + "."),
+                                              min_size=1, max_size=5))
+def test_fqdn_in_domain_as_defined(domains: list[str], names: list[str]) -> None:
+    policy = Policy(allowed_domains=tuple(domains))
+    for name in names:
+        key = name.lower().rstrip(".")
+        expected = any(key == d or key.endswith("." + d) for d in domains)
+        try:
+            policy.check_fqdns([name])
+        except BadRequest:
+            assert not expected, (name, domains)
+        else:
+            assert expected, (name, domains)
+
+
+def test_many_domains_are_checked_by_lookup() -> None:
+    domains = tuple(f"customer{i}.example.net" for i in range(2000))
+    policy = Policy(allowed_domains=domains)
+    names = [f"www{i}.customer{i}.example.net" for i in range(64)]
+    # A few steps per label of each name; comparing with every domain: 128,000.
+    with counting_steps(budget=40 * len(names)):
+        policy.check_fqdns(names)
+        policy.check_uris([f"https://{n}/x" for n in names[:8]])
+    with pytest.raises(BadRequest, match="outside"):
+        policy.check_fqdns(["customer1.example.org"])
