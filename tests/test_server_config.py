@@ -26,7 +26,7 @@ from dotsd.cli.settings import (
 )
 from dotsd.pki import PkiPaths
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigSetKind
-from dotsd.signal.policy import LAB
+from dotsd.signal.policy import LAB, RequestLimits
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
@@ -83,6 +83,26 @@ def test_limits_section(tmp_path: Path) -> None:
     assert s.endpoint.max_body_size == ServerSettings().endpoint.max_body_size
     assert from_mapping(s.to_dict()) == s
     assert "500 observations, 0 block-wise uploads" in "\n".join(describe(s))
+
+
+def test_limits_of_one_mitigation_request(tmp_path: Path) -> None:
+    """[limits] also bounds one mitigation request (RFC 9132 §4.4.1.3: more is 4.00); the
+    defaults are shown by --check and applied by the server's policy set."""
+    defaults = ServerSettings()
+    assert defaults.request_limits == RequestLimits()
+    assert ("limits per mitigation request: 1024 target-prefix, 1024 target-port-range, "
+            "256 target-protocol, 64 target-fqdn, 64 target-uri, 64 alias-name (more: 4.00)"
+            in describe(defaults))
+    s = load(write(tmp_path, "[limits]\nmax-target-prefixes = 10\nmax-alias-names = 1\n"
+                             "max-observations = 5\n"))
+    assert s.request_limits == RequestLimits(target_prefix=10, alias_name=1)
+    assert s.endpoint.max_observers_per_peer == 5
+    assert s.policy_set.limits == s.request_limits
+    assert "10 target-prefix, 1024 target-port-range" in "\n".join(describe(s))
+    assert s.to_dict()["limits"]["max-target-prefixes"] == 10
+    assert from_mapping(s.to_dict()) == s
+    example = load(EXAMPLE)
+    assert example.request_limits == RequestLimits()  # the file shows the defaults
 
 
 def test_redirect_section(tmp_path: Path) -> None:
@@ -226,6 +246,11 @@ ERRORS = [
     ("[limits]\nmax-observations = -1\n", ["limits.max-observations", "got -1", "from 0"]),
     ("[limits]\nmax-observers = 5\n", ["'limits.max-observers'",
                                         "did you mean 'max-observations'"]),
+    ("[limits]\nmax-target-prefixes = 0\n", ["limits.max-target-prefixes", "got 0",
+                                              "from 1"]),
+    ("[limits]\nmax-target-uris = true\n", ["limits.max-target-uris", "got true"]),
+    ("[limits]\nmax-target-fqdn = 5\n", ["'limits.max-target-fqdn'",
+                                          "did you mean 'max-target-fqdns'"]),
     ("[limits]\nmax-upload-bytes = 1000\n", ["limits", "max-upload-bytes must be at least "
                                                      "max-body-size"]),
     ('[policy]\nunlisted-clients = "deny"\n', ["policy.unlisted-clients", '"deny"',
@@ -262,7 +287,8 @@ KEYS = ["server", "policy", "session-config", "mitigator", "bind", "port", "tran
         "allow-indefinite", "max-mitigations-per-client", "retry-after", "max-age",
         "mitigating", "idle", "allow-heartbeat-disable", "min", "max", "default", "name",
         "options", "client", "unlisted-clients", "cuid", "common-name", "limits",
-        "max-observations", "max-uploads", "max-body-size",
+        "max-observations", "max-uploads", "max-body-size", "max-target-prefixes",
+        "max-target-port-ranges", "max-alias-names",
         *(a.value for a in Attribute)]
 SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats()
            | st.text(max_size=12) | st.sampled_from(["::1", "10.0.0.0/8", "dtls", "tls",

@@ -18,7 +18,7 @@ import contextlib
 import random
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from dotsd.link import Link
 from dotsd.node import CoapNode, RequestError
 from dotsd.pki import PkiPaths
 from dotsd.signal.lifecycle import MitigationEvent
+from dotsd.signal.policy import RequestLimits
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
@@ -518,12 +519,28 @@ async def test_oversized_bodies(pki: PkiPaths, tmp_path: Path) -> None:
         assert await two.snapshot() == before
 
 
+def hosts(first: int, count: int) -> bytes:
+    return mitigation({K_PREFIX: [f"2001:db8:bbbb::{i:x}/128"
+                                  for i in range(first, first + count)],
+                       K_LIFETIME: 600})
+
+
 async def test_large_overlapping_requests_do_not_stall_the_server(pki: PkiPaths,
                                                                    tmp_path: Path) -> None:
     """B lists thousands of hosts, twice, overlapping (RFC 9132 §4.4.1.3: the server looks
     for common targets); meanwhile A's status request is answered promptly."""
     async with two_clients(pki, tmp_path / "state") as two:
         before = await two.snapshot()
+        path = (*MITIGATE, f"cuid={two.b_cuid}")
+        # By default one request names at most 1024 prefixes (RFC 9132 §4.4.1.3: 4.00); this
+        # test is about the cost of the overlap, so the operator allows more.
+        refused = await two.ask_b(request(Code.PUT, (*path, "mid=1"),
+                                          payload=hosts(0, 3000)))
+        assert refused.code == Code.BAD_REQUEST and diagnostic_ok(refused), refused
+        assert b"3000 'target-prefix'" in refused.payload
+        server = two.net.server
+        server.set_policy(replace(server.core.policies,
+                                  limits=RequestLimits(target_prefix=4096)))
         # The steps the server takes for each datagram it receives (support.steps), B's
         # requests included: the one that completes a request does all the work on it.
         costs: list[int] = []
@@ -541,12 +558,6 @@ async def test_large_overlapping_requests_do_not_stall_the_server(pki: PkiPaths,
 
         two.net.server.node.data_received = counted  # type: ignore[method-assign]
 
-        def hosts(first: int, count: int) -> bytes:
-            return mitigation({K_PREFIX: [f"2001:db8:bbbb::{i:x}/128"
-                                          for i in range(first, first + count)],
-                               K_LIFETIME: 600})
-
-        path = (*MITIGATE, f"cuid={two.b_cuid}")
         first = await two.ask_b(request(Code.PUT, (*path, "mid=1"), payload=hosts(0, 3000)))
         assert first.code == Code.CREATED, first
         alone = max(costs)  # B's first request: nothing stored to compare it with

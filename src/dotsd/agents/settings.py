@@ -2,8 +2,9 @@
 
 :class:`ServerSettings` is everything a DOTS server agent needs (where it listens, its PKI and
 state, the operator's policy and session-configuration bounds, the mitigator, the redirection,
-the per-peer CoAP limits). The ``dotsd server`` command builds it from its TOML file and flags
-(:mod:`dotsd.cli.settings`); a program or a test builds it directly.
+the per-peer CoAP limits, the size of one mitigation request). The ``dotsd server`` command
+builds it from its TOML file and flags (:mod:`dotsd.cli.settings`); a program or a test builds
+it directly.
 """
 
 from __future__ import annotations
@@ -20,13 +21,21 @@ from dotsd.coap.exchange import EndpointConfig
 from dotsd.defaults import DEFAULT_BIND, DEFAULT_PORT
 from dotsd.mitigate import registry
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigPolicy, ConfigSetKind
-from dotsd.signal.policy import LAB, ClientPolicy, Policy, PolicySet
+from dotsd.signal.policy import (
+    DEFAULT_REQUEST_LIMITS,
+    LAB,
+    ClientPolicy,
+    Policy,
+    PolicySet,
+    RequestLimits,
+)
 from dotsd.signal.redirect import Redirection
 
 __all__ = [
     "DEFAULT_BIND",
     "DEFAULT_PORT",
     "LIMIT_FIELDS",
+    "REQUEST_LIMIT_FIELDS",
     "TRANSPORTS",
     "MitigatorSettings",
     "ServerSettings",
@@ -39,6 +48,13 @@ LIMIT_FIELDS: Final = {"max-observations": "max_observers_per_peer",
                         "max-upload-bytes": "max_upload_bytes_per_peer",
                         "max-body-size": "max_body_size",
                         "max-block2-bodies": "max_block2_bodies_per_peer"}
+# [limits] key -> RequestLimits field (dotsd.signal.policy): the size of one mitigation request
+REQUEST_LIMIT_FIELDS: Final = {"max-target-prefixes": "target_prefix",
+                                "max-target-port-ranges": "target_port_range",
+                                "max-target-protocols": "target_protocol",
+                                "max-target-fqdns": "target_fqdn",
+                                "max-target-uris": "target_uri",
+                                "max-alias-names": "alias_name"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +83,7 @@ class ServerSettings:
     mitigator: MitigatorSettings = field(default_factory=MitigatorSettings)
     redirect: Redirection | None = None
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    request_limits: RequestLimits = DEFAULT_REQUEST_LIMITS
     # (PSK identity, key) of [[client]] entries with a psk-key: DTLS accepts them. Secret:
     # never written out by to_dict / describe.
     psk_keys: tuple[tuple[bytes, bytes], ...] = field(default=(), compare=False, repr=False)
@@ -89,7 +106,8 @@ class ServerSettings:
     def policy_set(self) -> PolicySet:
         """What the server applies: each listed client's own policy, and the default (none
         with ``unlisted-clients = "refuse"``) for the others."""
-        return PolicySet(None if self.refuse_unlisted else self.effective_policy, self.clients)
+        return PolicySet(None if self.refuse_unlisted else self.effective_policy, self.clients,
+                         self.request_limits)
 
     def replace(self, **changes: Any) -> ServerSettings:
         return dataclasses.replace(self, **changes)
@@ -116,6 +134,8 @@ class ServerSettings:
                                "options": _plain(self.mitigator.options)}
         result["limits"] = {key: getattr(self.endpoint, name)
                             for key, name in LIMIT_FIELDS.items()}
+        result["limits"].update((key, getattr(self.request_limits, name))
+                                for key, name in REQUEST_LIMIT_FIELDS.items())
         if self.redirect is not None:
             result["redirect"] = {"alt-server": self.redirect.alt_server,
                                   "alt-server-record": list(self.redirect.records),

@@ -40,6 +40,12 @@
     max-upload-bytes = 2097152
     max-body-size = 1048576
     max-block2-bodies = 16
+    max-target-prefixes = 1024         # per mitigation request (RFC 9132 §4.4.1.3: 4.00)
+    max-target-port-ranges = 1024
+    max-target-protocols = 256
+    max-target-fqdns = 64
+    max-target-uris = 64
+    max-alias-names = 64
 
 Every key is checked: an unknown key, a value of the wrong type or outside its range, and a
 file that is not TOML are each a :class:`ConfigFileError` whose message names the file, the
@@ -69,6 +75,7 @@ from dotsd.agents.settings import (
     DEFAULT_BIND,
     DEFAULT_PORT,
     LIMIT_FIELDS,
+    REQUEST_LIMIT_FIELDS,
     TRANSPORTS,
     MitigatorSettings,
     ServerSettings,
@@ -84,6 +91,7 @@ from dotsd.signal.policy import (
     ClientPolicy,
     IPNetwork,
     Policy,
+    RequestLimits,
 )
 from dotsd.signal.redirect import Redirection
 
@@ -187,11 +195,15 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "<config>",
         "session-config": ("session_config", reader.session_config),
         "mitigator": ("mitigator", reader.mitigator),
         "redirect": ("redirect", reader.redirect),
-        "limits": ("endpoint", reader.limits_section),
     }
     for section, (name, read) in simple.items():
         if section in top:
             settings = settings.replace(**{name: read(reader.table(top[section], section))})
+    if "limits" in top:
+        table = reader.table(top["limits"], "limits")
+        reader.known(table, "limits", (*LIMIT_FIELDS, *REQUEST_LIMIT_FIELDS))
+        settings = settings.replace(endpoint=reader.limits_section(table),
+                                    request_limits=reader.request_limits(table))
     return settings
 
 
@@ -528,11 +540,10 @@ class _Reader:
     # -- [limits] ------------------------------------------------------------------------------
 
     def limits_section(self, table: Mapping[str, Any]) -> EndpointConfig:
-        """What one peer may hold in the CoAP layer (see :class:`EndpointConfig`)."""
-        keys = tuple(LIMIT_FIELDS)
-        self.known(table, "limits", keys)
-        values = {LIMIT_FIELDS[key]: self.integer(table[key], f"limits.{key}", 0, INT32_MAX)
-                  for key in keys if key in table}
+        """What one peer may hold in the CoAP layer (see :class:`EndpointConfig`); the
+        caller has checked the keys."""
+        values = {name: self.integer(table[key], f"limits.{key}", 0, INT32_MAX)
+                  for key, name in LIMIT_FIELDS.items() if key in table}
         try:
             return EndpointConfig(**values)
         except ValueError as exc:  # upload bytes below the body size
@@ -540,6 +551,13 @@ class _Reader:
             for key, name in LIMIT_FIELDS.items():
                 message = message.replace(name, key)
             raise self.fail("limits", message) from None
+
+    def request_limits(self, table: Mapping[str, Any]) -> RequestLimits:
+        """The size of one mitigation request (see :class:`RequestLimits`): entries per list,
+        at least 1 (a request names at least one target, RFC 9132 §4.4.1.1)."""
+        values = {name: self.integer(table[key], f"limits.{key}", 1, INT32_MAX)
+                  for key, name in REQUEST_LIMIT_FIELDS.items() if key in table}
+        return RequestLimits(**values)
 
     # -- [mitigator] ---------------------------------------------------------------------------
 
@@ -635,6 +653,9 @@ def describe(settings: ServerSettings) -> list[str]:
                  f"{endpoint.max_upload_bytes_per_peer} bytes (bodies up to "
                  f"{endpoint.max_body_size}), {endpoint.max_block2_bodies_per_peer} "
                  "kept response bodies")
+    request = settings.request_limits
+    lines.append("limits per mitigation request: " + ", ".join(
+        f"{limit} {attribute}" for attribute, limit in request.items()) + " (more: 4.00)")
     if settings.redirect is not None:
         lines.append(redirect_summary(settings.redirect))
     return lines

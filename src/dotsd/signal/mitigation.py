@@ -56,7 +56,7 @@ from dotsd.signal.lifecycle import (
     Status,
     transition,
 )
-from dotsd.signal.policy import INDEFINITE, LAB, Policy
+from dotsd.signal.policy import DEFAULT_REQUEST_LIMITS, INDEFINITE, LAB, Policy, RequestLimits
 from dotsd.signal.records import ConflictInfo, Counters, Mitigation
 from dotsd.signal.scope import (
     MITIGATION_MEMBER,
@@ -208,8 +208,10 @@ class MitigationTable:
         match_ports_protocols: bool = True,
         alias_check: AliasCheck | None = None,
         records: Iterable[Mitigation] = (),
+        request_limits: RequestLimits = DEFAULT_REQUEST_LIMITS,
     ) -> None:
         self.policy = policy
+        self.request_limits = request_limits  # the size of one request (RFC 9132 §4.4.1.3)
         self.conflict_policy = conflict_policy
         self.abt_initial = active_but_terminating
         self.abt_max = active_but_terminating_max
@@ -384,7 +386,7 @@ class MitigationTable:
         if not 0 <= mid <= MAX_MID:
             raise BadRequest(f"'mid' {mid} out of range", rule="RFC 9132 §4.4.1.1")
         self._check_cuid(cuid, identity)
-        request = parse_request(body)
+        request = parse_request(body, self.request_limits)
         existing = self._records.get((cuid, mid))
         withdrawn = (
             existing is not None and existing.status is Status.DOTS_CLIENT_WITHDRAWN_MITIGATION

@@ -401,7 +401,8 @@ class ServerCore:
         expiry is absolute, so what expired meanwhile goes at the first timer."""
         self.table = MitigationTable(self.policies.default or LAB,
                                      conflict_policy=self.conflict_policy,
-                                     alias_check=self.alias_check, records=records)
+                                     alias_check=self.alias_check, records=records,
+                                     request_limits=self.policies.limits)
         self.bindings: dict[str, str] = dict(bindings)
         self.configs: dict[str, tuple[int, Mapping[str, Any]]] = dict(configs)
 
@@ -411,6 +412,7 @@ class ServerCore:
         session configuration policy applies to sessions started from now on."""
         self.policies = policy if isinstance(policy, PolicySet) else PolicySet(policy)
         self.table.policy = self.policies.default or LAB
+        self.table.request_limits = self.policies.limits
         if config_policy is not None:
             self.config_policy = config_policy
 
