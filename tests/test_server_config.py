@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import subprocess
@@ -16,6 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli_pki import assert_one_error_line, run
 
+from dotsd.agents.serve import serve
+from dotsd.agents.settings import ListenerLimits
 from dotsd.cli.settings import (
     ConfigFileError,
     ServerSettings,
@@ -27,6 +30,7 @@ from dotsd.cli.settings import (
 from dotsd.pki import PkiPaths
 from dotsd.signal.config import Attribute, ConfigBounds, ConfigSetKind
 from dotsd.signal.policy import LAB, RequestLimits
+from dotsd.transport.admission import AdmissionLimits
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
@@ -103,6 +107,34 @@ def test_limits_of_one_mitigation_request(tmp_path: Path) -> None:
     assert from_mapping(s.to_dict()) == s
     example = load(EXAMPLE)
     assert example.request_limits == RequestLimits()  # the file shows the defaults
+
+
+def test_limits_of_listeners(tmp_path: Path, pki: PkiPaths) -> None:
+    """[limits] bounds what unauthenticated peers hold (dotsd.transport.admission), shown by
+    --check and given to the listeners by serve()."""
+    defaults = ServerSettings()
+    assert defaults.listener_limits == ListenerLimits(1000, 16, 20_000, 100_000)
+    assert ("limits per listener: 1000 pending handshakes, 16 per source address (IPv6: /64),"
+            " 20000 TLS connections, 100000 DTLS sessions (full: the oldest pending one is "
+            "dropped)" in describe(defaults))
+    s = load(write(tmp_path, "[limits]\nmax-pending-handshakes = 50\n"
+                             "max-pending-per-source = 3\nmax-tls-connections = 200\n"))
+    assert s.listener_limits == ListenerLimits(50, 3, 200, 100_000)
+    assert from_mapping(s.to_dict()) == s
+    with pytest.raises(ConfigFileError, match=r"limits\.max-pending-per-source"):
+        load(write(tmp_path, "[limits]\nmax-pending-per-source = 0\n"))
+
+    async def serve_it() -> None:
+        agent = await serve(s.replace(bind="127.0.0.1", port=0, pki=pki.directory,
+                                      state=tmp_path / "state"))
+        try:
+            dtls, tls = agent.listeners
+            assert dtls.admission.limits == AdmissionLimits(100_000, 50, 3)
+            assert tls.admission.limits == AdmissionLimits(200, 50, 3)
+        finally:
+            await agent.close()
+
+    asyncio.run(serve_it())
 
 
 def test_redirect_section(tmp_path: Path) -> None:
@@ -288,7 +320,8 @@ KEYS = ["server", "policy", "session-config", "mitigator", "bind", "port", "tran
         "mitigating", "idle", "allow-heartbeat-disable", "min", "max", "default", "name",
         "options", "client", "unlisted-clients", "cuid", "common-name", "limits",
         "max-observations", "max-uploads", "max-body-size", "max-target-prefixes",
-        "max-target-port-ranges", "max-alias-names",
+        "max-target-port-ranges", "max-alias-names", "max-pending-handshakes",
+        "max-pending-per-source", "max-tls-connections", "max-dtls-sessions",
         *(a.value for a in Attribute)]
 SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats()
            | st.text(max_size=12) | st.sampled_from(["::1", "10.0.0.0/8", "dtls", "tls",

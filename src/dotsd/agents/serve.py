@@ -46,7 +46,7 @@ log = logging.getLogger("dotsd.agents.serve")
 
 # What needs a restart when it changes (everything else is applied by ServerAgent.reload).
 RESTART_FIELDS = ("bind", "port", "transports", "pki", "state", "mitigator", "endpoint",
-                  "listen", "call_home")
+                  "listener_limits", "listen", "call_home")
 
 
 class ServeError(LocalError):
@@ -162,8 +162,9 @@ class ServerAgent:
         self.psk.update(new.psk_keys)  # the DTLS context looks keys up here
         self.server.redirect(new.redirect)
         current, self.settings = self.settings, new
-        restart = ["limits" if name == "endpoint" else name for name in RESTART_FIELDS
-                   if getattr(new, name) != getattr(current, name)]
+        restart = list(dict.fromkeys(
+            "limits" if name in ("endpoint", "listener_limits") else name
+            for name in RESTART_FIELDS if getattr(new, name) != getattr(current, name)))
         if new.psk_keys and not self.psk_at_start:
             restart.append("psk (DTLS PSK is enabled at start when a [[client]] has a psk-key)")
         return restart
@@ -225,6 +226,7 @@ async def _listen(agent: ServerAgent, pki: PkiPaths, dtls_options: dict[str, Any
     from dotsd.dtls.context import DtlsConfig
     from dotsd.dtls.context import server_context as dtls_server_context
     from dotsd.tls.context import server_context as tls_server_context
+    from dotsd.transport.admission import AdmissionLimits
     from dotsd.transport.dtls import serve_dtls
     from dotsd.transport.tcp import serve_tcp
 
@@ -236,14 +238,21 @@ async def _listen(agent: ServerAgent, pki: PkiPaths, dtls_options: dict[str, Any
         # refilled by reload, so keys change without a restart.
         agent.psk.update(settings.psk_keys)
         psk = agent.psk
+        limits = settings.listener_limits
+        options: dict[str, Any] = {
+            "max_half_open": limits.pending, "max_half_open_per_source":
+            limits.pending_per_source, "max_sessions": limits.dtls_sessions,
+            **(dtls_options or {})}
         dtls = await serve_dtls(node, settings.bind, port, dtls_server_context(
-            DtlsConfig.from_pki(pki, psk_lookup=psk.get if psk else None)),
-            **(dtls_options or {}))
+            DtlsConfig.from_pki(pki, psk_lookup=psk.get if psk else None)), **options)
         agent.listeners.append(dtls)
         port = dtls.port
     if "tls" in transports:
+        limits = settings.listener_limits
         tls = await serve_tcp(node, settings.bind, port, tls_server_context(
-            pki.server_cert, pki.server_key, pki.ca_cert))
+            pki.server_cert, pki.server_key, pki.ca_cert), limits=AdmissionLimits(
+                total=limits.tls_connections, pending=limits.pending,
+                per_source=limits.pending_per_source))
         agent.listeners.append(tls)
         port = tls.port
     return port

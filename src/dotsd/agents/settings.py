@@ -35,8 +35,10 @@ __all__ = [
     "DEFAULT_BIND",
     "DEFAULT_PORT",
     "LIMIT_FIELDS",
+    "LISTENER_LIMIT_FIELDS",
     "REQUEST_LIMIT_FIELDS",
     "TRANSPORTS",
+    "ListenerLimits",
     "MitigatorSettings",
     "ServerSettings",
 ]
@@ -48,6 +50,12 @@ LIMIT_FIELDS: Final = {"max-observations": "max_observers_per_peer",
                         "max-upload-bytes": "max_upload_bytes_per_peer",
                         "max-body-size": "max_body_size",
                         "max-block2-bodies": "max_block2_bodies_per_peer"}
+# [limits] key -> ListenerLimits field: what peers not yet authenticated may hold
+# (dotsd.transport.admission)
+LISTENER_LIMIT_FIELDS: Final = {"max-pending-handshakes": "pending",
+                                "max-pending-per-source": "pending_per_source",
+                                "max-tls-connections": "tls_connections",
+                                "max-dtls-sessions": "dtls_sessions"}
 # [limits] key -> RequestLimits field (dotsd.signal.policy): the size of one mitigation request
 REQUEST_LIMIT_FIELDS: Final = {"max-target-prefixes": "target_prefix",
                                 "max-target-port-ranges": "target_port_range",
@@ -55,6 +63,23 @@ REQUEST_LIMIT_FIELDS: Final = {"max-target-prefixes": "target_prefix",
                                 "max-target-fqdns": "target_fqdn",
                                 "max-target-uris": "target_uri",
                                 "max-alias-names": "alias_name"}
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerLimits:
+    """Per listener: handshakes pending in total and per source address (IPv6: per /64),
+    TLS connections and DTLS sessions in all; a full pending pool evicts its oldest entry,
+    never an authenticated one (dotsd.transport.admission)."""
+
+    pending: int = 1_000
+    pending_per_source: int = 16
+    tls_connections: int = 20_000
+    dtls_sessions: int = 100_000
+
+    def __post_init__(self) -> None:
+        if min(self.pending, self.pending_per_source, self.tls_connections,
+               self.dtls_sessions) < 1:
+            raise ValueError("listener limits must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +109,7 @@ class ServerSettings:
     redirect: Redirection | None = None
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     request_limits: RequestLimits = DEFAULT_REQUEST_LIMITS
+    listener_limits: ListenerLimits = field(default_factory=ListenerLimits)
     # (PSK identity, key) of [[client]] entries with a psk-key: DTLS accepts them. Secret:
     # never written out by to_dict / describe.
     psk_keys: tuple[tuple[bytes, bytes], ...] = field(default=(), compare=False, repr=False)
@@ -136,6 +162,8 @@ class ServerSettings:
                             for key, name in LIMIT_FIELDS.items()}
         result["limits"].update((key, getattr(self.request_limits, name))
                                 for key, name in REQUEST_LIMIT_FIELDS.items())
+        result["limits"].update((key, getattr(self.listener_limits, name))
+                                for key, name in LISTENER_LIMIT_FIELDS.items())
         if self.redirect is not None:
             result["redirect"] = {"alt-server": self.redirect.alt_server,
                                   "alt-server-record": list(self.redirect.records),

@@ -75,8 +75,10 @@ from dotsd.agents.settings import (
     DEFAULT_BIND,
     DEFAULT_PORT,
     LIMIT_FIELDS,
+    LISTENER_LIMIT_FIELDS,
     REQUEST_LIMIT_FIELDS,
     TRANSPORTS,
+    ListenerLimits,
     MitigatorSettings,
     ServerSettings,
 )
@@ -201,9 +203,11 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "<config>",
             settings = settings.replace(**{name: read(reader.table(top[section], section))})
     if "limits" in top:
         table = reader.table(top["limits"], "limits")
-        reader.known(table, "limits", (*LIMIT_FIELDS, *REQUEST_LIMIT_FIELDS))
+        reader.known(table, "limits",
+                     (*LIMIT_FIELDS, *REQUEST_LIMIT_FIELDS, *LISTENER_LIMIT_FIELDS))
         settings = settings.replace(endpoint=reader.limits_section(table),
-                                    request_limits=reader.request_limits(table))
+                                    request_limits=reader.request_limits(table),
+                                    listener_limits=reader.listener_limits(table))
     return settings
 
 
@@ -559,6 +563,12 @@ class _Reader:
                   for key, name in REQUEST_LIMIT_FIELDS.items() if key in table}
         return RequestLimits(**values)
 
+    def listener_limits(self, table: Mapping[str, Any]) -> ListenerLimits:
+        """What unauthenticated peers may hold (see :class:`ListenerLimits`), at least 1."""
+        values = {name: self.integer(table[key], f"limits.{key}", 1, INT32_MAX)
+                  for key, name in LISTENER_LIMIT_FIELDS.items() if key in table}
+        return ListenerLimits(**values)
+
     # -- [mitigator] ---------------------------------------------------------------------------
 
     def mitigator(self, table: Mapping[str, Any]) -> MitigatorSettings:
@@ -653,6 +663,11 @@ def describe(settings: ServerSettings) -> list[str]:
                  f"{endpoint.max_upload_bytes_per_peer} bytes (bodies up to "
                  f"{endpoint.max_body_size}), {endpoint.max_block2_bodies_per_peer} "
                  "kept response bodies")
+    listener = settings.listener_limits
+    lines.append(f"limits per listener: {listener.pending} pending handshakes, "
+                 f"{listener.pending_per_source} per source address (IPv6: /64), "
+                 f"{listener.tls_connections} TLS connections, {listener.dtls_sessions} DTLS "
+                 "sessions (full: the oldest pending one is dropped)")
     request = settings.request_limits
     lines.append("limits per mitigation request: " + ", ".join(
         f"{limit} {attribute}" for attribute, limit in request.items()) + " (more: 4.00)")
