@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from dotsd.errors import LocalError
+from dotsd.store.base import make_private_dir
 
 __all__ = ["LOCK_FILENAME", "StateLock", "StateLockError"]
 
@@ -46,12 +47,10 @@ class StateLock:
         state_dir = Path(state_dir)
         path = state_dir / LOCK_FILENAME
         try:
-            if not state_dir.exists():
-                state_dir.mkdir(mode=0o700, parents=True)
-                os.chmod(state_dir, 0o700)  # mkdir's mode is filtered by the umask
-            elif not state_dir.is_dir():
-                raise StateLockError(f"state directory {state_dir} is not a directory")
+            make_private_dir(state_dir)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except NotADirectoryError as exc:
+            raise StateLockError(str(exc)) from None
         except OSError as exc:
             raise StateLockError(f"cannot lock state directory {state_dir}: "
                                  f"{exc.strerror or exc}") from exc

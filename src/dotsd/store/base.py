@@ -15,8 +15,10 @@ is down.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol, TypeAlias
 
 from dotsd.errors import LocalError
@@ -207,3 +209,15 @@ class Store(Protocol):
         ...
 
     def delete_session_config(self, cuid: str) -> bool: ...
+
+
+def make_private_dir(path: Path) -> bool:
+    """Create ``path`` with mode 0700 if it is missing (True), else check it is a directory
+    (False). Raises NotADirectoryError, or the OSError of the file system."""
+    if not path.exists():
+        path.mkdir(mode=0o700, parents=True)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+        return True
+    if not path.is_dir():
+        raise NotADirectoryError(f"state directory {path} is not a directory")
+    return False

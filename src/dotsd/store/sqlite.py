@@ -49,6 +49,7 @@ from dotsd.store.base import (
     StoreCorruptError,
     StoreError,
     StoreIntegrityError,
+    make_private_dir,
 )
 
 if TYPE_CHECKING:
@@ -131,17 +132,14 @@ class SqliteStore:
         state_dir = Path(state_dir)
         path = state_dir / DB_FILENAME
         try:
-            if not state_dir.exists():
-                state_dir.mkdir(mode=0o700, parents=True)
-                os.chmod(state_dir, 0o700)  # mkdir's mode is filtered by the umask
-            elif not state_dir.is_dir():
-                raise StoreError(f"state directory {state_dir} is not a directory")
-            elif state_dir.stat().st_mode & 0o077:
+            if not make_private_dir(state_dir) and state_dir.stat().st_mode & 0o077:
                 log.warning("state directory %s is accessible to group/others", state_dir)
             if path.exists() and not stat.S_ISREG(path.stat().st_mode):
                 raise StoreError(f"{path} is not a regular file")
             # Create the file ourselves for its mode; SQLite gives -wal/-shm the same mode.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        except NotADirectoryError as exc:
+            raise StoreError(str(exc)) from None
         except OSError as exc:
             raise StoreError(f"cannot open state directory {state_dir}: {exc}") from exc
 
