@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,15 +43,6 @@ log = logging.getLogger("dotsd.client.paths")
 RTT_TTL: Final = 86400.0
 SESSION_TTL: Final = 3600.0  # dotsd.dtls.context.DtlsConfig.session_timeout
 _MAX_RTT: Final = 60.0  # anything above is not an RTT worth starting from
-
-
-@dataclass(frozen=True, slots=True)
-class _Clocks:
-    wall: float
-    mono: float
-
-    def to_mono(self, wall: float) -> float:
-        return self.mono - (self.wall - wall)
 
 
 class PathMemory:
@@ -74,14 +64,13 @@ class PathMemory:
             return
         if not isinstance(entry, dict):
             return
-        clocks = _Clocks(wall, mono)
         rtt, at = _number(entry.get("srtt")), _number(entry.get("srtt_at"))
         if (rtt is not None and at is not None and 0 < rtt <= _MAX_RTT
                 and 0 <= wall - at < RTT_TTL and not estimator.has_estimate):
             estimator.sample(rtt)
         cand, at = _candidate(entry.get("winner")), _number(entry.get("winner_at"))
         if cand is not None and at is not None and 0 <= wall - at < CACHE_TIME:
-            dialer.cache.remember(_cache_key(dialer), cand, clocks.to_mono(at))
+            dialer.cache.remember(_cache_key(dialer), cand, mono - (wall - at))  # loop clock
         sessions = entry.get("sessions")
         for item in sessions if isinstance(sessions, list) else ():
             if not isinstance(item, dict):
@@ -96,7 +85,6 @@ class PathMemory:
     def save(self, server: str, estimator: RttEstimator, dialer: ServerDialer, *,
              wall: float, mono: float) -> None:
         """Record the estimator's RTT and the dialer's winner (if any) for ``server``."""
-        clocks = _Clocks(wall, mono)
         cached = dialer.cache.entries().get(_cache_key(dialer))
         try:
             with self._file.locked(replace_damaged=True) as data:  # only a cache
@@ -109,7 +97,7 @@ class PathMemory:
                     cand, at = cached
                     entry["winner"] = {"transport": cand.transport, "address": cand.address,
                                        "port": cand.port}
-                    entry["winner_at"] = wall - (clocks.mono - at)
+                    entry["winner_at"] = wall - (mono - at)  # wall clock
                 sessions = _merge_sessions(entry.pop("sessions", None), dialer, wall)
                 if sessions:
                     entry["sessions"] = sessions

@@ -88,7 +88,6 @@ ChangeHook = Callable[[Change], None]
 """Called for every accepted / changed / withdrawn / expired mitigation (the mitigator)."""
 
 _EXTRA_KEY: Final = "signal"  # store record 'extra': the full signal-layer record
-_RESET: Final = "reset by peer"  # how the CoAP endpoint names an RST to our request
 _MAX_SLEEP: Final = 30.0  # re-check at least this often (wall clock may jump)
 
 
@@ -396,7 +395,7 @@ class SignalServer:
             return
         exc = fut.exception()
         if exc is not None:
-            if not (isinstance(exc, RequestError) and str(exc).startswith(_RESET)):
+            if not (isinstance(exc, RequestError) and exc.reset):
                 return
             log.debug("heartbeat to %s answered with RST", hb.identity)
         else:

@@ -711,7 +711,7 @@ class CoapEndpoint:
                 out.timer.cancel()
             if out.request is not None:
                 state.con_in_flight = max(0, state.con_in_flight - 1)
-                self._fail(out.request, "reset by peer")
+                self._fail(out.request, "reset by peer", reset=True)
             elif out.observer is not None:
                 self._observe.remove(out.observer, "reset by peer")
             return
@@ -719,7 +719,7 @@ class CoapEndpoint:
         if isinstance(ref, Observer):
             self._observe.remove(ref, "reset by peer")
         elif isinstance(ref, ClientRequest):
-            self._fail(ref, "reset by peer")
+            self._fail(ref, "reset by peer", reset=True)
         else:
             self._events.append(PeerReset(peer, msg.mid))
 
@@ -932,12 +932,13 @@ class CoapEndpoint:
     def _expire(self, req: ClientRequest, now: float) -> None:
         self._fail(req, "timeout: no response", now)
 
-    def _fail(self, req: ClientRequest, reason: str, now: float | None = None) -> None:
+    def _fail(self, req: ClientRequest, reason: str, now: float | None = None, *,
+              reset: bool = False) -> None:
         if req.done:
             return
         self._finish(req, now)
         if not req._internal:
-            self._events.append(RequestFailed(req, reason))
+            self._events.append(RequestFailed(req, reason, reset))
 
     def cancel(self, req: ClientRequest, now: float, deregister: bool = True) -> None:
         """Stop waiting for a request. For an observation, ``deregister`` sends a GET with

@@ -43,6 +43,7 @@ class RequestFailed(Event):
 
     request: ClientRequest
     reason: str
+    reset: bool = False  # the peer answered with RST (RFC 7252 §4.2): it is there
 
 
 @dataclass(slots=True)

@@ -45,7 +45,12 @@ _REJECT_LOG_RATE = 10
 
 
 class RequestError(PeerError):
-    """A request of ours got no response (timeout, reset, link lost, cancelled)."""
+    """A request of ours got no response (timeout, reset, link lost, cancelled); ``reset``:
+    the peer answered with RST."""
+
+    def __init__(self, reason: str, *, reset: bool = False) -> None:
+        super().__init__(reason)
+        self.reset = reset
 
 
 class Observation:
@@ -271,7 +276,7 @@ class CoapNode:
                 elif isinstance(ev, ResponseReceived):
                     self._resolve(ev.request, ev.response)
                 elif isinstance(ev, RequestFailed):
-                    self._reject(ev.request, ev.reason)
+                    self._reject(ev.request, ev.reason, reset=ev.reset)
                 elif isinstance(ev, ObserverRemoved) and self._observer_listeners:
                     self._tell(self._observer_listeners, ev.peer, ev.key, ev.reason)
                 elif isinstance(ev, MessageRejected):
@@ -399,14 +404,14 @@ class CoapNode:
         if not waiter.done():
             waiter.set_result(response)
 
-    def _reject(self, req: ClientRequest, reason: str) -> None:
+    def _reject(self, req: ClientRequest, reason: str, *, reset: bool = False) -> None:
         waiter = self._waiters.pop(req, None)
         if waiter is None:
             return
         if isinstance(waiter, Observation):
-            waiter._push(RequestError(reason))
+            waiter._push(RequestError(reason, reset=reset))
         elif not waiter.done():
-            waiter.set_exception(RequestError(reason))
+            waiter.set_exception(RequestError(reason, reset=reset))
 
     async def close(self) -> None:
         if self._timer is not None:
